@@ -1,0 +1,10 @@
+"""usernet: a userspace TCP/IP stack and NAT proxy for rootless containers.
+
+Layers (imports point one way, a test keeps it so):
+
+    wire  <-  stack  <-  host  <-  cli (tap.py, netns.py, api.py, cli.py)
+
+Importing this package imports nothing heavy: no asyncio, no scapy, no dpkt.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from usernet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,319 @@
+"""The hot path: one frame in, everything the stack routes on out, in one pass.
+
+:func:`parse_frame` takes an Ethernet frame (``bytes``, ``bytearray`` or
+``memoryview``) and returns a plain tuple whose fields are named by the
+``P_*`` constants below. Plain tuples because building one costs ~60 ns and a
+class instance ~1 µs (DESIGN.md section 3). The payload is a ``memoryview``
+slice of the caller's buffer: nothing is copied.
+
+=========  ==============================================================
+field      meaning
+=========  ==============================================================
+DST_MAC    6 bytes
+SRC_MAC    6 bytes
+ETHERTYPE  inner EtherType (one 802.1Q tag is skipped)
+SRC, DST   L3 addresses (4 or 16 bytes), None for non-IP
+PROTO      IP protocol / IPv6 upper-layer next header (0 for non-IP)
+TTL        IPv4 TTL / IPv6 hop limit
+FRAG       None, or ``(ident, offset_bytes, more_fragments)`` for a fragment;
+           then PAYLOAD is the fragment's data and no L4 field is parsed
+SPORT      TCP/UDP source port; ICMP type
+DPORT      TCP/UDP destination port; ICMP code
+SEQ        TCP sequence number; ICMP echo identifier
+ACK        TCP acknowledgment number; ICMP echo sequence
+FLAGS      TCP flags
+WINDOW     TCP window (unscaled)
+OPTS       TCP options as ``TcpOptions`` (``NO_OPTIONS`` when none)
+PAYLOAD    memoryview of the L4 payload (for non-IP: the L3 bytes)
+L3, L4     offsets of the L3 and L4 headers in the frame
+END        offset of the end of the L3 packet (Ethernet padding excluded)
+CSUM       the L4 checksum field as received (0 when there is none)
+=========  ==============================================================
+
+Invariant (see :mod:`usernet.wire`): any input returns a tuple or raises
+:class:`~usernet.wire.ParseError`, nothing else. L4 checksums are not verified
+here (the TAP's virtio-net header decides whether they must be: see
+``usernet.stack``); :func:`l4_checksum_ok` does it on demand.
+
+The builders at the bottom write whole frames into a fresh ``bytearray``
+(headers packed in place, checksums computed, or left as the pseudo-header sum
+for a ``NEEDS_CSUM`` offload when ``csum=False``).
+"""
+
+import struct
+
+from . import ParseError
+from .arp import ARP_LEN, build_arp_into
+from .checksum import checksum, ones_sum, pseudo_sum_v4, pseudo_sum_v6
+from .ether import ETH, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, VLAN_TAG
+from .icmp import ICMP, ICMP_LEN
+from .ipv4 import IP_DF, IP_MF, IP_OFFMASK, IPV4, IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from .ipv6 import IPV6, IPV6_LEN, parse_ipv6
+from .tcp import NO_OPTIONS, TCP, TCP_LEN, parse_tcp_options
+from .udp import UDP, UDP_LEN
+
+(P_DST_MAC, P_SRC_MAC, P_ETHERTYPE, P_SRC, P_DST, P_PROTO, P_TTL, P_FRAG, P_SPORT, P_DPORT,
+ P_SEQ, P_ACK, P_FLAGS, P_WINDOW, P_OPTS, P_PAYLOAD, P_L3, P_L4, P_END, P_CSUM) = range(20)
+
+# Ethernet + IPv4 in one unpack: the common case costs one call. Composed from
+# the two declared layouts, not restated.
+_ETH_IPV4 = struct.Struct(ETH.format + IPV4.format.lstrip("!"))
+_ETH_IPV4_LEN = ETH_LEN + IPV4_LEN
+_eth_ipv4_unpack = _ETH_IPV4.unpack_from
+_eth_unpack = ETH.unpack_from
+_ipv4_unpack = IPV4.unpack_from
+_tcp_unpack = TCP.unpack_from
+_udp_unpack = UDP.unpack_from
+_icmp_unpack = ICMP.unpack_from
+
+
+def parse_frame(buf) -> tuple:
+    """Parse one Ethernet frame; see the module docstring for the fields."""
+    n = len(buf)
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    if n >= _ETH_IPV4_LEN:
+        (dst_mac, src_mac, etype, vihl, _tos, total, ident, ff, ttl, proto, _c, src,
+         dst) = _eth_ipv4_unpack(buf, 0)
+        if etype == ETH_P_IP:
+            return _parse_ipv4_rest(buf, mv, n, ETH_LEN, dst_mac, src_mac, vihl, total, ident, ff,
+                                    ttl, proto, src, dst)
+    elif n < ETH_LEN:
+        raise ParseError("eth_truncated")
+    else:
+        dst_mac, src_mac, etype = _eth_unpack(buf, 0)
+    l3 = ETH_LEN
+    if etype == ETH_P_8021Q or etype == ETH_P_8021AD:
+        if n < ETH_LEN + 4:
+            raise ParseError("eth_truncated", "vlan tag")
+        _tci, etype = VLAN_TAG.unpack_from(buf, ETH_LEN)
+        l3 = ETH_LEN + 4
+        if etype == ETH_P_IP:
+            if n - l3 < IPV4_LEN:
+                raise ParseError("ipv4_truncated")
+            vihl, _tos, total, ident, ff, ttl, proto, _c, src, dst = _ipv4_unpack(buf, l3)
+            return _parse_ipv4_rest(buf, mv, n, l3, dst_mac, src_mac, vihl, total, ident, ff, ttl,
+                                    proto, src, dst)
+    if etype == ETH_P_IPV6:
+        src, dst, proto, hlim, frag, l4, end = parse_ipv6(buf, l3)
+        if frag is not None and (frag[1] or frag[2]):
+            return (dst_mac, src_mac, etype, src, dst, proto, hlim, frag, 0, 0, 0, 0, 0, 0,
+                    NO_OPTIONS, mv[l4:end], l3, l4, end, 0)
+        return _parse_l4(mv, dst_mac, src_mac, etype, src, dst, proto, hlim, l3, l4, end)
+    if etype < 0x0600:
+        raise ParseError("eth_not_ethernet_ii")
+    if etype == ETH_P_8021Q or etype == ETH_P_8021AD:
+        raise ParseError("eth_vlan_stacked")
+    return (dst_mac, src_mac, etype, None, None, 0, 0, None, 0, 0, 0, 0, 0, 0, NO_OPTIONS,
+            mv[l3:], l3, l3, n, 0)
+
+
+def _parse_ipv4_rest(buf, mv, n, l3, dst_mac, src_mac, vihl, total, ident, ff, ttl, proto, src,
+                     dst):
+    if vihl >> 4 != 4:
+        raise ParseError("ipv4_bad_version")
+    hl = (vihl & 15) << 2
+    if hl < IPV4_LEN:
+        raise ParseError("ipv4_bad_ihl")
+    if total < hl or l3 + total > n:
+        raise ParseError("ipv4_bad_length")
+    l4 = l3 + hl
+    end = l3 + total
+    if ff & (IP_MF | IP_OFFMASK):
+        return (dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl,
+                (ident, (ff & IP_OFFMASK) << 3, 1 if ff & IP_MF else 0), 0, 0, 0, 0, 0, 0,
+                NO_OPTIONS, mv[l4:end], l3, l4, end, 0)
+    if proto == PROTO_TCP:
+        # Inlined copy of _parse_l4's TCP arm: TCP over IPv4 is most frames.
+        if end - l4 < TCP_LEN:
+            raise ParseError("tcp_truncated")
+        sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(buf, l4)
+        thl = (offflags >> 10) & 0x3C
+        if thl < TCP_LEN or l4 + thl > end:
+            raise ParseError("tcp_bad_offset")
+        if thl > TCP_LEN:
+            opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + thl])
+        else:
+            opts = NO_OPTIONS
+        return (dst_mac, src_mac, ETH_P_IP, src, dst, PROTO_TCP, ttl, None, sport, dport, seq, ack,
+                offflags & 0xFF, win, opts, mv[l4 + thl:end], l3, l4, end, csum)
+    return _parse_l4(mv, dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl, l3, l4, end)
+
+
+def _parse_l4(mv, dst_mac, src_mac, etype, src, dst, proto, ttl, l3, l4, end):
+    if proto == PROTO_TCP:
+        if end - l4 < TCP_LEN:
+            raise ParseError("tcp_truncated")
+        sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(mv, l4)
+        thl = (offflags >> 10) & 0x3C
+        if thl < TCP_LEN or l4 + thl > end:
+            raise ParseError("tcp_bad_offset")
+        opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + thl]) if thl > TCP_LEN else NO_OPTIONS
+        return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, sport, dport, seq, ack,
+                offflags & 0xFF, win, opts, mv[l4 + thl:end], l3, l4, end, csum)
+    if proto == PROTO_UDP:
+        if end - l4 < UDP_LEN:
+            raise ParseError("udp_truncated")
+        sport, dport, length, csum = _udp_unpack(mv, l4)
+        if length < UDP_LEN or length > end - l4:
+            # IPv6 jumbograms (length 0) are not supported: the MTU caps at 65520.
+            raise ParseError("udp_bad_length")
+        return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, sport, dport, 0, 0, 0, 0,
+                NO_OPTIONS, mv[l4 + UDP_LEN:l4 + length], l3, l4, l4 + length, csum)
+    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        if end - l4 < ICMP_LEN:
+            raise ParseError("icmp_truncated")
+        itype, code, csum, ident, iseq = _icmp_unpack(mv, l4)
+        return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, itype, code, ident, iseq, 0, 0,
+                NO_OPTIONS, mv[l4 + ICMP_LEN:end], l3, l4, end, csum)
+    return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, 0, 0, 0, 0, 0, 0, NO_OPTIONS,
+            mv[l4:end], l3, l4, end, 0)
+
+
+def ipv4_header_ok(frame, l3: int, l4: int) -> bool:
+    """True when the IPv4 header checksum of ``frame[l3:l4]`` is correct."""
+    return checksum(frame[l3:l4]) == 0
+
+
+def l4_checksum_ok(p: tuple, frame) -> bool:
+    """Verify the L4 checksum of a parsed, unfragmented frame.
+
+    UDP over IPv4 with checksum 0 means "none" (RFC 768) and passes; ICMPv4
+    has no pseudo-header. ``frame`` is the same buffer ``p`` was parsed from.
+    """
+    proto = p[P_PROTO]
+    l4 = p[P_L4]
+    seg = frame[l4:p[P_END]]
+    if p[P_ETHERTYPE] == ETH_P_IP:
+        if proto == PROTO_ICMP:
+            return checksum(seg) == 0
+        if proto == PROTO_UDP and p[P_CSUM] == 0:
+            return True
+        return checksum(seg, pseudo_sum_v4(p[P_SRC], p[P_DST], proto, len(seg))) == 0
+    return checksum(seg, pseudo_sum_v6(p[P_SRC], p[P_DST], proto, len(seg))) == 0
+
+
+# ---------------------------------------------------------------------------
+# Builders. Each returns a new bytearray holding the whole frame; headers are
+# packed in place with the declared Structs.
+
+def _l3_into(buf, v6: bool, src: bytes, dst: bytes, proto: int, l4len: int, ttl: int,
+             ident: int, flags_frag: int) -> int:
+    """Pack the IP header at ETH_LEN; return the L4 offset."""
+    if v6:
+        IPV6.pack_into(buf, ETH_LEN, 0x60000000, l4len, proto, ttl, src, dst)
+        return ETH_LEN + IPV6_LEN
+    IPV4.pack_into(buf, ETH_LEN, 0x45, 0, IPV4_LEN + l4len, ident, flags_frag, ttl, proto, 0, src,
+                   dst)
+    c = checksum(memoryview(buf)[ETH_LEN:ETH_LEN + IPV4_LEN])
+    buf[ETH_LEN + 10] = c >> 8
+    buf[ETH_LEN + 11] = c & 0xFF
+    return ETH_LEN + IPV4_LEN
+
+
+def _pseudo(v6: bool, src: bytes, dst: bytes, proto: int, length: int) -> int:
+    if v6:
+        return pseudo_sum_v6(src, dst, proto, length)
+    return pseudo_sum_v4(src, dst, proto, length)
+
+
+def build_tcp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int,
+              seq: int, ack: int, flags: int, window: int, options: bytes = b"", payload=b"",
+              *, ttl: int = 64, ident: int = 0, csum: bool = True) -> bytearray:
+    """A whole TCP frame (IPv4 or IPv6 chosen by the address length).
+
+    With ``csum=False`` the checksum field holds the pseudo-header sum, as a
+    virtio-net ``NEEDS_CSUM`` frame wants (csum_start = L4 offset,
+    csum_offset = 16).
+    """
+    v6 = len(src) == 16
+    thl = TCP_LEN + len(options)
+    l4len = thl + len(payload)
+    l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
+    buf = bytearray(l4 + l4len)
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6 if v6 else ETH_P_IP)
+    _l3_into(buf, v6, src, dst, PROTO_TCP, l4len, ttl, ident, IP_DF)
+    TCP.pack_into(buf, l4, sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                  (thl << 10) | flags, window, 0, 0)
+    if options:
+        buf[l4 + TCP_LEN:l4 + thl] = options
+    if payload:
+        buf[l4 + thl:] = payload
+    ps = _pseudo(v6, src, dst, PROTO_TCP, l4len)
+    c = checksum(memoryview(buf)[l4:], ps) if csum else ps
+    buf[l4 + 16] = c >> 8
+    buf[l4 + 17] = c & 0xFF
+    return buf
+
+
+def build_udp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int,
+              payload=b"", *, ttl: int = 64, ident: int = 0, flags_frag: int = 0,
+              csum: bool = True) -> bytearray:
+    """A whole UDP frame. A computed checksum of 0 is sent as 0xFFFF (RFC 768)."""
+    v6 = len(src) == 16
+    l4len = UDP_LEN + len(payload)
+    l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
+    buf = bytearray(l4 + l4len)
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6 if v6 else ETH_P_IP)
+    _l3_into(buf, v6, src, dst, PROTO_UDP, l4len, ttl, ident, flags_frag)
+    UDP.pack_into(buf, l4, sport, dport, l4len, 0)
+    if payload:
+        buf[l4 + UDP_LEN:] = payload
+    ps = _pseudo(v6, src, dst, PROTO_UDP, l4len)
+    if csum:
+        c = checksum(memoryview(buf)[l4:], ps) or 0xFFFF
+    else:
+        c = ps
+    buf[l4 + 6] = c >> 8
+    buf[l4 + 7] = c & 0xFF
+    return buf
+
+
+def build_icmp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, itype: int, code: int,
+               rest_hi: int = 0, rest_lo: int = 0, data=b"", *, ttl: int = 64,
+               ident: int = 0) -> bytearray:
+    """A whole ICMPv4 (4-byte addresses) or ICMPv6 (16-byte) frame.
+
+    ``rest_hi``/``rest_lo`` are the two 16-bit halves of the "rest of header"
+    word: identifier and sequence for echo, 0 and the MTU for "fragmentation
+    needed" / "packet too big" (where the MTU is 32 bits on v6: pass it whole
+    as rest_lo when < 65536).
+    """
+    v6 = len(src) == 16
+    l4len = ICMP_LEN + len(data)
+    l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
+    buf = bytearray(l4 + l4len)
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6 if v6 else ETH_P_IP)
+    proto = PROTO_ICMPV6 if v6 else PROTO_ICMP
+    _l3_into(buf, v6, src, dst, proto, l4len, ttl, ident, 0)
+    ICMP.pack_into(buf, l4, itype, code, 0, rest_hi, rest_lo)
+    if data:
+        buf[l4 + ICMP_LEN:] = data
+    ps = pseudo_sum_v6(src, dst, proto, l4len) if v6 else 0
+    c = checksum(memoryview(buf)[l4:], ps)
+    buf[l4 + 2] = c >> 8
+    buf[l4 + 3] = c & 0xFF
+    return buf
+
+
+def build_arp(dst_mac: bytes, src_mac: bytes, oper: int, sha: bytes, spa: bytes, tha: bytes,
+              tpa: bytes) -> bytearray:
+    """A whole ARP frame, padded to the 60-byte Ethernet minimum like a NIC would."""
+    buf = bytearray(max(60, ETH_LEN + ARP_LEN))
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_ARP)
+    build_arp_into(buf, ETH_LEN, oper, sha, spa, tha, tpa)
+    return buf
+
+
+def build_ipv4_fragment(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int,
+                        ident: int, offset: int, more: bool, data, *, ttl: int = 64) -> bytearray:
+    """One IPv4 fragment carrying ``data`` at byte ``offset`` (a multiple of 8)."""
+    buf = bytearray(ETH_LEN + IPV4_LEN + len(data))
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IP)
+    _l3_into(buf, False, src, dst, proto, len(data), ttl, ident,
+             (IP_MF if more else 0) | (offset >> 3))
+    buf[ETH_LEN + IPV4_LEN:] = data
+    return buf
+
+
+__all__ = [name for name in dir() if name.startswith(("P_", "parse_", "build_"))] + [
+    "ipv4_header_ok", "l4_checksum_ok", "ones_sum"]

@@ -1,0 +1,156 @@
+"""TCP header and options (RFC 9293, RFC 7323, RFC 2018).
+
+Layout: sport (2), dport (2), seq (4), ack (4), data offset/reserved/flags
+(2), window (2), checksum (2), urgent pointer (2); options to offset*4.
+
+Options understood: EOL (0), NOP (1), MSS (2, len 4), window scale (3,
+len 3), SACK-permitted (4, len 2), SACK blocks (5, len 2+8n, n 1..4),
+timestamps (8, len 10). Unknown kinds with a sane length are skipped. A length
+byte below 2, or one running past the options area, is a ParseError. A known
+option with the wrong length is a ParseError too (Linux drops such options;
+we refuse the segment, which the peer's retransmission makes harmless).
+
+Hot-path note: Linux puts ``NOP NOP TS(10)`` (12 bytes) on every segment once
+timestamps are agreed, so :func:`parse_tcp_options` checks for exactly that
+first and answers with one ``unpack_from``.
+"""
+
+import struct
+from typing import NamedTuple
+
+from . import ParseError
+
+TCP = struct.Struct("!HHIIHHHH")
+TCP_LEN = 20
+_TS_FAST = struct.Struct("!I II")  # 0x0101080a, tsval, tsecr
+_TS_FAST_MAGIC = 0x0101080A
+_U16 = struct.Struct("!H")
+_U32X2 = struct.Struct("!II")
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+OPT_EOL = 0
+OPT_NOP = 1
+OPT_MSS = 2
+OPT_WSCALE = 3
+OPT_SACK_PERM = 4
+OPT_SACK = 5
+OPT_TIMESTAMP = 8
+
+
+class TcpOptions(NamedTuple):
+    """Parsed TCP options; a field is None (or False / ()) when absent."""
+
+    mss: int | None = None
+    wscale: int | None = None
+    sack_perm: bool = False
+    sack_blocks: tuple = ()
+    ts_val: int | None = None
+    ts_ecr: int | None = None
+
+
+NO_OPTIONS = TcpOptions()
+
+
+def parse_tcp_options(buf) -> TcpOptions:
+    """Parse the options area (bytes between the fixed header and data)."""
+    n = len(buf)
+    if n == 12:
+        magic, tsval, tsecr = _TS_FAST.unpack_from(buf, 0)
+        if magic == _TS_FAST_MAGIC:
+            return TcpOptions(None, None, False, (), tsval, tsecr)
+    mss = wscale = tsval = tsecr = None
+    sack_perm = False
+    sack = ()
+    i = 0
+    while i < n:
+        kind = buf[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise ParseError("tcp_opt_truncated")
+        olen = buf[i + 1]
+        if olen < 2 or i + olen > n:
+            raise ParseError("tcp_opt_bad_length")
+        if kind == OPT_MSS:
+            if olen != 4:
+                raise ParseError("tcp_opt_bad_length", "mss")
+            mss = _U16.unpack_from(buf, i + 2)[0]
+        elif kind == OPT_WSCALE:
+            if olen != 3:
+                raise ParseError("tcp_opt_bad_length", "wscale")
+            # RFC 7323 2.3: a shift above 14 is used as 14.
+            wscale = min(buf[i + 2], 14)
+        elif kind == OPT_SACK_PERM:
+            if olen != 2:
+                raise ParseError("tcp_opt_bad_length", "sack_perm")
+            sack_perm = True
+        elif kind == OPT_SACK:
+            if (olen - 2) % 8 or olen == 2:
+                raise ParseError("tcp_opt_bad_length", "sack")
+            sack = tuple(_U32X2.unpack_from(buf, j) for j in range(i + 2, i + olen, 8))
+        elif kind == OPT_TIMESTAMP:
+            if olen != 10:
+                raise ParseError("tcp_opt_bad_length", "timestamp")
+            tsval, tsecr = _U32X2.unpack_from(buf, i + 2)
+        i += olen
+    return TcpOptions(mss, wscale, sack_perm, sack, tsval, tsecr)
+
+
+def build_tcp_options(mss: int | None = None, wscale: int | None = None, sack_perm: bool = False,
+                      ts: tuple | None = None, sack_blocks=()) -> bytes:
+    """Encode options, NOP-padded to a multiple of 4, in Linux's order.
+
+    ``ts`` is ``(ts_val, ts_ecr)``. At most 4 SACK blocks fit alone, 3 with
+    timestamps (40-byte options limit); extra blocks are dropped.
+    """
+    out = bytearray()
+    if mss is not None:
+        out += struct.pack("!BBH", OPT_MSS, 4, mss)
+    if sack_perm and ts is not None:
+        out += struct.pack("!BBBBII", OPT_SACK_PERM, 2, OPT_TIMESTAMP, 10, ts[0], ts[1])
+    else:
+        if sack_perm:
+            out += b"\x01\x01\x04\x02"
+        if ts is not None:
+            out += struct.pack("!BBBBII", OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, ts[0], ts[1])
+    if wscale is not None:
+        out += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, wscale)
+    if sack_blocks:
+        room = (40 - len(out) - 4) // 8
+        blocks = tuple(sack_blocks)[:max(0, min(4, room))]
+        if blocks:
+            out += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
+            for left, right in blocks:
+                out += struct.pack("!II", left, right)
+    while len(out) & 3:
+        out.append(OPT_NOP)
+    return bytes(out)
+
+
+def parse_tcp(buf, off: int, end: int) -> tuple:
+    """Return ``(sport, dport, seq, ack, flags, window, csum, options, data_start)``."""
+    if end - off < TCP_LEN:
+        raise ParseError("tcp_truncated")
+    sport, dport, seq, ack, offflags, win, csum, _urg = TCP.unpack_from(buf, off)
+    hl = (offflags >> 10) & 0x3C
+    if hl < TCP_LEN or off + hl > end:
+        raise ParseError("tcp_bad_offset")
+    opts = parse_tcp_options(buf[off + TCP_LEN:off + hl]) if hl > TCP_LEN else NO_OPTIONS
+    return sport, dport, seq, ack, offflags & 0xFF, win, csum, opts, off + hl
+
+
+def flags_str(flags: int) -> str:
+    return "".join(ch for bit, ch in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
+                                      (ACK, "."), (URG, "U"), (ECE, "E"), (CWR, "C"))
+                   if flags & bit) or "-"
