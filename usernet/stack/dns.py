@@ -1,0 +1,89 @@
+"""The DNS forwarder's local part: names usernet answers itself, and resolv.conf.
+
+:class:`LocalNames` answers the names by which a container reaches its host,
+``host.containers.internal`` (Podman's name) and ``host.usernet.internal``,
+with the gateway address, which usernet maps to the host's loopback. Every
+other query gets ``None``: the caller forwards it upstream unchanged. When
+host loopback is disabled (``--disable-host-loopback``) the gateway does not
+reach the host, so the names are not answered locally either (pass
+``gateway_ip=None``) and go upstream like any other name.
+
+:func:`parse_resolv_conf` reads the host's ``/etc/resolv.conf`` text (the
+host side reads the file; this module never does I/O) into the upstream
+servers the forwarder uses.
+
+Pure and sans-IO, like the rest of ``usernet.stack``.
+"""
+
+import ipaddress
+
+from ..wire import ParseError
+from ..wire.dns import (
+    CLASS_ANY, CLASS_IN, OPCODE_QUERY, TYPE_A, TYPE_AAAA, TYPE_ANY, build_response, parse_query,
+)
+
+HOST_NAMES = frozenset({"host.containers.internal", "host.usernet.internal"})
+LOCAL_TTL = 60      # seconds: short, so a restarted usernet with new addresses is seen soon
+DNS_PORT = 53
+
+
+class LocalNames:
+    def __init__(self, gateway_ip: bytes | None, gateway_ip6: bytes | None = None):
+        if gateway_ip is not None and len(gateway_ip) != 4:
+            raise ValueError("gateway_ip must be 4 bytes")
+        if gateway_ip6 is not None and len(gateway_ip6) != 16:
+            raise ValueError("gateway_ip6 must be 16 bytes")
+        self.gateway_ip = gateway_ip
+        self.gateway_ip6 = gateway_ip6
+
+    def answer(self, query) -> bytes | None:
+        """The response to ``query`` (bytes) if it is for a local name, else None.
+
+        A query that does not parse is not ours either (None): the forwarder
+        decides what to do with garbage.
+        """
+        if self.gateway_ip is None:
+            return None
+        try:
+            q = parse_query(query)
+        except ParseError:
+            return None
+        if q.opcode != OPCODE_QUERY or q.qclass not in (CLASS_IN, CLASS_ANY):
+            return None
+        if q.qname.rstrip(".") not in HOST_NAMES:
+            return None
+        answers = []
+        if q.qtype in (TYPE_A, TYPE_ANY):
+            answers.append((TYPE_A, LOCAL_TTL, self.gateway_ip))
+        if q.qtype in (TYPE_AAAA, TYPE_ANY) and self.gateway_ip6 is not None:
+            answers.append((TYPE_AAAA, LOCAL_TTL, self.gateway_ip6))
+        # No answers is NODATA (NOERROR, empty answer section): the name
+        # exists, just not with this type. We are its authority, hence AA.
+        return build_response(query, answers, aa=True)
+
+
+def parse_resolv_conf(text: str) -> list[tuple[str, int]]:
+    """Upstream servers from resolv.conf text: ``[(address, 53), ...]``.
+
+    Reads ``nameserver`` lines (IPv4 or IPv6, an IPv6 zone like ``%eth0``
+    kept), in file order, without duplicates; comments (``#`` or ``;``),
+    other keywords and malformed addresses are skipped. Addresses come back
+    in canonical text form. No cap on the count: glibc reads only three
+    (MAXNS), but the forwarder may use more.
+    """
+    servers: list[tuple[str, int]] = []
+    seen = set()
+    for line in text.splitlines():
+        for mark in "#;":
+            line = line.split(mark, 1)[0]
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != "nameserver":
+            continue
+        try:
+            addr = str(ipaddress.ip_address(fields[1]))
+        except ValueError:
+            continue
+        if addr not in seen:
+            seen.add(addr)
+            servers.append((addr, DNS_PORT))
+    return servers
