@@ -1,0 +1,1201 @@
+"""One TCP connection toward the container, at segment level (sans-IO).
+
+Theory of operation
+===================
+
+A :class:`TcpConnection` is the *container side* of one NAT'ed TCP flow. The
+gateway owns addresses, frames and flow lookup; it hands this object parsed
+:class:`Segment` tuples and host-side notifications, and it drains two lists
+after every call:
+
+* ``segments_out`` -- segments to frame toward the container;
+* ``events`` -- tuples for the host side: ``("data", bytes)``, ``("eof",)``,
+  ``("reset",)``, ``("pause_reading",)``, ``("resume_reading",)``,
+  ``("connected",)`` / ``("refused",)`` (active open only), ``("aborted",)``
+  (we gave up) and ``("closed",)`` -- emitted exactly once, when the gateway
+  may forget the flow.
+
+Nothing here reads a clock or draws a random number: every mutating call
+takes ``now`` (float seconds, monotonic) and the ISS is a constructor
+argument. Every state transition of the flow lives in this one module.
+
+Opening. *Passive* (the container connects out): ``on_syn`` records the
+container's SYN and parks in SYN-RECEIVED *without answering*; the gateway
+connects the host socket first and then calls ``host_connected`` (we send the
+SYN-ACK) or ``host_refused`` (we send RST|ACK and close). Retransmitted SYNs
+while the host connect is pending are absorbed. *Active* (a port forward into
+the container): ``open_active`` sends a SYN, retransmitted with RFC 6298
+backoff up to :data:`SYN_RETRIES` times.
+
+States are the RFC 9293 names as strings (``state`` attribute): LISTEN (fresh
+object), SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2,
+CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT, CLOSED. "Host EOF" is our CLOSE
+call; the container's FIN becomes the ``("eof",)`` event.
+
+Sequence numbers. Internally ``snd_*``/``rcv_*``/``iss``/``irs`` are
+*unwrapped* integers (they start at the 32-bit value and grow without
+wrapping); incoming ``seq``/``ack`` are unwrapped against ``rcv_nxt`` /
+``snd_una`` on arrival and masked with ``& 0xFFFFFFFF`` on the way out. So all
+comparisons below are plain integer comparisons.
+
+Sending (host -> container). Host bytes go into one ``bytearray`` holding
+everything from ``snd_una`` on (unacked + unsent), at most ``snd_buf`` bytes
+(``send`` returns how much it took). Acked bytes are deleted from the front
+(O(1) amortized in CPython). Segments are copied out as ``bytes`` of at most
+``_seg_size`` bytes (``max_seg``; a TSO-capable gateway sets it to ~64 KiB
+while the wire MSS, ``snd_mss``, stays the same). In flight is capped by
+``min(cwnd, snd_wnd)``; cwnd starts at 10 segments (RFC 6928), grows by
+bytes acked in slow start (the peer is a local kernel, so no ABC limit) and
+by ~1 MSS per RTT in congestion avoidance (RFC 5681). Loss recovery: RTO per
+RFC 6298 (go-back-N from ``snd_una``, cwnd to one segment), fast retransmit
+after 3 duplicate ACKs with NewReno partial-ACK handling (RFC 6582). SACK
+blocks the container sends are accepted and ignored. A closed peer window
+starts the persist timer (zero-window probes, Linux style: an ACK with
+``seq = snd_una - 1``, which the peer must answer). After
+:data:`MAX_RETRIES` timeouts or :data:`GIVE_UP_AFTER` seconds without
+progress we send RST and emit ``("aborted",)``, ``("closed",)``.
+
+Receiving (container -> host). In-order data is handed out at once as
+``("data", bytes)``; the gateway writes it to the host socket and reports what
+is stuck there with ``set_host_backlog`` (ideally after every batch of
+events; bytes handed out during the current call count as stuck until then,
+and if the gateway never reports, the window simply reopens on the next
+ACK). The advertised window is ``rcv_buf - backlog``, never moving its right
+edge left (RFC 9293 3.8.6.2.1)
+and moved right only in steps of at least min(rcv_buf/2, MSS) (receiver-side
+SWS avoidance, 3.8.6.2.2). Out-of-order data inside the advertised window is
+kept in a sorted list of non-overlapping pieces (at most
+:data:`OOO_MAX_PIECES`) and reported in SACK blocks when permitted
+(RFC 2018). ACKs are sent for every second full segment, on PSH, on
+out-of-order data or a filled hole, on FIN, else after :data:`DELACK_TIME`.
+Unacceptable segments are answered with an ACK (RFC 9293), but answers to
+*bare* segments (no data: ACKs, challenge-ACK triggers) are rate-limited to
+one per :data:`OOW_ACK_INTERVAL` like Linux, which is what stops ACK loops
+between two confused endpoints. Pure ACKs carry ``seq = snd_max`` and a bare
+ACK exactly at our right window edge is acceptable (Linux does the same).
+
+Memory bound per flow: ``snd_buf`` (send queue) + ``rcv_buf`` (out-of-order
+pieces lie inside the advertised window, which is ``rcv_buf`` minus what the
+host socket still holds) + a small constant (timers, a few hundred bytes of
+state, at most :data:`OOO_MAX_PIECES` piece headers).
+
+Timers are data: ``get_timer()`` returns the earliest of the retransmission
+(also SYN / SYN-ACK), persist, delayed-ACK and TIME-WAIT deadlines;
+``handle_timer(now)`` runs what is due. TIME-WAIT lasts
+:data:`TIME_WAIT_TIME` (we are a proxy on a virtual link); retransmitted
+FINs are re-ACKed meanwhile. A SYN arriving in TIME-WAIT closes the
+connection at once without an answer: the gateway, seeing ``("closed",)`` and
+the SYN, may treat it as a new flow (RFC 6191 style reuse).
+
+Limits: no urgent data, no TCP Fast Open, no SACK-based retransmission, no
+keepalive (idle flows are the gateway's business), no simultaneous close
+subtleties beyond RFC 9293's CLOSING state.
+
+Counters (all ``tcp_*``) are incremented in the shared ``collections.Counter``
+for every decision and every drop.
+"""
+
+from bisect import insort
+from typing import NamedTuple
+
+from usernet.wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions
+
+# --- states (RFC 9293 names) ------------------------------------------------
+LISTEN = "LISTEN"
+SYN_SENT = "SYN_SENT"
+SYN_RECEIVED = "SYN_RECEIVED"
+ESTABLISHED = "ESTABLISHED"
+FIN_WAIT_1 = "FIN_WAIT_1"
+FIN_WAIT_2 = "FIN_WAIT_2"
+CLOSE_WAIT = "CLOSE_WAIT"
+CLOSING = "CLOSING"
+LAST_ACK = "LAST_ACK"
+TIME_WAIT = "TIME_WAIT"
+CLOSED = "CLOSED"
+
+#: States in which we may (re)transmit data or our FIN.
+_OUTPUT_STATES = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
+#: States in which segment text from the container is delivered.
+_RECV_STATES = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
+#: States after the handshake (RFC 9293 "synchronized").
+_SYNCHRONIZED = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING,
+                           LAST_ACK, TIME_WAIT))
+
+# --- tunables ---------------------------------------------------------------
+RTO_INITIAL = 1.0          # RFC 6298 2.1
+RTO_MIN = 0.2              # Linux's floor; RFC 6298 says 1 s, too slow for a virtual link
+RTO_MAX = 60.0             # RFC 6298 2.5
+CLOCK_G = 0.001            # clock granularity G in RFC 6298 2.3
+MAX_RETRIES = 15           # consecutive timeouts (or unanswered probes) before giving up
+GIVE_UP_AFTER = 120.0      # seconds of timeouts without progress before giving up
+SYN_RETRIES = 5            # SYN / SYN-ACK retransmissions (1+2+4+8+16+32 s)
+TIME_WAIT_TIME = 2.0       # short 2MSL: a proxy on a virtual link
+DELACK_TIME = 0.04         # RFC 9293 3.8.6.3: delay ACKs less than 0.5 s; Linux uses 40 ms
+INIT_CWND_SEGS = 10        # RFC 6928
+DUPACK_THRESHOLD = 3       # RFC 5681 3.2
+OOO_MAX_PIECES = 256       # bound on out-of-order pieces (bytes are bounded by the window)
+DEFAULT_MSS = 536          # RFC 9293 3.7.1: MSS when the option is absent
+TS_OPT_LEN = 12            # NOP NOP TS: payload per segment shrinks by this (RFC 6691)
+MAX_SACK_BLOCKS = 3        # 3 fit beside timestamps in 40 option bytes
+OOW_ACK_INTERVAL = 0.5     # min gap between ACKs to bare unacceptable segments (Linux: 500 ms)
+
+_M = 0xFFFFFFFF
+_HALF = 0x80000000
+
+
+class Segment(NamedTuple):
+    """One TCP segment as the gateway parses / frames it.
+
+    ``window`` is the raw 16-bit field; scaling is applied by the connection.
+    """
+
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    options: TcpOptions
+    payload: bytes | memoryview
+
+
+class TcpConnection:
+    """The container side of one TCP flow. See the module docstring."""
+
+    def __init__(self, now, iss, mss, counters, *, rcv_buf=256 * 1024, snd_buf=512 * 1024,
+                 wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None):
+        self.state = LISTEN
+        self.counters = counters
+        self.mss = mss
+        self.rcv_buf = rcv_buf
+        self.snd_buf = snd_buf
+        self.wscale = None if wscale is None else min(wscale, 14)
+        self.max_seg = max_seg
+        self.sack = sack
+        self.timestamps = timestamps
+        self.ts_clock = ts_clock
+        self.segments_out: list[Segment] = []
+        self.events: list[tuple] = []
+
+        # Send sequence space (RFC 9293 3.3.1), unwrapped.
+        self.iss = iss & _M
+        self.snd_una = self.snd_nxt = self.snd_max = self.iss
+        self.snd_wnd = 0
+        self.snd_wl1 = self.snd_wl2 = 0
+        self.snd_wscale = 0
+        self._ws_ok = False
+        self._max_snd_wnd = 0
+        self._sndbuf = bytearray()
+        self._buf_seq = self.iss + 1          # sequence number of _sndbuf[0]
+        self._fin_queued = False              # host EOF seen; FIN follows the queued data
+
+        # Receive sequence space, unwrapped.
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_wscale = 0
+        self._rcv_adv = 0                     # right edge we advertised (never moves left)
+        self._backlog = 0
+        self._delivered = 0                   # bytes handed out during the current call
+        self._ooo: list[tuple[int, bytes]] = []
+        self._ooo_bytes = 0
+        self._ooo_fin = None                  # sequence number of an out-of-order FIN
+        self._ooo_last = None                 # start of the most recent out-of-order piece
+        self._unacked_rx = 0                  # bytes delivered but not yet ACKed
+        self._ack_now = False
+        self._last_ack_sent = 0
+        self._last_oow_ack = -1e9
+
+        # Negotiated options.
+        self.peer_mss = DEFAULT_MSS
+        self.snd_mss = min(mss, DEFAULT_MSS)
+        self._seg_size = self.snd_mss
+        self._sws_thresh = max(1, min(rcv_buf // 2, mss))
+        self.sack_ok = False
+        self.ts_ok = False
+        self._ts_recent = 0
+        self._opts_key = None
+        self._opts = NO_OPTIONS
+
+        # RFC 6298 state.
+        self.srtt = None
+        self.rttvar = 0.0
+        self.rto = RTO_INITIAL
+        self._backoff = 0
+        self._retries = 0
+        self._stall_since = None
+        self._rtt_seq = None                  # segment end being timed (Karn: cleared on rexmit)
+        self._rtt_at = 0.0
+
+        # Congestion control (RFC 5681 / 6582).
+        self.cwnd = INIT_CWND_SEGS * self.snd_mss
+        self.ssthresh = 1 << 62
+        self._dupacks = 0
+        self._recover = None                  # not None while in fast recovery
+
+        # Timers (absolute deadlines or None).
+        self._rto_at = None
+        self._persist_at = None
+        self._delack_at = None
+        self._tw_at = None
+        self._persist_backoff = 0
+        self._probes = 0
+
+        self._answered = False                # passive open: SYN-ACK sent
+        self._active = False                  # we opened (port forward)
+        self._paused = False
+        self._closed_emitted = False
+
+    # ------------------------------------------------------------------
+    # opening
+    # ------------------------------------------------------------------
+    def on_syn(self, seg: Segment, now: float) -> None:
+        """The container's SYN (passive open). Do not answer until the host connects."""
+        if self.state != LISTEN:
+            if self.state == SYN_RECEIVED and not self._answered and seg.flags & SYN:
+                # Connect first, answer second: the container retransmits its SYN while
+                # the host connect is pending; nothing to say yet.
+                self.counters["tcp_dup_syn_absorbed"] += 1
+                return
+            self.on_segment(seg, now)
+            return
+        self.counters["tcp_syn_rx"] += 1
+        self.irs = seg.seq & _M
+        self.rcv_nxt = self.irs + 1
+        self._negotiate(seg.options)
+        # RFC 7323 2.2: "The window field in a segment where the SYN bit is set
+        # (i.e., a <SYN> or <SYN,ACK>) MUST NOT be scaled."
+        self.snd_wnd = self._max_snd_wnd = seg.window
+        self.snd_wl1 = self.irs
+        self.snd_wl2 = self.iss
+        self.state = SYN_RECEIVED
+
+    def host_connected(self, now: float) -> None:
+        """The host connect succeeded: answer the container's SYN with SYN-ACK."""
+        if self.state != SYN_RECEIVED or self._answered:
+            self.counters["tcp_host_connected_ignored"] += 1
+            return
+        self._answered = True
+        self._send_syn(now)
+        self.snd_nxt = self.snd_max = self.iss + 1
+        self._rtt_seq, self._rtt_at = self.iss + 1, now
+        self._rto_at = now + self._cur_rto()
+
+    def host_refused(self, now: float) -> None:
+        """The host connect failed: RST|ACK to the container, and close."""
+        if self.state != SYN_RECEIVED or self._answered:
+            self.counters["tcp_host_refused_ignored"] += 1
+            return
+        self.counters["tcp_syn_host_refused_rst"] += 1
+        # RFC 9293 3.10.7.1: "<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>"
+        self.segments_out.append(Segment(0, self.rcv_nxt & _M, RST | ACK, 0, NO_OPTIONS, b""))
+        self._close()
+
+    def open_active(self, now: float) -> None:
+        """Active open toward the container (port forward): send our SYN."""
+        if self.state != LISTEN:
+            raise RuntimeError(f"open_active in {self.state}")
+        self._active = True
+        self.state = SYN_SENT
+        self.counters["tcp_active_open"] += 1
+        self._send_syn(now)
+        self.snd_nxt = self.snd_max = self.iss + 1
+        self._rtt_seq, self._rtt_at = self.iss + 1, now
+        self._rto_at = now + self._cur_rto()
+
+    def _negotiate(self, o: TcpOptions) -> None:
+        """Record the options of the peer's SYN (or SYN-ACK)."""
+        self.peer_mss = o.mss if o.mss else DEFAULT_MSS
+        # RFC 7323 2.2: scaling is on only if both sides sent the option.
+        if o.wscale is not None and self.wscale is not None:
+            self._ws_ok = True
+            self.snd_wscale = o.wscale
+            self.rcv_wscale = self.wscale
+        self.sack_ok = bool(self.sack and o.sack_perm)
+        self.ts_ok = bool(self.timestamps and o.ts_val is not None)
+        if self.ts_ok:
+            self._ts_recent = o.ts_val
+        # RFC 6691: the MSS counts no options, so every option byte we put on a
+        # segment comes out of its payload.
+        self.snd_mss = max(1, min(self.mss, self.peer_mss) - (TS_OPT_LEN if self.ts_ok else 0))
+        self._seg_size = self.max_seg or self.snd_mss
+        self.cwnd = INIT_CWND_SEGS * self.snd_mss
+
+    def _send_syn(self, now: float) -> None:
+        # RFC 7323 2.2: the window in a SYN is never scaled.
+        field = max(0, min(self.rcv_buf - self._backlog, 0xFFFF))
+        tsval = self._tsval(now)
+        if self.state == SYN_SENT:
+            opts = TcpOptions(self.mss, self.wscale, bool(self.sack), (),
+                              tsval if self.timestamps else None, 0 if self.timestamps else None)
+            self.segments_out.append(Segment(self.iss, 0, SYN, field, opts, b""))
+            return
+        opts = TcpOptions(self.mss, self.rcv_wscale if self._ws_ok else None, self.sack_ok, (),
+                          tsval if self.ts_ok else None,
+                          self._ts_recent if self.ts_ok else None)
+        self._rcv_adv = self.rcv_nxt + field
+        self._last_ack_sent = self.rcv_nxt
+        self.segments_out.append(Segment(self.iss, self.rcv_nxt & _M, SYN | ACK, field, opts, b""))
+
+    # ------------------------------------------------------------------
+    # host side
+    # ------------------------------------------------------------------
+    def send(self, data, now: float) -> int:
+        """Queue host bytes toward the container; return how many were accepted."""
+        st = self.state
+        if self._fin_queued or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
+            self.counters["tcp_send_refused_state"] += 1
+            return 0
+        room = self.snd_buf - len(self._sndbuf)
+        n = len(data)
+        if n > room:
+            n = room if room > 0 else 0
+            data = memoryview(data)[:n]
+        if n:
+            self._sndbuf += data
+            if st in _OUTPUT_STATES:
+                self._output(now)
+        self._check_pause()
+        return n
+
+    def shutdown_host_eof(self, now: float) -> None:
+        """The host closed its write side: send FIN after the queued data."""
+        st = self.state
+        if self._fin_queued or st in (CLOSED, LISTEN):
+            return
+        self._fin_queued = True
+        self.counters["tcp_host_eof"] += 1
+        # RFC 9293 3.10.4 CLOSE: ESTABLISHED -> "enter FIN-WAIT-1 state";
+        # CLOSE-WAIT -> "enter LAST-ACK state". In SYN states the FIN waits for
+        # the handshake (see _established).
+        if st == ESTABLISHED:
+            self.state = FIN_WAIT_1
+        elif st == CLOSE_WAIT:
+            self.state = LAST_ACK
+        if self.state in _OUTPUT_STATES:
+            self._output(now)
+
+    def abort(self, now: float) -> None:
+        """The host socket failed or was reset: RST to the container and close."""
+        st = self.state
+        if st == CLOSED:
+            return
+        self.counters["tcp_abort"] += 1
+        if st == SYN_RECEIVED and not self._answered:
+            self.segments_out.append(Segment(0, self.rcv_nxt & _M, RST | ACK, 0, NO_OPTIONS, b""))
+        elif st in _SYNCHRONIZED or st == SYN_RECEIVED:
+            # RFC 9293 3.10.5 ABORT: "<SEQ=SND.NXT><CTL=RST>"
+            self.segments_out.append(Segment(self.snd_nxt & _M, self.rcv_nxt & _M, RST | ACK, 0,
+                                             NO_OPTIONS, b""))
+        self._close()
+
+    def set_host_backlog(self, nbytes: int, now: float) -> None:
+        """Bytes stuck in the host socket's write buffer; drives our window."""
+        old_wnd = self._rcv_adv - self.rcv_nxt
+        self._backlog = nbytes
+        self._delivered = 0
+        if self.state not in _RECV_STATES:
+            return
+        if old_wnd < 0:
+            old_wnd = 0
+        grow = self.rcv_buf - nbytes - old_wnd
+        # RFC 9293 3.8.6.2.2: only tell the peer about a window that grew by at
+        # least min(rcv_buf/2, MSS), and only bother while its view is small.
+        if grow >= self._sws_thresh and old_wnd < self.rcv_buf // 2:
+            self.counters["tcp_window_update_tx"] += 1
+            self._send_ack(now)
+
+    # ------------------------------------------------------------------
+    # timers
+    # ------------------------------------------------------------------
+    def get_timer(self):
+        t = self._rto_at
+        for x in (self._persist_at, self._delack_at, self._tw_at):
+            if x is not None and (t is None or x < t):
+                t = x
+        return t
+
+    def handle_timer(self, now: float) -> None:
+        self._delivered = 0
+        if self._tw_at is not None and now >= self._tw_at:
+            self.counters["tcp_time_wait_done"] += 1
+            self._close()
+            return
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            if self._unacked_rx or self._ack_now:
+                self.counters["tcp_delayed_ack_tx"] += 1
+                self._send_ack(now)
+        if self._rto_at is not None and now >= self._rto_at:
+            self._rto_at = None
+            self._on_rto(now)
+        if self._persist_at is not None and now >= self._persist_at:
+            self._persist_at = None
+            self._on_persist(now)
+
+    def _cur_rto(self) -> float:
+        r = self.rto * (1 << self._backoff) if self._backoff < 16 else RTO_MAX
+        return r if r < RTO_MAX else RTO_MAX
+
+    def _on_rto(self, now: float) -> None:
+        st = self.state
+        self._retries += 1
+        if self._stall_since is None:
+            self._stall_since = now
+        self.counters["tcp_retransmit_timeout"] += 1
+        self._rtt_seq = None                      # Karn: no samples from retransmissions
+        if st == SYN_SENT or st == SYN_RECEIVED:
+            if self._retries > SYN_RETRIES:
+                if st == SYN_SENT:
+                    self.counters["tcp_syn_timeout"] += 1
+                    self.events.append(("refused",))
+                    self._close()
+                else:
+                    self._give_up(now)
+                return
+            self._backoff += 1
+            self.counters["tcp_retransmit"] += 1
+            self._send_syn(now)
+            self._rto_at = now + self._cur_rto()
+            return
+        if st not in _OUTPUT_STATES:
+            return
+        if self._retries > MAX_RETRIES or now - self._stall_since >= GIVE_UP_AFTER:
+            self._give_up(now)
+            return
+        # RFC 6298 5.5: "The host MUST set RTO <- RTO * 2 ("back off the timer")."
+        self._backoff += 1
+        # RFC 5681 (4): ssthresh = max(FlightSize / 2, 2*SMSS); cwnd = 1 segment.
+        seg = self.snd_mss
+        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * seg)
+        self.cwnd = seg
+        self._recover = None
+        self._dupacks = 0
+        # Go back N: resend from snd_una as the ACK clock allows.
+        self.snd_nxt = self.snd_una
+        self._rto_at = None
+        self._output(now)
+
+    def _on_persist(self, now: float) -> None:
+        if self.state not in _OUTPUT_STATES:
+            return
+        if self.snd_wnd == 0:
+            self._probes += 1
+            if self._probes > MAX_RETRIES:
+                self._give_up(now)
+                return
+            # RFC 9293 3.8.6.1: "The sending TCP peer must regularly transmit
+            # at least one octet of new data (if available), or retransmit to
+            # the receiving TCP peer even if the send window is zero". Like
+            # Linux we send an old sequence number, which must be answered by
+            # an ACK carrying the current window.
+            self.counters["tcp_zero_window_probe"] += 1
+            self._emit(self.snd_una - 1, ACK, b"", now)
+            self._persist_backoff += 1
+            self._arm_persist(now)
+        else:
+            # RFC 9293 3.8.6.2.1: the sender-side SWS "override timeout".
+            self.counters["tcp_sws_override"] += 1
+            self._output(now, force=True)
+
+    def _arm_persist(self, now: float) -> None:
+        base = self.rto if self.rto > RTO_MIN else RTO_MIN
+        b = self._persist_backoff
+        t = base * (1 << b) if b < 16 else RTO_MAX
+        self._persist_at = now + (t if t < RTO_MAX else RTO_MAX)
+
+    def _give_up(self, now: float) -> None:
+        self.counters["tcp_give_up"] += 1
+        self.segments_out.append(Segment(self.snd_nxt & _M, self.rcv_nxt & _M, RST | ACK, 0,
+                                         NO_OPTIONS, b""))
+        self.events.append(("aborted",))
+        self._close()
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
+        self._sndbuf = bytearray()
+        self._ooo = []
+        self._ooo_bytes = 0
+        if not self._closed_emitted:
+            self._closed_emitted = True
+            self.events.append(("closed",))
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TIME_WAIT
+        self._rto_at = self._persist_at = None
+        self._tw_at = now + TIME_WAIT_TIME
+        self._sndbuf = bytearray()
+
+    # ------------------------------------------------------------------
+    # segment arrival
+    # ------------------------------------------------------------------
+    def on_segment(self, seg: Segment, now: float) -> None:
+        self._delivered = 0
+        st = self.state
+        if st in _SYNCHRONIZED or (st == SYN_RECEIVED and self._answered):
+            self._on_synchronized(seg, now)
+        elif st == SYN_SENT:
+            self._on_syn_sent(seg, now)
+        elif st == SYN_RECEIVED:
+            # Host connect still pending: nothing has been answered yet.
+            if seg.flags & RST:
+                if (seg.seq & _M) == (self.rcv_nxt & _M):
+                    self.counters["tcp_rst_rx"] += 1
+                    self.events.append(("reset",))
+                    self._close()
+                else:
+                    self.counters["tcp_drop_rst_out_of_window"] += 1
+            elif seg.flags & SYN:
+                self.counters["tcp_dup_syn_absorbed"] += 1
+            else:
+                self.counters["tcp_drop_before_answer"] += 1
+        else:
+            self.counters["tcp_drop_" + st.lower()] += 1
+
+    def _on_syn_sent(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.3, SYN-SENT STATE."""
+        flags = seg.flags
+        if flags & ACK:
+            # "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset (unless the
+            # RST bit is set, if so drop the segment and return)"
+            if (seg.ack & _M) != ((self.iss + 1) & _M):
+                if not flags & RST:
+                    self.counters["tcp_rst_tx_bad_ack"] += 1
+                    self.segments_out.append(Segment(seg.ack & _M, 0, RST, 0, NO_OPTIONS, b""))
+                else:
+                    self.counters["tcp_drop_rst_bad_ack"] += 1
+                return
+        if flags & RST:
+            # "If the ACK was acceptable, then signal to the user "error:
+            # connection reset", drop the segment, enter CLOSED state"
+            if flags & ACK:
+                self.counters["tcp_rst_rx"] += 1
+                self.events.append(("refused",))
+                self._close()
+            else:
+                self.counters["tcp_drop_rst_no_ack"] += 1
+            return
+        if not flags & SYN:
+            # "If neither of the SYN or RST bits is set, then drop the segment"
+            self.counters["tcp_drop_syn_sent_no_syn"] += 1
+            return
+        self.irs = seg.seq & _M
+        self.rcv_nxt = self.irs + 1
+        self._negotiate(seg.options)
+        self.snd_wnd = self._max_snd_wnd = seg.window     # SYN windows are not scaled
+        self.snd_wl1 = self.irs
+        # What our SYN offered (unscaled) is the window the peer sees now.
+        self._rcv_adv = self.rcv_nxt + max(0, min(self.rcv_buf - self._backlog, 0xFFFF))
+        if flags & ACK:
+            # "If SND.UNA > ISS (our SYN has been ACKed), change the connection
+            # state to ESTABLISHED, form an ACK segment ... and send it."
+            self.snd_wl2 = self.iss + 1
+            self._new_ack(self.iss + 1, now)
+            if len(seg.payload) or flags & FIN:
+                self.counters["tcp_drop_synack_data"] += 1  # rare; the peer resends it
+            self._established(now)
+            self._ack_now = True
+            if self.state in _OUTPUT_STATES:
+                self._output(now)
+            if self._ack_now:
+                self._send_ack(now)
+            self._check_pause()
+        else:
+            # "Otherwise, enter SYN-RECEIVED, form a SYN,ACK segment" (simultaneous open)
+            self.counters["tcp_simultaneous_open"] += 1
+            self.snd_wl2 = self.iss
+            self.state = SYN_RECEIVED
+            self._answered = True
+            self._send_syn(now)
+
+    def _established(self, now: float) -> None:
+        self.state = ESTABLISHED
+        if self._active:
+            self.events.append(("connected",))
+        if self._fin_queued:
+            self.state = FIN_WAIT_1
+
+    def _on_synchronized(self, seg: Segment, now: float) -> None:
+        """RFC 9293 3.10.7.4, "Otherwise" (SYN-RECEIVED and the synchronized states)."""
+        flags = seg.flags
+        payload = seg.payload
+        plen = len(payload)
+        st = self.state
+        rcv_nxt = self.rcv_nxt
+        seq = rcv_nxt + ((seg.seq - rcv_nxt + _HALF) & _M) - _HALF
+        opts = seg.options
+
+        if flags & SYN and not flags & RST:
+            if st == SYN_RECEIVED and seq == self.irs and not flags & ACK:
+                # Our SYN-ACK was lost and the container retransmitted its SYN.
+                self.counters["tcp_dup_syn_rx"] += 1
+                self.counters["tcp_retransmit"] += 1
+                self._send_syn(now)
+                return
+            if st == TIME_WAIT and seq > rcv_nxt and not flags & ACK:
+                # RFC 6191-style reuse: a new connection with the same ports.
+                # Leave the SYN unanswered; the gateway makes it a new flow.
+                self.counters["tcp_time_wait_syn_reuse"] += 1
+                self._close()
+                return
+            # RFC 5961 4.2: "If the SYN bit is set, irrespective of the
+            # sequence number, TCP MUST send an ACK (also referred to as
+            # challenge ACK) to the remote peer"
+            self.counters["tcp_challenge_ack"] += 1
+            self._oow_ack(0, now)
+            return
+
+        # RFC 7323 5.3 PAWS: "If the SEG.TSval is less than TS.Recent ... the
+        # segment is not acceptable" (RSTs are exempt).
+        if self.ts_ok and opts.ts_val is not None and not flags & RST \
+                and ((opts.ts_val - self._ts_recent) & _M) >= _HALF:
+            self.counters["tcp_drop_paws"] += 1
+            self._oow_ack(plen + (flags & FIN), now)
+            return
+
+        # --- first: check sequence number (the four acceptability cases) ---
+        wnd = self._rcv_adv - rcv_nxt
+        if wnd < 0:
+            wnd = 0
+        fin = flags & FIN
+        seg_len = plen + fin
+        data_ok = True
+        if seg_len == 0:
+            # Like Linux, accept a bare ACK sitting exactly on the right edge
+            # (a sender that filled our window sends its ACKs from there).
+            ok = rcv_nxt <= seq <= rcv_nxt + wnd
+        elif wnd == 0:
+            ok = False
+            # "If the RCV.WND is zero, no segments will be acceptable, but
+            # special allowance should be made to accept valid ACKs, URGs, and
+            # RSTs."
+            if seq == rcv_nxt:
+                ok, data_ok = True, False
+                self.counters["tcp_drop_zero_window"] += 1
+                self._ack_now = True
+        else:
+            end = seq + seg_len - 1
+            ok = (rcv_nxt <= seq < rcv_nxt + wnd) or (rcv_nxt <= end < rcv_nxt + wnd) \
+                or (seq < rcv_nxt and end >= rcv_nxt + wnd)
+        if not ok:
+            if flags & RST:
+                self.counters["tcp_drop_rst_out_of_window"] += 1
+                return
+            # "If an incoming segment is not acceptable, an acknowledgment
+            # should be sent in reply (unless the RST bit is set)"
+            if seq + seg_len <= rcv_nxt:
+                self.counters["tcp_dup_data_rx"] += 1
+                if st == TIME_WAIT and fin:
+                    # "Acknowledge it, and restart the 2 MSL timeout."
+                    self._tw_at = now + TIME_WAIT_TIME
+            else:
+                self.counters["tcp_drop_out_of_window"] += 1
+            self._oow_ack(seg_len, now)
+            return
+
+        # RFC 7323 4.3: "If SEG.TSval >= TS.Recent and SEG.SEQ <= Last.ACK.sent
+        # then SEG.TSval is copied to TS.Recent".
+        if opts.ts_val is not None and self.ts_ok and seq <= self._last_ack_sent:
+            self._ts_recent = opts.ts_val
+
+        # --- second: check the RST bit (RFC 5961 3.2) ---
+        if flags & RST:
+            if seq == rcv_nxt:
+                # "If the RST bit is set and the sequence number exactly matches
+                # the next expected sequence number (RCV.NXT), then TCP MUST
+                # reset the connection."
+                if st == TIME_WAIT:
+                    # RFC 1337: ignore RSTs in TIME-WAIT (avoid TIME-WAIT assassination).
+                    self.counters["tcp_rst_rx_time_wait_ignored"] += 1
+                    return
+                self.counters["tcp_rst_rx"] += 1
+                self.events.append(("reset",))
+                self._close()
+            else:
+                # "Otherwise ... TCP MUST send an ACK (challenge ACK)"
+                self.counters["tcp_challenge_ack"] += 1
+                self._oow_ack(0, now)
+            return
+
+        # --- fifth: check the ACK field ---
+        if not flags & ACK:
+            # "if the ACK bit is off, drop the segment and return"
+            self.counters["tcp_drop_no_ack"] += 1
+            return
+        una = self.snd_una
+        ack = una + ((seg.ack - una + _HALF) & _M) - _HALF
+        if st == SYN_RECEIVED:
+            # "If SND.UNA < SEG.ACK =< SND.NXT, then enter ESTABLISHED state ...
+            # If the segment acknowledgment is not acceptable, form a reset
+            # segment <SEQ=SEG.ACK><CTL=RST> and send it."
+            if not una < ack <= self.snd_max:
+                self.counters["tcp_rst_tx_bad_ack"] += 1
+                self.segments_out.append(Segment(seg.ack & _M, 0, RST, 0, NO_OPTIONS, b""))
+                return
+            self.counters["tcp_established"] += 1
+            self._established(now)
+            st = self.state
+            self.snd_wl1 = seq - 1          # force the window update below
+        if ack > self.snd_max:
+            # "If the ACK acks something not yet sent (SEG.ACK > SND.NXT) then
+            # send an ACK, drop the segment, and return."
+            self.counters["tcp_drop_ack_unsent"] += 1
+            self._oow_ack(seg_len, now)
+            return
+        if ack < una - self._max_snd_wnd:
+            # RFC 5961 5.2: ACKs older than the largest window ever seen are
+            # dropped with an ACK.
+            self.counters["tcp_drop_ack_too_old"] += 1
+            self._oow_ack(seg_len, now)
+            return
+        swnd = seg.window << self.snd_wscale
+        if ack > una:
+            self._new_ack(ack, now)
+        elif ack == una and seg_len == 0 and swnd == self.snd_wnd and self.snd_max > una:
+            # RFC 5681 2: a duplicate ACK (no data, no SYN/FIN, same window,
+            # outstanding data, ack == snd_una).
+            self._dup_ack(now)
+        if ack >= una:
+            # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
+            # updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2
+            # =< SEG.ACK)), set SND.WND <- SEG.WND, set SND.WL1 <- SEG.SEQ, and
+            # set SND.WL2 <- SEG.ACK."
+            if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+                if swnd and not self.snd_wnd:
+                    self._persist_backoff = 0
+                    self._persist_at = None
+                self.snd_wnd = swnd
+                self.snd_wl1 = seq
+                self.snd_wl2 = ack
+                if swnd > self._max_snd_wnd:
+                    self._max_snd_wnd = swnd
+            self._probes = 0
+
+        if self._fin_queued and self.snd_una == self._buf_seq + len(self._sndbuf) + 1:
+            # Our FIN is acknowledged.
+            if st == FIN_WAIT_1:
+                # "if the FIN segment is now acknowledged, then enter FIN-WAIT-2"
+                self.state = st = FIN_WAIT_2
+            elif st == CLOSING:
+                # "if the ACK acknowledges our FIN, then enter the TIME-WAIT state"
+                self._enter_time_wait(now)
+                return
+            elif st == LAST_ACK:
+                # "If our FIN is now acknowledged, delete the TCB, enter the
+                # CLOSED state, and return."
+                self.counters["tcp_closed_last_ack"] += 1
+                self._close()
+                return
+
+        # --- seventh: process the segment text ---
+        if seg_len and st in _RECV_STATES:
+            if data_ok:
+                self._receive(seq, payload, fin, flags, now)
+        elif seg_len and st not in _RECV_STATES and plen:
+            # "This should not occur since a FIN has been received from the
+            # remote side. Ignore the segment text."
+            self.counters["tcp_drop_data_after_fin"] += 1
+
+        if self.state in _OUTPUT_STATES:
+            self._output(now)
+        if self._ack_now:
+            self._send_ack(now)
+        elif self._unacked_rx and self._delack_at is None:
+            self._delack_at = now + DELACK_TIME
+        self._check_pause()
+
+    def _receive(self, seq: int, payload, fin: int, flags: int, now: float) -> None:
+        """Accept the text of an acceptable segment (RFC 9293 3.10.7.4 seventh/eighth)."""
+        rcv_nxt = self.rcv_nxt
+        if seq < rcv_nxt:
+            # "If a segment's contents straddle the boundary between old and
+            # new, only the new parts are processed."
+            payload = payload[rcv_nxt - seq:]
+            seq = rcv_nxt
+        right = self._rcv_adv
+        if seq + len(payload) > right:
+            # Beyond the advertised window: trim (and the FIN with it).
+            self.counters["tcp_rx_trimmed_to_window"] += 1
+            payload = payload[:max(0, right - seq)]
+            fin = 0
+        plen = len(payload)
+        fin_seq = seq + plen
+        if seq == rcv_nxt:
+            if plen:
+                data = payload if type(payload) is bytes else bytes(payload)
+                rcv_nxt += plen
+                if self._ooo:
+                    chunks = [data]
+                    rcv_nxt = self._ooo_pull(rcv_nxt, chunks)
+                    data = b"".join(chunks)
+                    self._ack_now = True    # RFC 5681 4.2: ACK at once when a hole fills
+                self.rcv_nxt = rcv_nxt
+                self.events.append(("data", data))
+                self._unacked_rx += len(data)
+                self._delivered += len(data)
+                if self._unacked_rx >= 2 * self.mss or flags & PSH:
+                    self._ack_now = True
+            if (fin and fin_seq == rcv_nxt) or (self._ooo_fin is not None
+                                                and self._ooo_fin == rcv_nxt):
+                self._receive_fin(now)
+        else:
+            # Out of order: keep it (inside the window, bounded) and send a
+            # duplicate ACK at once (RFC 5681 4.2), with SACK blocks.
+            if plen:
+                self._ooo_insert(seq, payload)
+            if fin:
+                self._ooo_fin = fin_seq
+            self._ack_now = True
+
+    def _receive_fin(self, now: float) -> None:
+        # "eighth, check the FIN bit": advance RCV.NXT over the FIN, signal the user.
+        self.rcv_nxt += 1
+        self._ooo_fin = None
+        self._ooo = []
+        self._ooo_bytes = 0
+        self._ack_now = True
+        self.counters["tcp_fin_rx"] += 1
+        self.events.append(("eof",))
+        st = self.state
+        if st == ESTABLISHED:
+            self.state = CLOSE_WAIT
+        elif st == FIN_WAIT_1:
+            # Our FIN is not yet acked (else we would be in FIN-WAIT-2).
+            self.state = CLOSING
+        elif st == FIN_WAIT_2:
+            # "Enter the TIME-WAIT state. Start the time-wait timer"
+            self._enter_time_wait(now)
+
+    def _ooo_insert(self, seq: int, data) -> None:
+        end = seq + len(data)
+        pos = seq
+        new = []
+        for s, d in self._ooo:
+            e = s + len(d)
+            if e <= pos:
+                continue
+            if s >= end:
+                break
+            if s > pos:
+                new.append((pos, bytes(data[pos - seq:s - seq])))
+            pos = e
+            if pos >= end:
+                break
+        if pos < end:
+            new.append((pos, bytes(data[pos - seq:])))
+        if not new:
+            self.counters["tcp_ooo_duplicate"] += 1
+            return
+        if len(self._ooo) + len(new) > OOO_MAX_PIECES:
+            self.counters["tcp_drop_ooo_full"] += 1
+            return
+        self.counters["tcp_ooo_queued"] += 1
+        for piece in new:
+            insort(self._ooo, piece)
+            self._ooo_bytes += len(piece[1])
+        self._ooo_last = seq
+
+    def _ooo_pull(self, rcv_nxt: int, chunks: list) -> int:
+        ooo = self._ooo
+        i = 0
+        while i < len(ooo) and ooo[i][0] <= rcv_nxt:
+            s, d = ooo[i]
+            self._ooo_bytes -= len(d)
+            e = s + len(d)
+            if e > rcv_nxt:
+                chunks.append(d[rcv_nxt - s:])
+                rcv_nxt = e
+            i += 1
+        del ooo[:i]
+        return rcv_nxt
+
+    def _sack_blocks(self) -> tuple:
+        """Merged out-of-order ranges, the one holding the newest piece first (RFC 2018 4)."""
+        blocks = []
+        for s, d in self._ooo:
+            e = s + len(d)
+            if blocks and blocks[-1][1] == s:
+                blocks[-1][1] = e
+            else:
+                blocks.append([s, e])
+        last = self._ooo_last
+        blocks.sort(key=lambda b: not (last is not None and b[0] <= last < b[1]))
+        return tuple((s & _M, e & _M) for s, e in blocks[:MAX_SACK_BLOCKS])
+
+    # ------------------------------------------------------------------
+    # ACK processing of what we sent
+    # ------------------------------------------------------------------
+    def _new_ack(self, ack: int, now: float) -> None:
+        una = self.snd_una
+        acked = ack - una
+        if una == self.iss:
+            acked -= 1                              # the SYN is not data
+        self.snd_una = ack
+        if ack > self.snd_nxt:
+            self.snd_nxt = ack
+        n = ack - self._buf_seq
+        if n > 0:
+            blen = len(self._sndbuf)
+            if n > blen:
+                n = blen
+            del self._sndbuf[:n]
+            self._buf_seq += n
+        # RFC 6298 (Karn): sample only segments that were never retransmitted.
+        if self._rtt_seq is not None and ack >= self._rtt_seq:
+            self._rtt_sample(now - self._rtt_at)
+            self._rtt_seq = None
+        self._backoff = 0
+        self._retries = 0
+        self._stall_since = None
+        seg = self.snd_mss
+        if self._recover is not None:
+            if ack >= self._recover:
+                # RFC 6582 3.2 step 3, full acknowledgment: deflate the window.
+                self.cwnd = min(self.ssthresh, max(self.snd_max - ack, seg) + seg)
+                self._recover = None
+            else:
+                # Partial acknowledgment: retransmit the next hole, deflate by
+                # the amount acked, add back one segment.
+                self._retransmit_head(now)
+                self.cwnd = max(self.cwnd - acked + seg, seg)
+        elif self.cwnd < self.ssthresh:
+            self.cwnd += acked                      # slow start
+        else:
+            self.cwnd += max(1, seg * acked // self.cwnd)   # congestion avoidance
+        cap = 2 * max(self._max_snd_wnd, self.snd_buf) + INIT_CWND_SEGS * seg
+        if self.cwnd > cap:
+            self.cwnd = cap
+        self._dupacks = 0
+        # RFC 6298 5.2: "When all outstanding data has been acknowledged, turn
+        # off the retransmission timer." 5.3: "When an ACK is received that
+        # acknowledges new data, restart the retransmission timer"
+        self._rto_at = now + self._cur_rto() if self.snd_max > ack else None
+
+    def _dup_ack(self, now: float) -> None:
+        self._dupacks += 1
+        self.counters["tcp_dup_ack_rx"] += 1
+        seg = self.snd_mss
+        if self._recover is None:
+            if self._dupacks == DUPACK_THRESHOLD:
+                # RFC 5681 3.2 steps 2-4 / RFC 6582: fast retransmit, then
+                # fast recovery until everything sent so far is acknowledged.
+                self.counters["tcp_fast_retransmit"] += 1
+                self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * seg)
+                self._recover = self.snd_max
+                self._retransmit_head(now)
+                self.cwnd = self.ssthresh + DUPACK_THRESHOLD * seg
+        else:
+            # "For each additional duplicate ACK received ... increment cwnd by SMSS."
+            self.cwnd += seg
+
+    def _retransmit_head(self, now: float) -> None:
+        """Resend one segment at snd_una (fast retransmit / partial ACK)."""
+        una = self.snd_una
+        buf_end = self._buf_seq + len(self._sndbuf)
+        # Only what was sent before: never new data beyond snd_max here.
+        size = (buf_end if buf_end < self.snd_max else self.snd_max) - una
+        if size > self._seg_size:
+            size = self._seg_size
+        if size > 0:
+            off = una - self._buf_seq
+            with memoryview(self._sndbuf) as mv:
+                payload = bytes(mv[off:off + size])
+            flags = ACK
+            if una + size == buf_end:
+                flags |= PSH
+                if self._fin_queued and self.snd_max > buf_end:
+                    flags |= FIN
+        elif self._fin_queued and una == buf_end and self.snd_max > buf_end:
+            payload, flags = b"", ACK | FIN
+        else:
+            return
+        self.counters["tcp_retransmit"] += 1
+        self._rtt_seq = None
+        self._emit(una, flags, payload, now)
+        if self._rto_at is None:
+            self._rto_at = now + self._cur_rto()
+
+    def _rtt_sample(self, r: float) -> None:
+        # RFC 6298 2.2 / 2.3
+        if self.srtt is None:
+            self.srtt = r
+            self.rttvar = r / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
+            self.srtt = 0.875 * self.srtt + 0.125 * r
+        rto = self.srtt + max(CLOCK_G, 4 * self.rttvar)
+        self.rto = RTO_MIN if rto < RTO_MIN else RTO_MAX if rto > RTO_MAX else rto
+
+    # ------------------------------------------------------------------
+    # output
+    # ------------------------------------------------------------------
+    def _output(self, now: float, force: bool = False) -> None:
+        """Send what the windows allow: data, then our FIN."""
+        buf = self._sndbuf
+        buf_seq = self._buf_seq
+        buf_end = buf_seq + len(buf)
+        una = self.snd_una
+        wnd = self.snd_wnd
+        cwnd = self.cwnd
+        limit = una + (wnd if wnd < cwnd else cwnd)
+        if force:
+            limit = una + wnd
+        seg_size = self._seg_size
+        nxt = self.snd_nxt
+        snd_max = self.snd_max
+        mv = None
+        while True:
+            avail = buf_end - nxt
+            if avail > 0:
+                size = limit - nxt
+                if size <= 0:
+                    break
+                if size > seg_size:
+                    size = seg_size
+                if size >= avail:
+                    size = avail
+                elif size < self.snd_mss and size < (self._max_snd_wnd >> 1) and not force:
+                    # RFC 9293 3.8.6.2.1 sender SWS avoidance: no runt
+                    # segments into a small usable window.
+                    break
+                off = nxt - buf_seq
+                if mv is None:
+                    mv = memoryview(buf)
+                payload = bytes(mv[off:off + size])
+                end = nxt + size
+                flags = ACK
+                if end == buf_end:
+                    flags = ACK | PSH
+                    if self._fin_queued:
+                        flags = ACK | PSH | FIN
+                if nxt < snd_max:
+                    self.counters["tcp_retransmit"] += 1
+                elif self._rtt_seq is None:
+                    self._rtt_seq, self._rtt_at = end, now
+                self._emit(nxt, flags, payload, now)
+                nxt = end + (flags & FIN)
+                if flags & FIN or force:
+                    break
+            elif avail == 0 and self._fin_queued and nxt == buf_end:
+                # RFC 9293 3.10.4: "form a FIN segment and send it" once all
+                # preceding data has been segmentized.
+                if nxt < snd_max:
+                    self.counters["tcp_retransmit"] += 1
+                self._emit(nxt, ACK | FIN, b"", now)
+                nxt += 1
+                break
+            else:
+                break
+        if mv is not None:
+            mv.release()
+        self.snd_nxt = nxt
+        if nxt > snd_max:
+            self.snd_max = nxt
+        if nxt > una:
+            # RFC 6298 5.1: "Every time a packet containing data is sent
+            # (including a retransmission), if the timer is not running, start it"
+            if self._rto_at is None:
+                self._rto_at = now + self._cur_rto()
+            self._persist_at = None
+        else:
+            self._rto_at = None
+            if buf_end > nxt and self._persist_at is None:
+                # Data waiting, nothing in flight, window closed (or too small):
+                # the persist timer makes sure we ask again (RFC 9293 3.8.6.1).
+                self._arm_persist(now)
+
+    def _tsval(self, now: float) -> int:
+        if self.ts_clock is not None:
+            return self.ts_clock(now) & _M
+        return int(now * 1000) & _M
+
+    def _emit(self, seq: int, flags: int, payload, now: float) -> None:
+        """Append one ACK-bearing segment; it acknowledges everything received."""
+        rcv_nxt = self.rcv_nxt
+        if self.ts_ok:
+            tsval = self._tsval(now)
+            if self.sack_ok and self._ooo and not payload:
+                opts = TcpOptions(None, None, False, self._sack_blocks(), tsval, self._ts_recent)
+            else:
+                key = (tsval, self._ts_recent)
+                if key != self._opts_key:
+                    self._opts_key = key
+                    self._opts = TcpOptions(None, None, False, (), tsval, self._ts_recent)
+                opts = self._opts
+        elif self.sack_ok and self._ooo and not payload:
+            opts = TcpOptions(sack_blocks=self._sack_blocks())
+        else:
+            opts = NO_OPTIONS
+        self.segments_out.append(Segment(seq & _M, rcv_nxt & _M, flags, self._wnd_field(), opts,
+                                         payload))
+        self._last_ack_sent = rcv_nxt
+        self._unacked_rx = 0
+        self._delack_at = None
+        self._ack_now = False
+
+    def _send_ack(self, now: float) -> None:
+        # SND.MAX rather than SND.NXT: after a go-back-N timeout snd_nxt may
+        # lie below what the peer already holds, and an ACK from there looks
+        # like an old duplicate that it would answer (an ACK loop).
+        self._emit(self.snd_max, ACK, b"", now)
+
+    def _oow_ack(self, seg_len: int, now: float) -> None:
+        """ACK an unacceptable segment; rate-limited unless it carried data.
+
+        RFC 5961 10 asks for a limit on challenge ACKs; like Linux
+        (tcp_oow_rate_limited) we limit every answer to a bare segment, which
+        is what breaks ACK loops between two confused endpoints.
+        """
+        if not seg_len:
+            if now - self._last_oow_ack < OOW_ACK_INTERVAL:
+                self.counters["tcp_oow_ack_ratelimited"] += 1
+                return
+            self._last_oow_ack = now
+        self._send_ack(now)
+
+    def _wnd_field(self) -> int:
+        """The window field for an outgoing segment; updates the advertised right edge."""
+        rcv_nxt = self.rcv_nxt
+        cur = self._rcv_adv - rcv_nxt
+        if cur < 0:
+            cur = 0
+        # Bytes handed out during this call are not yet in the host's backlog
+        # report; count them as stuck until the gateway tells us otherwise.
+        avail = self.rcv_buf - self._backlog - self._delivered
+        # RFC 9293 3.8.6.2.2: keep RCV.NXT + RCV.WND fixed until the window
+        # can grow by at least min(rcv_buf/2, MSS); and never shrink it
+        # (3.8.6.2.1: "A TCP receiver SHOULD NOT shrink the window").
+        wnd = avail if avail - cur >= self._sws_thresh else cur
+        s = self.rcv_wscale
+        field = wnd >> s
+        if (field << s) < cur:
+            field += 1                      # rounding down would shrink the edge
+        if field > 0xFFFF:
+            field = 0xFFFF
+        edge = rcv_nxt + (field << s)
+        if edge > self._rcv_adv:
+            self._rcv_adv = edge
+        return field
+
+    def _check_pause(self) -> None:
+        """Backpressure toward the host socket, on transitions only."""
+        queued = len(self._sndbuf)
+        if self.state in _SYNCHRONIZED:
+            closed = self.snd_wnd == 0 and self._buf_seq + queued > self.snd_max
+        else:
+            closed = False
+        if self._paused:
+            if queued < self.snd_buf // 2 and not closed:
+                self._paused = False
+                self.counters["tcp_resume_reading"] += 1
+                self.events.append(("resume_reading",))
+        elif queued >= self.snd_buf or closed:
+            if self.state == CLOSED:
+                return
+            self._paused = True
+            self.counters["tcp_pause_reading"] += 1
+            self.events.append(("pause_reading",))
+
+    # ------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"<TcpConnection {self.state} snd_una={self.snd_una & _M} "
+                f"snd_nxt={self.snd_nxt & _M} rcv_nxt={self.rcv_nxt & _M} "
+                f"snd_wnd={self.snd_wnd} cwnd={self.cwnd} queued={len(self._sndbuf)}>")
