@@ -1,0 +1,424 @@
+"""The ``usernet`` command line.
+
+    usernet run [OPTIONS] -- CMD [ARGS...]     new user+net+mount namespace for CMD
+    usernet attach [OPTIONS] PID|PATH [TAP]    join an existing namespace (like slirp4netns)
+    usernet fwd add|list|rm --api-socket PATH  talk to a running usernet's API socket
+
+Every bad value is one line on stderr naming the flag, and exit status 1;
+never a traceback. A fatal error at run time is one clear line and a non-zero
+exit status.
+"""
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger("usernet")
+
+
+class UsageError(Exception):
+    """A bad command line; the message names the flag."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+# ------------------------------------------------------------------ options
+def _mtu(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    from .stack.config import MAX_MTU, MIN_MTU
+    if not MIN_MTU <= v <= MAX_MTU:
+        raise argparse.ArgumentTypeError(f"must be {MIN_MTU}..{MAX_MTU}, got {v}")
+    return v
+
+
+def _cidr(text):
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    if "/" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a prefix length, e.g. 10.0.2.0/24")
+    if not 1 <= net.prefixlen <= 25:
+        raise argparse.ArgumentTypeError(f"{text!r}: prefix length must be 1..25")
+    return str(net)
+
+
+def _mac(text):
+    from .wire.ether import mac_parse
+    try:
+        mac = mac_parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a MAC address: {text!r}") from None
+    if mac[0] & 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is a multicast address")
+    return mac
+
+
+def _hostport(text):
+    """ADDR[:PORT] or [V6]:PORT for --dns-upstream."""
+    host, port = text, 53
+    if text.startswith("["):
+        h, _, rest = text[1:].partition("]")
+        host = h
+        if rest:
+            if not rest.startswith(":"):
+                raise argparse.ArgumentTypeError(f"bad address {text!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port)
+        if not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad address {text!r} (want ADDR[:PORT])") from None
+    return host, port
+
+
+def _publish(text):
+    from .publish import parse_publish
+    try:
+        return parse_publish(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _impair(text):
+    from .host.driver import Impairment
+    from collections import Counter
+    try:
+        Impairment.parse(text, Counter(), "check")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _common(p):
+    g = p.add_argument_group("network")
+    g.add_argument("--mtu", type=_mtu, default=1500, help="MTU of the TAP (68..65520, default 1500)")
+    g.add_argument("--cidr", type=_cidr, default="10.0.2.0/24",
+                   help="virtual network (default 10.0.2.0/24; prefix 1..25)")
+    g.add_argument("--disable-host-loopback", action="store_true",
+                   help="refuse connections to the gateway address and 127.0.0.0/8")
+    g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")
+    g.add_argument("--disable-dns", action="store_true", help="no DNS forwarder at network+3")
+    g.add_argument("--dns-upstream", type=_hostport, action="append", default=[],
+                   metavar="ADDR[:PORT]", help="upstream resolver (repeatable; default: resolv.conf)")
+    g.add_argument("--disable-dhcp", action="store_true", help="no DHCP server")
+    g.add_argument("-p", "--publish", type=_publish, action="append", default=[],
+                   metavar="[ADDR:]PORT[-END]:PORT[-END][/tcp|/udp]", help="forward a host port inward")
+    g.add_argument("--publish-from-gateway", action="store_true",
+                   help="forwarded connections reach the container from the gateway address "
+                        "(and a port usernet picks) instead of the client's real address")
+    g.add_argument("--publish-only-when-bound", action="store_true",
+                   help="listen on a forwarded host port only while the container has the "
+                        "port bound (polled from /proc/PID/net), so a client gets "
+                        "ECONNREFUSED, not a reset")
+    g.add_argument("--api-socket", metavar="PATH", help="slirp4netns-compatible JSON API socket")
+    g.add_argument("--impair", type=_impair, metavar="loss=F,dup=F,reorder=F,seed=N",
+                   help="(testing) drop/duplicate/reorder frames between TAP and stack")
+    g.add_argument("--debug", action="store_true", help="log at debug level")
+
+
+def build_parser():
+    p = _Parser(prog="usernet", description="userspace network for rootless containers")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"usernet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd}", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
+    _common(r)
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+
+    a = sub.add_parser("attach", help="give an existing namespace usernet's network")
+    _common(a)
+    a.add_argument("--netns-type", choices=("pid", "path"), default="pid",
+                   help="whether TARGET is a PID (default) or a netns path")
+    a.add_argument("--userns-path", help="user namespace to join first (path form)")
+    cfg = a.add_mutually_exclusive_group()
+    cfg.add_argument("-c", "--configure", dest="configure", action="store_true", default=True,
+                     help="configure the TAP: address, route, MTU, lo up (default)")
+    cfg.add_argument("--no-configure", dest="configure", action="store_false",
+                     help="leave the TAP unconfigured")
+    a.add_argument("target", metavar="PID|PATH")
+    a.add_argument("tapname", nargs="?", default="tap0")
+
+    f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)")
+    f.add_argument("action", choices=("add", "list", "rm", "stats"))
+    f.add_argument("--api-socket", required=True, metavar="PATH")
+    f.add_argument("spec", nargs="?", help="add: [ADDR:]PORT:PORT[/proto]; rm: ID")
+    return p
+
+
+def make_config(args):
+    from .stack.config import NetConfig
+    return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
+                     guest_mac=args.macaddress, enable_dns=not args.disable_dns,
+                     enable_dhcp=not args.disable_dhcp)
+
+
+# --------------------------------------------------------------------- serve
+def _new_loop():
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=None) -> int:
+    """Run the stack on ``tap_fd`` until the child exits, the watched process
+    is gone, or SIGINT/SIGTERM. Returns the exit status.
+
+    ``child`` (a RunNamespace) is released to exec its command only once the
+    signal handlers are in place, so a SIGTERM is always passed on to it.
+    ``watch_pidfd`` is a pidfd opened before attaching (a pid may be gone by
+    now; the pidfd still reports its exit); ``watch_pid`` opens one here."""
+    from .host.driver import HostDriver
+    from .stack.gateway import Gateway
+    from .host.services import setup_services
+
+    loop = asyncio.get_running_loop()
+    gw = Gateway(cfg)
+    driver = HostDriver(gw, tap_fd, impair=args.impair)
+    driver.start(loop)
+    try:
+        services = await setup_services(driver, args,
+                                        ns_pid=child.pid if child is not None else watch_pid)
+    except BaseException:
+        driver.close()
+        raise
+    status = 0
+    done = loop.create_future()
+
+    def finish(code):
+        if not done.done():
+            done.set_result(code)
+
+    def on_signal(sig):
+        if child is not None:
+            log.debug("signal %d: passing it to the command", sig)
+            child.kill(sig)
+        else:
+            finish(0)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    # SIGUSR1: print every counter (drops included) without stopping.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
+        "usernet counters: %s", json.dumps(gw.stats(), sort_keys=True)))
+    pfd = watch_pidfd
+    if child is not None:
+        loop.add_reader(child.pidfd, lambda: finish(child.wait()))
+        child.go()
+    elif pfd is None and watch_pid is not None:
+        from .netns import pidfd_open
+        try:
+            pfd = pidfd_open(watch_pid)
+        except ProcessLookupError:
+            log.info("process %d exited; stopping", watch_pid)
+            finish(0)
+        except OSError:
+            pfd = None
+    if pfd is not None:
+        def watched_exited():
+            loop.remove_reader(pfd)
+            log.info("process %s exited; stopping", watch_pid if watch_pid is not None else "")
+            finish(0)
+        loop.add_reader(pfd, watched_exited)
+    driver.stopped.add_done_callback(lambda _f: finish(child.wait() if child else 0))
+    try:
+        status = await done
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        if child is not None:
+            loop.remove_reader(child.pidfd)
+        if pfd is not None:
+            loop.remove_reader(pfd)
+            if pfd is not watch_pidfd:
+                os.close(pfd)
+        await services.close()
+        driver.close()
+        log.debug("counters: %s", json.dumps(gw.stats(), sort_keys=True))
+    return status
+
+
+def _resolv_conf(cfg) -> str:
+    if not cfg.enable_dns:
+        return "# usernet: DNS disabled (--disable-dns)\n"
+    return f"# written by usernet\nnameserver {cfg.dns_str}\n"
+
+
+def _ifconfig(cfg):
+    from .netns import IfConfig
+    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac)
+
+
+def _describe(cfg, where, tap):
+    return (f"usernet: attached to {where}, {tap} {cfg.guest_str}/{cfg.prefixlen} "
+            f"gateway {cfg.gateway_str} dns {cfg.dns_str if cfg.enable_dns else 'off'} "
+            f"mtu {cfg.mtu}")
+
+
+def cmd_run(args) -> int:
+    from . import netns
+    cmd = args.cmd
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("run: no command given (usernet run [OPTIONS] -- CMD [ARGS...])")
+    cfg = make_config(args)
+    handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
+    fd = -1
+    try:
+        fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=_ifconfig(cfg))
+        log.info("%s", _describe(cfg, f"new namespace of pid {handle.pid}", "tap0"))
+        loop = _new_loop()
+        try:
+            async def main():
+                return await serve(cfg, fd, args, child=handle)
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+    finally:
+        handle.close()
+        if fd >= 0:
+            os.close(fd)
+
+
+def cmd_attach(args) -> int:
+    from . import netns
+    cfg = make_config(args)
+    target = args.target
+    pid = pidfd = None
+    if args.netns_type == "pid":
+        try:
+            pid = int(target)
+            if pid <= 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"attach: {target!r} is not a PID (use --netns-type=path for a path)")
+        # The pidfd first: should the process exit while we attach, its exit
+        # is still seen (a pid opened later could be gone, or reused).
+        try:
+            pidfd = netns.pidfd_open(pid)
+        except ProcessLookupError:
+            raise netns.NetnsError(f"no such process: {pid}") from None
+        except OSError:
+            pidfd = None
+        try:
+            fd = netns.attach(pid=pid, userns_path=args.userns_path, tap_name=args.tapname,
+                              configure=_ifconfig(cfg) if args.configure else None)
+        except BaseException:
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        where = f"pid {pid}"
+    else:
+        fd = netns.attach(netns_path=target, userns_path=args.userns_path, tap_name=args.tapname,
+                          configure=_ifconfig(cfg) if args.configure else None)
+        where = target
+    log.info("%s", _describe(cfg, where, args.tapname))
+    loop = _new_loop()
+    try:
+        return loop.run_until_complete(serve(cfg, fd, args, watch_pid=pid, watch_pidfd=pidfd))
+    finally:
+        loop.close()
+        os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def cmd_fwd(args) -> int:
+    from .api import request
+    if args.action == "list":
+        req = {"execute": "list_hostfwd"}
+    elif args.action == "stats":
+        req = {"execute": "stats"}
+    elif args.action == "rm":
+        try:
+            fid = int(args.spec or "")
+        except ValueError:
+            raise UsageError("fwd rm: give the forward's ID (see 'usernet fwd list')") from None
+        req = {"execute": "remove_hostfwd", "arguments": {"id": fid}}
+    else:
+        if not args.spec:
+            raise UsageError("fwd add: give [ADDR:]HOST_PORT:GUEST_PORT[/tcp|/udp]")
+        fwds = _publish_or_usage(args.spec)
+        out = []
+        for f in fwds:
+            reply = request(args.api_socket, {"execute": "add_hostfwd", "arguments": {
+                "proto": f.proto, "host_addr": f.host_addr, "host_port": f.host_port,
+                "guest_addr": "", "guest_port": f.guest_port}})
+            out.append(reply)
+            if "error" in reply:
+                break
+        for r in out:
+            print(json.dumps(r))
+        return 1 if any("error" in r for r in out) else 0
+    reply = request(args.api_socket, req)
+    print(json.dumps(reply, indent=2 if args.action in ("list", "stats") else None))
+    return 1 if "error" in reply else 0
+
+
+def _publish_or_usage(spec):
+    from .publish import parse_publish
+    try:
+        return parse_publish(spec)
+    except ValueError as e:
+        raise UsageError(f"fwd add: {e}") from None
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if (extra and args.command == "fwd" and args.spec is None and len(extra) == 1
+                and not extra[0].startswith("-")):
+            # argparse fills the optional SPEC positional (with nothing) as soon
+            # as it matches ACTION, so "fwd add --api-socket P SPEC" leaves SPEC over.
+            args.spec, extra = extra[0], []
+        if extra:
+            parser.error("unrecognized arguments: " + " ".join(extra))
+    except UsageError as e:
+        print(f"usernet: {e}", file=sys.stderr)
+        return 1
+    # --debug is usernet's debug output, not every library's (pyroute2 logs
+    # each netlink message at debug level).
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if getattr(args, "debug", False):
+        log.setLevel(logging.DEBUG)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "attach":
+            return cmd_attach(args)
+        return cmd_fwd(args)
+    except UsageError as e:
+        print(f"usernet: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place a fatal error becomes one line
+        from .netns import NetnsError
+        from .tap import TapError
+        if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
+            print(f"usernet: {e}", file=sys.stderr)
+        else:
+            log.debug("fatal", exc_info=True)
+            print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,144 @@
+"""The DNS forwarder's upstream side.
+
+The gateway answers local names itself and hands every other query here
+(``EV_DNS_QUERY``); we send it to the upstream resolver over UDP from a fresh
+socket with a random source port (so an off-path attacker must guess both the
+port and the DNS id), and pass the answer back (``gw.dns_reply``). Upstreams
+are ``--dns-upstream`` when given, else the nameservers of the host's
+``/etc/resolv.conf``, re-read whenever its mtime or size changes. Loopback
+resolvers such as 127.0.0.53 work: usernet runs in the host's namespace.
+
+Failure is never silence: a refused upstream makes us try the next one; when
+none is left, ``gw.dns_failed`` sends SERVFAIL. Silence from upstream is
+bounded by the gateway's own deadline (``DNS_QUERY_TIMEOUT``), which also
+SERVFAILs. An answer whose id does not match the query is dropped.
+
+TCP DNS to the forwarder address is spliced to the first upstream over TCP
+(``tcp_upstream``; see ``host/tcp.py``).
+"""
+
+import logging
+import os
+import socket
+
+from ..stack.dns import parse_resolv_conf
+
+log = logging.getLogger("usernet")
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+class DnsForwarder:
+    def __init__(self, driver, upstreams=None, resolv_conf=RESOLV_CONF):
+        self.driver = driver
+        self.fixed = list(upstreams or [])
+        self.resolv_conf = resolv_conf
+        self._rc_key = None
+        self._rc_servers = []
+        self.inflight = {}   # qid -> [sock, query, remaining upstreams]
+
+    # -------------------------------------------------------------- upstreams
+    def upstreams(self):
+        if self.fixed:
+            return self.fixed
+        try:
+            st = os.stat(self.resolv_conf)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            key = None
+        if key != self._rc_key:
+            self._rc_key = key
+            try:
+                with open(self.resolv_conf) as f:
+                    self._rc_servers = parse_resolv_conf(f.read())
+            except OSError as e:
+                log.warning("DNS: cannot read %s: %s", self.resolv_conf, e.strerror)
+                self._rc_servers = []
+            log.debug("DNS upstreams from %s: %s", self.resolv_conf, self._rc_servers)
+        return self._rc_servers
+
+    def tcp_upstream(self):
+        ups = self.upstreams()
+        return ups[0] if ups else None
+
+    # ---------------------------------------------------------------- queries
+    def handle_event(self, ev) -> None:
+        _kind, qid, query = ev
+        ups = list(self.upstreams())
+        if not ups:
+            self.driver.gw.dns_failed(qid, self.driver.now(), "no_upstream")
+            return
+        self.inflight[qid] = [None, query, ups]
+        self._try_next(qid)
+
+    def _try_next(self, qid) -> None:
+        d = self.driver
+        ent = self.inflight.get(qid)
+        if ent is None:
+            return
+        self._close_sock(ent)
+        if qid not in d.gw.dns_pending:
+            # The gateway already answered (timeout): stop.
+            self.inflight.pop(qid, None)
+            return
+        while ent[2]:
+            host, port = ent[2].pop(0)
+            try:
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(fam, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                sock.connect((host, port))
+                sock.send(ent[1])
+            except OSError as e:
+                d.counters["dns_upstream_send_error"] += 1
+                log.debug("DNS upstream %s:%d: %s", host, port, e)
+                sock.close()
+                continue
+            ent[0] = sock
+            d.loop.add_reader(sock.fileno(), self._on_readable, qid)
+            return
+        self.inflight.pop(qid, None)
+        d.gw.dns_failed(qid, d.now(), "unreachable")
+
+    def _on_readable(self, qid) -> None:
+        d = self.driver
+        ent = self.inflight.get(qid)
+        if ent is None:
+            return
+        sock, query = ent[0], ent[1]
+        try:
+            answer = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            # ECONNREFUSED: nobody listens there; try the next upstream.
+            d.counters["dns_upstream_refused"] += 1
+            log.debug("DNS upstream recv: %s", e)
+            self._try_next(qid)
+            d.flush()
+            return
+        if len(answer) < 2 or answer[:2] != query[:2]:
+            d.counters["drop_dns_answer_id_mismatch"] += 1
+            return
+        self._close_sock(ent)
+        self.inflight.pop(qid, None)
+        d.gw.dns_reply(qid, answer, d.now())
+        d.flush()
+
+    def _close_sock(self, ent) -> None:
+        sock = ent[0]
+        if sock is not None:
+            self.driver.loop.remove_reader(sock.fileno())
+            sock.close()
+            ent[0] = None
+
+    def expire(self) -> None:
+        """Drop sockets of queries the gateway has already given up on."""
+        pending = self.driver.gw.dns_pending
+        for qid in [q for q in self.inflight if q not in pending]:
+            self._close_sock(self.inflight.pop(qid))
+
+    def close(self) -> None:
+        for ent in self.inflight.values():
+            self._close_sock(ent)
+        self.inflight.clear()

@@ -1,0 +1,308 @@
+"""The host driver: the asyncio side of usernet.
+
+Theory of operation
+-------------------
+One event loop (uvloop when installed) runs everything:
+
+* The TAP fd is read with ``loop.add_reader``; each wake-up drains up to
+  ``RX_BATCH`` frames (no Task, Future or Queue per packet), strips the
+  virtio-net header, and feeds each frame to the sans-IO
+  :class:`~usernet.stack.gateway.Gateway` with ``now = loop.time()``.
+* After every batch or notification, :meth:`HostDriver.flush` runs the loop
+  of the design: write ``gw.frames_out`` to the TAP, act on
+  ``gw.events_out`` (which may feed the gateway again, so it loops until both
+  are empty), and re-arm the one timer from ``gw.get_timer()``.
+* Host sockets are asyncio Protocols (``host/tcp.py``, ``host/udp.py``):
+  their callbacks turn into gateway notifications.
+
+Writes to the TAP: ``os.writev([vnet_hdr, frame])``. A TUN/TAP write does not
+normally block (the kernel queues into the netns or drops), but if it ever
+answers EAGAIN, frames wait in a bounded deque (``TX_QUEUE_MAX``) drained by
+``add_writer``; past the bound they are dropped and counted.
+
+The impairment hook (``Impairment``) sits between the TAP and the gateway in
+both directions, for tests: this kernel has no netem.
+"""
+
+import asyncio
+import errno
+import logging
+import os
+import random
+from collections import deque
+
+from ..stack import gateway as gwmod
+from ..wire.vnet import VNET_HDR, VNET_HDR_LEN, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+from .tcp import TcpHost
+from .udp import UdpHost
+
+log = logging.getLogger("usernet")
+
+RX_BATCH = 256           # frames drained per TAP wake-up
+RX_BUF = 65536 + 64      # one read: the largest frame (GSO) plus the vnet header
+TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
+_ZERO_VNET = bytes(VNET_HDR_LEN)
+_CSUM_DONE = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+
+
+class Impairment:
+    """Drop, duplicate and reorder frames with given probabilities (a seed
+    makes a run repeatable). Reordering holds a frame back and releases it
+    after the next one (or on the next flush tick)."""
+
+    def __init__(self, loss=0.0, dup=0.0, reorder=0.0, seed=None, counters=None, name=""):
+        self.loss, self.dup, self.reorder = loss, dup, reorder
+        self.rng = random.Random(seed)
+        self.counters = counters
+        self.name = name
+        self.held = []
+
+    def apply(self, frame) -> list:
+        r = self.rng.random
+        c = self.counters
+        if r() < self.loss:
+            c[f"impair_{self.name}_dropped"] += 1
+            return []
+        out = [frame]
+        if r() < self.dup:
+            c[f"impair_{self.name}_duplicated"] += 1
+            out.append(bytes(frame))
+        if self.held:
+            out.extend(self.held)
+            self.held = []
+        elif r() < self.reorder:
+            c[f"impair_{self.name}_reordered"] += 1
+            self.held = [bytes(f) for f in out]
+            return []
+        return out
+
+    def release(self) -> list:
+        held, self.held = self.held, []
+        return held
+
+    @classmethod
+    def parse(cls, spec: str, counters, name: str, seed_offset: int = 0):
+        """``loss=0.03,dup=0.01,reorder=0.02,seed=7``; ValueError on anything else."""
+        kw = {}
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            k, _, v = part.partition("=")
+            k = k.strip()
+            if k in ("loss", "dup", "reorder"):
+                x = float(v)
+                if not 0.0 <= x < 1.0:
+                    raise ValueError(f"{k} must be in [0, 1), got {v}")
+                kw[k] = x
+            elif k == "seed":
+                kw["seed"] = int(v) + seed_offset
+            else:
+                raise ValueError(f"unknown impairment {k!r} (loss, dup, reorder, seed)")
+        return cls(counters=counters, name=name, **kw)
+
+
+class HostDriver:
+    def __init__(self, gateway, tap_fd: int, *, vnet_hdr: bool = True, impair: str | None = None,
+                 dns=None):
+        self.gw = gateway
+        self.counters = gateway.counters
+        self.fd = tap_fd
+        self.vnet_hdr = vnet_hdr
+        self.loop = None
+        self._timer = None
+        self._timer_at = None
+        self._txq = deque()
+        self._writer_on = False
+        self._closed = False
+        self.tcp = TcpHost(self)
+        self.udp = UdpHost(self)
+        self.dns = dns
+        self.icmp = None
+        self.rx_impair = self.tx_impair = None
+        self._impair_tick = None
+        if impair:
+            self.rx_impair = Impairment.parse(impair, self.counters, "rx")
+            self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
+        self.stopped = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, loop=None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.stopped = self.loop.create_future()
+        os.set_blocking(self.fd, False)
+        self.loop.add_reader(self.fd, self._on_readable)
+        if self.icmp is None:
+            from .icmp import IcmpHost
+            self.icmp = IcmpHost(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = self.loop
+        if loop is not None:
+            loop.remove_reader(self.fd)
+            if self._writer_on:
+                loop.remove_writer(self.fd)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._impair_tick is not None:
+            self._impair_tick.cancel()
+        self.tcp.close_all()
+        self.udp.close_all()
+        if self.icmp is not None:
+            self.icmp.close()
+        if self.dns is not None:
+            self.dns.close()
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # ------------------------------------------------------------------- rx
+    def _on_readable(self) -> None:
+        gw = self.gw
+        fd = self.fd
+        now = self.loop.time()
+        vnet = self.vnet_hdr
+        impair = self.rx_impair
+        c = self.counters
+        for _ in range(RX_BATCH):
+            try:
+                data = os.read(fd, RX_BUF)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                # EBADFD/EIO: the namespace (and with it the TAP) is gone.
+                log.info("TAP read failed (%s): the namespace is gone, stopping", e.strerror)
+                self._stop()
+                return
+            if not data:
+                self._stop()
+                return
+            if vnet:
+                if len(data) < VNET_HDR_LEN:
+                    c["drop_vnet_truncated"] += 1
+                    continue
+                csum_ok = bool(data[0] & _CSUM_DONE)
+                frame = memoryview(data)[VNET_HDR_LEN:]
+            else:
+                csum_ok = False
+                frame = data
+            if impair is None:
+                gw.receive_frame(frame, now, csum_ok)
+            else:
+                for f in impair.apply(frame):
+                    gw.receive_frame(f, now, csum_ok)
+        self.flush()
+
+    # ------------------------------------------------------------------- tx
+    def _write(self, frame) -> None:
+        if self._txq:
+            if len(self._txq) >= TX_QUEUE_MAX:
+                self.counters["drop_tx_queue_full"] += 1
+            else:
+                self._txq.append(frame)
+            return
+        try:
+            if self.vnet_hdr:
+                os.writev(self.fd, (_ZERO_VNET, frame))
+            else:
+                os.write(self.fd, frame)
+            self.counters["tx_frames"] += 1
+        except BlockingIOError:
+            self._txq.append(frame)
+            if not self._writer_on:
+                self._writer_on = True
+                self.loop.add_writer(self.fd, self._on_writable)
+        except OSError as e:
+            self.counters["drop_tx_error"] += 1
+            log.debug("TAP write failed: %s", e)
+
+    def _on_writable(self) -> None:
+        q = self._txq
+        while q:
+            frame = q[0]
+            try:
+                if self.vnet_hdr:
+                    os.writev(self.fd, (_ZERO_VNET, frame))
+                else:
+                    os.write(self.fd, frame)
+                self.counters["tx_frames"] += 1
+            except BlockingIOError:
+                return
+            except OSError:
+                self.counters["drop_tx_error"] += 1
+            q.popleft()
+        self.loop.remove_writer(self.fd)
+        self._writer_on = False
+
+    # ---------------------------------------------------------------- flush
+    def flush(self) -> None:
+        """Write frames, act on events (which may produce more), re-arm the timer."""
+        gw = self.gw
+        for _ in range(10000):
+            frames = gw.frames_out
+            if frames:
+                gw.frames_out = []
+                if self.tx_impair is None:
+                    for f in frames:
+                        self._write(f)
+                else:
+                    for f0 in frames:
+                        for f in self.tx_impair.apply(f0):
+                            self._write(f)
+            events = gw.events_out
+            if not events:
+                break
+            gw.events_out = []
+            for ev in events:
+                self._dispatch(ev)
+        self._arm_timer()
+
+    def _dispatch(self, ev) -> None:
+        kind = ev[0]
+        if kind.startswith("tcp_"):
+            self.tcp.handle_event(ev)
+        elif kind.startswith("udp_"):
+            self.udp.handle_event(ev)
+        elif kind.startswith("icmp_"):
+            self.icmp.handle_event(ev)
+        elif kind == gwmod.EV_DNS_QUERY and self.dns is not None:
+            self.dns.handle_event(ev)
+        else:
+            self.counters["host_event_unhandled_" + kind] += 1
+
+    def _arm_timer(self) -> None:
+        d = self.gw.get_timer()
+        if (self.rx_impair and self.rx_impair.held) or (self.tx_impair and self.tx_impair.held):
+            if self._impair_tick is None:
+                self._impair_tick = self.loop.call_later(0.005, self._release_impair)
+        if d == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = d
+        if d is not None:
+            self._timer = self.loop.call_at(d, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.gw.handle_timer(self.loop.time())
+        self.flush()
+
+    def _release_impair(self) -> None:
+        self._impair_tick = None
+        now = self.loop.time()
+        for f in self.rx_impair.release():
+            self.gw.receive_frame(f, now, False)
+        for f in self.tx_impair.release():
+            self._write(f)
+        self.flush()
+
+    def _stop(self) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)

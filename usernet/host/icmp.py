@@ -1,0 +1,172 @@
+"""ICMP echo toward the host: ping sockets, a raw-socket fallback, or a clear no.
+
+Linux lets an unprivileged user send echo requests through "ping sockets"
+(``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``) when the user's group is in
+``net.ipv4.ping_group_range``. One such socket per echo flow (the gateway
+keys flows by container, identifier, destination and expires them when idle).
+Quirk: the kernel overwrites the identifier of what we send with the socket's
+"port", and delivers only replies carrying it; the gateway puts the
+container's own identifier back on the replies.
+
+When ping sockets are not permitted (EACCES) and we run as root, one shared
+raw ICMP socket is used instead: requests go out with the container's
+identifier and replies are matched on (source address, identifier). When
+neither is possible, usernet says why once in the log and answers each echo
+with ICMP "communication administratively prohibited", never silence.
+"""
+
+import errno
+import logging
+import socket
+import struct
+
+from ..stack import gateway as gwmod
+from ..wire.checksum import checksum
+from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
+
+log = logging.getLogger("usernet")
+
+RX_BATCH = 64
+
+
+def _echo_request(ident: int, seq: int, data: bytes) -> bytes:
+    hdr = ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    c = checksum(hdr + data)
+    return ICMP.pack(ICMP_ECHO_REQUEST, 0, c, ident, seq) + data
+
+
+class IcmpHost:
+    def __init__(self, driver):
+        self.driver = driver
+        self.mode = None          # "ping", "raw" or "none", decided on first use
+        self.socks = {}           # flow id -> ping socket
+        self.flows = {}           # flow id -> (host_addr, ident)
+        self.raw = None
+        self.raw_index = {}       # (host_addr, ident) -> flow id
+
+    def _decide(self) -> None:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            s.close()
+            self.mode = "ping"
+            return
+        except OSError as e:
+            why = e.strerror
+        try:
+            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            self.raw.setblocking(False)
+            self.driver.loop.add_reader(self.raw.fileno(), self._on_raw)
+            self.mode = "raw"
+            log.info("ICMP echo: ping sockets not permitted (%s); using a raw socket", why)
+        except OSError as e2:
+            self.mode = "none"
+            log.warning("ICMP echo to the outside is unavailable: ping sockets: %s "
+                        "(net.ipv4.ping_group_range does not include our group); raw socket: %s. "
+                        "Echo requests will be answered with 'administratively prohibited'.",
+                        why, e2.strerror)
+
+    def handle_event(self, ev) -> None:
+        kind, fid = ev[0], ev[1]
+        d = self.driver
+        if self.mode is None:
+            self._decide()
+        if kind == gwmod.EV_ICMP_OPEN:
+            host = ev[2]
+            flow = d.gw.icmp_by_id.get(fid)
+            ident = flow.guest_port if flow is not None else 0
+            self.flows[fid] = (host, ident)
+            if self.mode == "ping":
+                try:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                    s.setblocking(False)
+                    s.connect((host, 0))
+                except OSError as e:
+                    d.counters["icmp_host_socket_error"] += 1
+                    log.debug("ping socket to %s: %s", host, e)
+                    return
+                self.socks[fid] = s
+                d.loop.add_reader(s.fileno(), self._on_ping, fid, s)
+            elif self.mode == "raw":
+                self.raw_index[(host, ident)] = fid
+        elif kind == gwmod.EV_ICMP_SEND:
+            seq, data = ev[2], ev[3]
+            info = self.flows.get(fid)
+            if info is None:
+                d.counters["drop_icmp_no_host_socket"] += 1
+                return
+            host, ident = info
+            try:
+                if self.mode == "ping":
+                    s = self.socks.get(fid)
+                    if s is None:
+                        d.counters["drop_icmp_no_host_socket"] += 1
+                        return
+                    s.send(_echo_request(0, seq, data))
+                elif self.mode == "raw":
+                    self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
+                else:
+                    d.gw.icmp_host_unavailable(fid, seq, data, d.now())
+                    return
+                d.counters["icmp_echo_host_tx"] += 1
+            except OSError as e:
+                d.counters["drop_icmp_host_send_error"] += 1
+                log.debug("echo to %s: %s", host, e)
+        elif kind == gwmod.EV_ICMP_CLOSE:
+            info = self.flows.pop(fid, None)
+            if info is not None:
+                self.raw_index.pop(info, None)
+            s = self.socks.pop(fid, None)
+            if s is not None:
+                d.loop.remove_reader(s.fileno())
+                s.close()
+
+    def _on_ping(self, fid, s) -> None:
+        d = self.driver
+        for _ in range(RX_BATCH):
+            try:
+                pkt = s.recv(65535)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                d.counters["icmp_host_recv_error"] += 1
+                log.debug("ping socket recv: %s", e)
+                break
+            # A ping socket hands us the ICMP message without the IP header.
+            if len(pkt) < ICMP_LEN:
+                continue
+            itype, _code, _c, _ident, seq = ICMP.unpack_from(pkt, 0)
+            if itype == ICMP_ECHO_REPLY:
+                d.gw.icmp_host_reply(fid, seq, pkt[ICMP_LEN:], d.now())
+        d.flush()
+
+    def _on_raw(self) -> None:
+        d = self.driver
+        for _ in range(RX_BATCH):
+            try:
+                pkt, (src, _) = self.raw.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            # A raw socket includes the IP header.
+            ihl = (pkt[0] & 15) * 4 if pkt else 0
+            if len(pkt) < ihl + ICMP_LEN:
+                continue
+            itype, _code, _c, ident, seq = ICMP.unpack_from(pkt, ihl)
+            if itype != ICMP_ECHO_REPLY:
+                continue
+            fid = self.raw_index.get((src, ident))
+            if fid is not None:
+                d.gw.icmp_host_reply(fid, seq, pkt[ihl + ICMP_LEN:], d.now())
+        d.flush()
+
+    def close(self) -> None:
+        loop = self.driver.loop
+        for s in self.socks.values():
+            loop.remove_reader(s.fileno())
+            s.close()
+        self.socks.clear()
+        if self.raw is not None:
+            loop.remove_reader(self.raw.fileno())
+            self.raw.close()
+            self.raw = None

@@ -1,0 +1,248 @@
+"""Host sockets for TCP flows: asyncio Protocols that feed the gateway.
+
+One :class:`FlowProtocol` per flow. Data read from the host socket goes to
+``gw.tcp_host_data``, which answers how much the flow's send queue took; the
+rest waits in ``pending`` (at most one read's worth) with the transport's
+reading paused until the gateway says ``tcp_resume``. Data from the container
+is written with ``transport.write``; the transport's write buffer size is
+reported back (``gw.tcp_host_backlog``) so the window advertised to the
+container shrinks when the host side is slow, and reopens on
+``resume_writing``. Memory per flow is therefore bounded by the stack's
+buffers plus one read (``READ_MAX``) plus the transport's high-water mark.
+
+Half-close: ``eof_received`` returns True so the transport stays open for
+writing (the container may still send); the container's FIN becomes
+``write_eof()`` (``shutdown(SHUT_WR)``). A container RST becomes an abortive
+close (``SO_LINGER`` 0, so the host peer sees a reset, not a clean FIN).
+"""
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+
+from ..stack import gateway as gwmod
+
+log = logging.getLogger("usernet")
+
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+_CONNECT_ERRORS = {
+    errno.ECONNREFUSED: "refused",
+    errno.ENETUNREACH: "unreachable",
+    errno.EHOSTUNREACH: "unreachable",
+    errno.ETIMEDOUT: "timeout",
+    errno.EACCES: "denied",
+    errno.EPERM: "denied",
+    errno.EADDRNOTAVAIL: "unreachable",
+}
+
+
+def abort_with_rst(transport) -> None:
+    """Close so the peer gets a RST: SO_LINGER {on, 0} then close."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    transport.abort()
+
+
+class FlowProtocol(asyncio.Protocol):
+    def __init__(self, host: "TcpHost", fid: int):
+        self.host = host
+        self.fid = fid
+        self.transport = None
+        self.pending = None        # bytes the flow could not take yet
+        self.paused = False        # the gateway asked us to stop reading
+        self.eof_pending = False   # host EOF arrived while data was pending
+        self.eof_seen = False      # host EOF already passed to the gateway
+        self.closed = False
+
+    # asyncio callbacks
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data):
+        d = self.host.driver
+        n = d.gw.tcp_host_data(self.fid, data, d.now())
+        if n < len(data):
+            self.pending = data[n:]
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+        d.flush()
+
+    def eof_received(self):
+        d = self.host.driver
+        if self.pending:
+            self.eof_pending = True
+        else:
+            self._eof()
+            d.flush()
+        return True  # keep the write side open: half-close
+
+    def _eof(self):
+        if not self.eof_seen:
+            self.eof_seen = True
+            d = self.host.driver
+            d.gw.tcp_host_eof(self.fid, d.now())
+
+    def connection_lost(self, exc):
+        if self.closed:
+            return
+        self.closed = True
+        self.host.protocols.pop(self.fid, None)
+        d = self.host.driver
+        if exc is not None:
+            # ECONNRESET and friends: the host peer reset us; pass it on.
+            d.gw.tcp_host_reset(self.fid, d.now())
+        else:
+            self._eof()
+        d.flush()
+
+    def pause_writing(self):
+        d = self.host.driver
+        d.gw.tcp_host_backlog(self.fid, self.transport.get_write_buffer_size(), d.now())
+
+    def resume_writing(self):
+        d = self.host.driver
+        d.gw.tcp_host_backlog(self.fid, self.transport.get_write_buffer_size(), d.now())
+        d.flush()
+
+    # gateway events
+    def resume(self):
+        d = self.host.driver
+        data = self.pending
+        if data:
+            n = d.gw.tcp_host_data(self.fid, data, d.now())
+            self.pending = data[n:] if n < len(data) else None
+            if self.pending:
+                return
+        if self.eof_pending:
+            self.eof_pending = False
+            self._eof()
+            return
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def write(self, data):
+        # Report the backlog after every write, zero included: the flow
+        # counts delivered bytes against its window until told they left.
+        t = self.transport
+        t.write(data)
+        d = self.host.driver
+        d.gw.tcp_host_backlog(self.fid, t.get_write_buffer_size(), d.now())
+
+
+class TcpHost:
+    """Owns the host side of every TCP flow: connects, protocols, closes."""
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.protocols: dict[int, FlowProtocol] = {}
+        self.connecting: dict[int, asyncio.Task] = {}
+
+    def handle_event(self, ev) -> None:
+        kind, fid = ev[0], ev[1]
+        if kind == gwmod.EV_TCP_CONNECT:
+            self.connecting[fid] = self.driver.loop.create_task(self._connect(fid, ev[2], ev[3]))
+            return
+        if kind == gwmod.EV_TCP_CANCEL:
+            t = self.connecting.pop(fid, None)
+            if t is not None:
+                t.cancel()
+            return
+        proto = self.protocols.get(fid)
+        if kind == gwmod.EV_TCP_DATA:
+            if proto is not None and not proto.closed:
+                proto.write(ev[2])
+            else:
+                self.driver.counters["tcp_host_data_after_close"] += 1
+        elif kind == gwmod.EV_TCP_SHUTDOWN:
+            if proto is not None and not proto.closed and proto.transport.can_write_eof():
+                proto.transport.write_eof()
+        elif kind == gwmod.EV_TCP_ABORT:
+            if proto is not None and not proto.closed:
+                proto.closed = True
+                self.protocols.pop(fid, None)
+                abort_with_rst(proto.transport)
+        elif kind == gwmod.EV_TCP_CLOSE:
+            t = self.connecting.pop(fid, None)
+            if t is not None:
+                t.cancel()
+            proto = self.protocols.pop(fid, None)
+            if proto is not None and not proto.closed:
+                proto.closed = True
+                proto.transport.close()   # flushes what is buffered, then FIN
+        elif kind == gwmod.EV_TCP_PAUSE:
+            if proto is not None and not proto.closed and not proto.paused:
+                proto.paused = True
+                proto.transport.pause_reading()
+        elif kind == gwmod.EV_TCP_RESUME:
+            if proto is not None and not proto.closed:
+                proto.resume()
+        elif kind in (gwmod.EV_TCP_INBOUND_CONNECTED, gwmod.EV_TCP_INBOUND_REFUSED):
+            fwd = getattr(self.driver, "forwarder", None)
+            if fwd is not None:
+                fwd.handle_event(ev)
+        else:
+            self.driver.counters["host_event_unhandled_" + kind] += 1
+
+    def adopt(self, fid: int, proto: FlowProtocol) -> None:
+        """Register a protocol created elsewhere (a port forward's accepted socket)."""
+        self.protocols[fid] = proto
+
+    async def _connect(self, fid: int, host: str, port: int) -> None:
+        d = self.driver
+        loop = d.loop
+        if host == "dns":
+            # TCP DNS to the forwarder address: splice to the first upstream
+            # resolver over TCP (local names are answered over UDP only).
+            target = d.dns.tcp_upstream() if d.dns is not None else None
+            if target is None:
+                d.gw.tcp_refused(fid, d.now(), "refused")
+                d.flush()
+                return
+            host, port = target
+        try:
+            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port)
+        except asyncio.CancelledError:
+            return
+        except OSError as e:
+            self.connecting.pop(fid, None)
+            reason = _CONNECT_ERRORS.get(e.errno, "error")
+            log.debug("connect %s:%d failed: %s", host, port, e)
+            d.gw.tcp_refused(fid, d.now(), reason)
+            d.flush()
+            return
+        self.connecting.pop(fid, None)
+        if fid not in d.gw.tcp_by_id:
+            # The flow died while we were connecting (container gave up).
+            abort_with_rst(proto.transport)
+            return
+        self.protocols[fid] = proto
+        d.gw.tcp_connected(fid, d.now())
+        d.flush()
+
+    def close_all(self) -> None:
+        for t in self.connecting.values():
+            t.cancel()
+        self.connecting.clear()
+        for proto in list(self.protocols.values()):
+            if not proto.closed:
+                proto.closed = True
+                proto.transport.abort()
+        self.protocols.clear()

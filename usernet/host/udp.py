@@ -1,0 +1,122 @@
+"""Host sockets for UDP flows.
+
+One connected, non-blocking UDP socket per flow (the gateway keys flows by
+the container's 4-tuple and expires them when idle). A connected socket is
+what makes the kernel report ICMP port unreachable as ``ECONNREFUSED`` on the
+next recv, which we turn into ICMP port unreachable toward the container
+(``gw.udp_host_error``), so ``dig``/``nc -u`` fail fast.
+
+Sends never block: a full socket buffer (EAGAIN) drops the datagram with a
+counter, as a router would. Reads drain up to ``RX_BATCH`` datagrams a wake-up.
+"""
+
+import errno
+import logging
+import socket
+
+from ..stack import gateway as gwmod
+
+log = logging.getLogger("usernet")
+
+RX_BATCH = 64
+RX_MAX = 65535
+
+
+class _UdpFlowSocket:
+    """An outbound flow's connected socket. Inbound (port-forwarded) flows
+    register another object with the same ``send``/``close`` methods
+    (:meth:`UdpHost.register`)."""
+
+    __slots__ = ("fid", "sock", "last", "host")
+
+    def __init__(self, host, fid, sock):
+        self.host = host
+        self.fid = fid
+        self.sock = sock
+        self.last = b""   # the last datagram sent, quoted in port unreachable
+
+    def send(self, data) -> None:
+        d = self.host.driver
+        self.last = data
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            d.counters["drop_udp_host_send_eagain"] += 1
+        except ConnectionRefusedError:
+            # A port unreachable from an earlier datagram, reported now.
+            d.gw.udp_host_error(self.fid, data, d.now())
+        except OSError as e:
+            d.counters["drop_udp_host_send_error"] += 1
+            log.debug("UDP send: %s", e)
+
+    def close(self) -> None:
+        self.host.driver.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class UdpHost:
+    def __init__(self, driver):
+        self.driver = driver
+        self.socks: dict[int, _UdpFlowSocket] = {}
+
+    def handle_event(self, ev) -> None:
+        kind, fid = ev[0], ev[1]
+        d = self.driver
+        c = d.counters
+        if kind == gwmod.EV_UDP_OPEN:
+            host, port = ev[2], ev[3]
+            try:
+                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.socket(fam, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                sock.connect((host, port))
+            except OSError as e:
+                c["udp_host_socket_error"] += 1
+                log.debug("UDP flow to %s:%d: %s", host, port, e)
+                sock = None
+            if sock is None:
+                return
+            fs = _UdpFlowSocket(self, fid, sock)
+            self.socks[fid] = fs
+            d.loop.add_reader(sock.fileno(), self._on_readable, fs)
+        elif kind == gwmod.EV_UDP_SEND:
+            fs = self.socks.get(fid)
+            if fs is None:
+                c["drop_udp_no_host_socket"] += 1
+                return
+            fs.send(ev[2])
+        elif kind == gwmod.EV_UDP_CLOSE:
+            self._close(fid)
+
+    def _on_readable(self, fs: _UdpFlowSocket) -> None:
+        d = self.driver
+        gw = d.gw
+        now = d.now()
+        for _ in range(RX_BATCH):
+            try:
+                data = fs.sock.recv(RX_MAX)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                gw.udp_host_error(fs.fid, fs.last, now)
+                break
+            except OSError as e:
+                d.counters["udp_host_recv_error"] += 1
+                log.debug("UDP recv: %s", e)
+                break
+            gw.udp_host_datagram(fs.fid, data, now)
+        d.flush()
+
+    def register(self, fid: int, sender) -> None:
+        """Attach a sender (``send(data)``, ``close()``) to a flow the host
+        side created itself (a UDP port forward)."""
+        self.socks[fid] = sender
+
+    def _close(self, fid: int) -> None:
+        fs = self.socks.pop(fid, None)
+        if fs is not None:
+            fs.close()
+
+    def close_all(self) -> None:
+        for fid in list(self.socks):
+            self._close(fid)

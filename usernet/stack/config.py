@@ -1,0 +1,91 @@
+"""NetConfig: the virtual network's addresses and limits, derived from --cidr.
+
+Defaults are slirp4netns's, so nothing that depends on them breaks: network
+10.0.2.0/24, gateway (the host) .2, DNS forwarder .3, the container .100.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+
+# Limits with named defaults (DESIGN.md section 2: past a limit new flows are
+# refused cleanly, old ones keep working).
+DEFAULT_MTU = 1500
+MIN_MTU = 68
+MAX_MTU = 65520
+MAX_TCP_FLOWS = 4096
+MAX_TCP_CONNECTS_IN_FLIGHT = 256
+TCP_CONNECT_TIMEOUT = 10.0        # seconds to wait for the host connect() before RST
+MAX_UDP_FLOWS = 1024
+UDP_IDLE_TIMEOUT = 90.0           # general UDP flows
+UDP_DNS_IDLE_TIMEOUT = 10.0       # flows to port 53
+MAX_ICMP_FLOWS = 256
+ICMP_IDLE_TIMEOUT = 10.0
+# IPv4 reassembly (RFC 791 suggests a 15 s timer; a container's fragments
+# arrive back to back, so a short one suffices and frees memory sooner).
+FRAG_TIMEOUT = 5.0
+FRAG_MAX_DATAGRAMS = 64
+FRAG_MAX_BYTES = 1 << 20
+
+GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
+
+
+def _ip4(addr) -> bytes:
+    return ipaddress.IPv4Address(addr).packed
+
+
+@dataclass
+class NetConfig:
+    """Addresses are 4-byte ``bytes`` (what the parser returns), strings via ``*_str``."""
+
+    cidr: str = "10.0.2.0/24"
+    mtu: int = DEFAULT_MTU
+    host_loopback: bool = True
+    gateway_mac: bytes = GATEWAY_MAC
+    guest_mac: bytes | None = None     # --macaddress; else learned from the first frame
+    enable_dns: bool = True
+    enable_dhcp: bool = True
+    max_tcp_flows: int = MAX_TCP_FLOWS
+    max_tcp_connects: int = MAX_TCP_CONNECTS_IN_FLIGHT
+    tcp_connect_timeout: float = TCP_CONNECT_TIMEOUT
+    max_udp_flows: int = MAX_UDP_FLOWS
+    udp_idle_timeout: float = UDP_IDLE_TIMEOUT
+    udp_dns_idle_timeout: float = UDP_DNS_IDLE_TIMEOUT
+    max_icmp_flows: int = MAX_ICMP_FLOWS
+    network: ipaddress.IPv4Network = field(init=False)
+
+    def __post_init__(self):
+        net = ipaddress.IPv4Network(self.cidr, strict=True)
+        if not 1 <= net.prefixlen <= 25:
+            raise ValueError(f"prefix length must be 1..25, got /{net.prefixlen}")
+        if not MIN_MTU <= self.mtu <= MAX_MTU:
+            raise ValueError(f"MTU must be {MIN_MTU}..{MAX_MTU}, got {self.mtu}")
+        self.network = net
+        base = int(net.network_address)
+        self.gateway_ip = _ip4(base + 2)
+        self.dns_ip = _ip4(base + 3)
+        self.guest_ip = _ip4(base + 100)
+        self.broadcast_ip = net.broadcast_address.packed
+        self.netmask = net.netmask.packed
+        self.prefixlen = net.prefixlen
+        self._net_int = base
+        self._mask_int = int(net.netmask)
+
+    # Strings for logs, sockets and the kernel.
+    @property
+    def gateway_str(self) -> str:
+        return str(ipaddress.IPv4Address(self.gateway_ip))
+
+    @property
+    def dns_str(self) -> str:
+        return str(ipaddress.IPv4Address(self.dns_ip))
+
+    @property
+    def guest_str(self) -> str:
+        return str(ipaddress.IPv4Address(self.guest_ip))
+
+    @property
+    def mss(self) -> int:
+        return self.mtu - 40
+
+    def in_network(self, addr: bytes) -> bool:
+        return len(addr) == 4 and (int.from_bytes(addr, "big") & self._mask_int) == self._net_int

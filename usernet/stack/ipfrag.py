@@ -1,0 +1,102 @@
+"""IPv4 reassembly (RFC 791 section 3.2, RFC 815's hole idea, simplified).
+
+Owns: partially received datagrams keyed by (src, dst, proto, ident).
+Limits: at most ``max_datagrams`` in progress and ``max_bytes`` buffered in
+all; a datagram's fragments must all arrive within ``timeout`` seconds of the
+first. Past any limit the fragment (or the oldest datagram) is dropped with a
+counter; nothing grows without bound. Overlapping fragments (RFC 5722's
+lesson for v6, and a classic v4 evasion trick) drop the whole datagram.
+
+Timer: the earliest datagram deadline, exposed through :meth:`next_deadline`.
+"""
+
+MAX_DATAGRAM = 65535
+
+
+class _Partial:
+    __slots__ = ("pieces", "total", "size", "deadline", "header")
+
+    def __init__(self, deadline):
+        self.pieces = {}       # offset -> bytes
+        self.total = None      # datagram payload length once the last fragment is in
+        self.size = 0          # bytes held
+        self.deadline = deadline
+        self.header = None     # the offset-0 fragment's parse tuple fields we need
+
+
+class Reassembler:
+    def __init__(self, counters, timeout: float, max_datagrams: int, max_bytes: int):
+        self.counters = counters
+        self.timeout = timeout
+        self.max_datagrams = max_datagrams
+        self.max_bytes = max_bytes
+        self.partials: dict[tuple, _Partial] = {}
+        self.bytes_held = 0
+
+    def add(self, key: tuple, offset: int, more: bool, data, now: float):
+        """Add one fragment; return the whole payload as bytes when complete."""
+        c = self.counters
+        part = self.partials.get(key)
+        if part is None:
+            if len(self.partials) >= self.max_datagrams:
+                c["frag_drop_too_many_datagrams"] += 1
+                return None
+            part = self.partials[key] = _Partial(now + self.timeout)
+        n = len(data)
+        end = offset + n
+        if end > MAX_DATAGRAM or (more and n % 8) or n == 0:
+            c["frag_drop_bad_fragment"] += 1
+            self._forget(key)
+            return None
+        if self.bytes_held + n > self.max_bytes:
+            c["frag_drop_memory_limit"] += 1
+            self._forget(key)
+            return None
+        if not more:
+            if part.total is not None and part.total != end:
+                c["frag_drop_inconsistent"] += 1
+                self._forget(key)
+                return None
+            part.total = end
+        old = part.pieces.get(offset)
+        if old is not None:
+            if bytes(old) == bytes(data):
+                c["frag_duplicate"] += 1
+                return None
+            c["frag_drop_overlap"] += 1
+            self._forget(key)
+            return None
+        for o, piece in part.pieces.items():
+            if o < end and offset < o + len(piece):
+                c["frag_drop_overlap"] += 1
+                self._forget(key)
+                return None
+        part.pieces[offset] = bytes(data)
+        part.size += n
+        self.bytes_held += n
+        c["frag_received"] += 1
+        if part.total is None or part.size != part.total:
+            if part.total is not None and part.size > part.total:
+                c["frag_drop_inconsistent"] += 1
+                self._forget(key)
+            return None
+        # No overlaps and the sizes add up: the pieces tile [0, total).
+        whole = b"".join(part.pieces[o] for o in sorted(part.pieces))
+        self._forget(key)
+        c["frag_reassembled"] += 1
+        return whole
+
+    def _forget(self, key):
+        part = self.partials.pop(key, None)
+        if part is not None:
+            self.bytes_held -= part.size
+
+    def next_deadline(self):
+        if not self.partials:
+            return None
+        return min(p.deadline for p in self.partials.values())
+
+    def expire(self, now: float):
+        for key in [k for k, p in self.partials.items() if p.deadline <= now]:
+            self.counters["frag_drop_timeout"] += 1
+            self._forget(key)
