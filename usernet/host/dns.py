@@ -9,9 +9,11 @@ are ``--dns-upstream`` when given, else the nameservers of the host's
 resolvers such as 127.0.0.53 work: usernet runs in the host's namespace.
 
 Failure is never silence: a refused upstream makes us try the next one; when
-none is left, ``gw.dns_failed`` sends SERVFAIL. Silence from upstream is
-bounded by the gateway's own deadline (``DNS_QUERY_TIMEOUT``), which also
-SERVFAILs. An answer whose id does not match the query is dropped.
+none is left, ``gw.dns_failed`` sends SERVFAIL. An upstream silent for
+``ATTEMPT_TIMEOUT`` makes us try the next one too; the last one is waited
+for until the gateway's own deadline (``DNS_QUERY_TIMEOUT``), which
+SERVFAILs, and its socket is closed soon after (no fd per lost query). An
+answer whose id does not match the query is dropped.
 
 TCP DNS to the forwarder address is spliced to the first upstream over TCP
 (``tcp_upstream``; see ``host/tcp.py``).
@@ -22,10 +24,12 @@ import os
 import socket
 
 from ..stack.dns import parse_resolv_conf
+from ..stack.gateway import DNS_QUERY_TIMEOUT
 
 log = logging.getLogger("usernet")
 
 RESOLV_CONF = "/etc/resolv.conf"
+ATTEMPT_TIMEOUT = 2.0     # seconds of upstream silence before the next upstream is tried
 
 
 class DnsForwarder:
@@ -35,7 +39,7 @@ class DnsForwarder:
         self.resolv_conf = resolv_conf
         self._rc_key = None
         self._rc_servers = []
-        self.inflight = {}   # qid -> [sock, query, remaining upstreams]
+        self.inflight = {}   # qid -> [sock, query, remaining upstreams, timer handle]
 
     # -------------------------------------------------------------- upstreams
     def upstreams(self):
@@ -68,7 +72,7 @@ class DnsForwarder:
         if not ups:
             self.driver.gw.dns_failed(qid, self.driver.now(), "no_upstream")
             return
-        self.inflight[qid] = [None, query, ups]
+        self.inflight[qid] = [None, query, ups, None]
         self._try_next(qid)
 
     def _try_next(self, qid) -> None:
@@ -83,6 +87,7 @@ class DnsForwarder:
             return
         while ent[2]:
             host, port = ent[2].pop(0)
+            sock = None
             try:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
@@ -92,13 +97,30 @@ class DnsForwarder:
             except OSError as e:
                 d.counters["dns_upstream_send_error"] += 1
                 log.debug("DNS upstream %s:%d: %s", host, port, e)
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 continue
             ent[0] = sock
             d.loop.add_reader(sock.fileno(), self._on_readable, qid)
+            # Silence: the next upstream after ATTEMPT_TIMEOUT; from the
+            # last one, wait out the gateway's deadline, then let go.
+            wait = ATTEMPT_TIMEOUT if ent[2] else DNS_QUERY_TIMEOUT + 1.0
+            ent[3] = d.loop.call_later(wait, self._on_silence, qid)
             return
         self.inflight.pop(qid, None)
         d.gw.dns_failed(qid, d.now(), "unreachable")
+
+    def _on_silence(self, qid) -> None:
+        ent = self.inflight.get(qid)
+        if ent is None:
+            return
+        ent[3] = None
+        self.driver.counters["dns_upstream_silent"] += 1
+        if ent[2]:
+            self._try_next(qid)
+            self.driver.flush()
+        else:
+            self._close_sock(self.inflight.pop(qid))
 
     def _on_readable(self, qid) -> None:
         d = self.driver
@@ -126,6 +148,9 @@ class DnsForwarder:
         d.flush()
 
     def _close_sock(self, ent) -> None:
+        if ent[3] is not None:
+            ent[3].cancel()
+            ent[3] = None
         sock = ent[0]
         if sock is not None:
             self.driver.loop.remove_reader(sock.fileno())

@@ -63,16 +63,18 @@ class Impairment:
         if r() < self.loss:
             c[f"impair_{self.name}_dropped"] += 1
             return []
+        # Items are passed through as they are (a frame, or a (frame,
+        # csum_ok) pair on receive): nothing mutates a frame once queued.
         out = [frame]
         if r() < self.dup:
             c[f"impair_{self.name}_duplicated"] += 1
-            out.append(bytes(frame))
+            out.append(frame)
         if self.held:
             out.extend(self.held)
             self.held = []
         elif r() < self.reorder:
             c[f"impair_{self.name}_reordered"] += 1
-            self.held = [bytes(f) for f in out]
+            self.held = out
             return []
         return out
 
@@ -193,8 +195,8 @@ class HostDriver:
             if impair is None:
                 gw.receive_frame(frame, now, csum_ok)
             else:
-                for f in impair.apply(frame):
-                    gw.receive_frame(f, now, csum_ok)
+                for f, ok in impair.apply((frame, csum_ok)):
+                    gw.receive_frame(f, now, ok)
         self.flush()
 
     # ------------------------------------------------------------------- tx
@@ -297,8 +299,8 @@ class HostDriver:
     def _release_impair(self) -> None:
         self._impair_tick = None
         now = self.loop.time()
-        for f in self.rx_impair.release():
-            self.gw.receive_frame(f, now, False)
+        for f, ok in self.rx_impair.release():
+            self.gw.receive_frame(f, now, ok)
         for f in self.tx_impair.release():
             self._write(f)
         self.flush()

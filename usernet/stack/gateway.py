@@ -411,11 +411,16 @@ class Gateway:
         key = (p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT])
         flow = self.tcp_flows.get(key)
         seg = Segment(p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS], p[P_PAYLOAD])
+        flags = seg.flags
         if flow is not None:
             flow.conn.on_segment(seg, now)
             self._tcp_flush(flow, now)
-            return
-        flags = seg.flags
+            if not (flags & SYN and not flags & ACK and flow.id not in self.tcp_by_id):
+                return
+            # A new SYN ended an old flow in TIME-WAIT (RFC 9293 3.10.7.4 lets
+            # a SYN reopen it): treat it as the new connection it is, now,
+            # instead of making the container wait a SYN retransmission.
+            self.counters["tcp_syn_reopened_time_wait"] += 1
         c = self.counters
         if flags & RST:
             c["tcp_drop_rst_no_flow"] += 1
