@@ -511,7 +511,9 @@ class Gateway:
                     out.append((EV_TCP_DATA, fid, ev[1]))
                 elif kind == "eof":
                     out.append((EV_TCP_SHUTDOWN, fid))
-                elif kind == "reset":
+                elif kind == "reset" or kind == "aborted":
+                    # Container RST, or we gave up on the container: the host
+                    # peer must see a reset too, not a clean FIN.
                     out.append((EV_TCP_ABORT, fid))
                 elif kind == "pause_reading":
                     out.append((EV_TCP_PAUSE, fid))
