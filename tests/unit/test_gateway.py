@@ -292,3 +292,34 @@ def test_udp_flow_opens_sends_and_expires():
     gw.handle_timer(1.0 + gw.config.udp_idle_timeout + 0.1)
     assert not gw.udp_by_id
     assert (gwmod.EV_UDP_CLOSE, fid) in gw.events_out
+
+
+def test_frames_for_unknown_guest_mac_wait_for_arp_and_are_retried():
+    """A frame toward a guest address with no known MAC triggers an ARP
+    request, is held, is retried on a timer, and is released by the reply."""
+    gw = make_gw()
+    gw.udp_inbound(bytes([10, 0, 2, 2]), 5353, bytes([10, 0, 2, 100]), 53, b"q", 0.0)
+    (req,) = [Ether(bytes(f)) for f in gw.frames_out]
+    gw.frames_out.clear()
+    assert req[ARP].op == 1 and req[ARP].pdst == GUEST and req[Ether].dst == "ff:ff:ff:ff:ff:ff"
+    gw.handle_timer(gw.get_timer())
+    assert [Ether(bytes(f))[ARP].op for f in gw.frames_out] == [1]
+    assert gw.counters["arp_request_tx"] == 2
+    gw.frames_out.clear()
+    out = feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST,
+                                                          hwdst=GW_MAC, pdst=GW), now=1.5)
+    (f,) = out
+    assert Ether(f)[Ether].dst == GUEST_MAC and Ether(f)[UDP].dport == 53
+
+
+def test_unanswered_arp_drops_held_frames_after_bounded_tries():
+    gw = make_gw()
+    gw.udp_inbound(bytes([10, 0, 2, 2]), 5353, bytes([10, 0, 2, 100]), 53, b"q", 0.0)
+    for _ in range(10):
+        t = gw.get_timer()
+        if t is None or not gw._arp_hold:
+            break
+        gw.handle_timer(t)
+    assert gw.counters["arp_request_tx"] == 3
+    assert gw.counters["drop_arp_unresolved"] == 1
+    assert gw._arp_hold == {}

@@ -34,9 +34,10 @@ Policy (NAT)
 
 Timers
 ------
-One heap of (deadline, flow id) entries, lazily invalidated: each flow
+One heap of (deadline, kind, key) entries, lazily invalidated: each flow
 remembers the deadline it armed; a popped entry that no longer matches is
-stale. Plus the reassembly deadline and the pending-connect deadlines, which
+stale. Kinds: tcp/udp/icmp flows (key: flow id), dns queries (query id),
+arp retries (guest address), frag (reassembly expiry). Plus the reassembly deadline and the pending-connect deadlines, which
 are just TCP flows' deadlines while they wait for the host.
 
 Limits (see ``usernet.stack.config``): flows per protocol, TCP connects in
@@ -94,6 +95,8 @@ EV_DNS_QUERY = "dns_query"          # (kind, query_id, bytes): forward upstream,
 
 _LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
 _ARP_HOLD_MAX = 64          # frames held for the guest while its MAC is unknown
+ARP_RETRY = 1.0             # seconds between ARP requests for a held address
+ARP_TRIES = 3               # requests before the held frames are dropped
 DNS_QUERY_TIMEOUT = 5.0     # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256       # queries waiting for upstream; past it -> SERVFAIL at once
 _TCP_TEMPLATE_WINDOW = 0
@@ -161,7 +164,10 @@ class Gateway:
         self.arp_table: dict[bytes, bytes] = {}
         if cfg.guest_mac is not None:
             self.arp_table[cfg.guest_ip] = cfg.guest_mac
+        # Frames for a guest address whose MAC is not known yet, waiting for
+        # ARP: ip -> [frames, tries]; retried every ARP_RETRY seconds.
         self._arp_hold: dict[bytes, list] = {}
+        self.now = 0.0   # the ``now`` of the call in progress (for ARP retries)
         self.reasm = Reassembler(self.counters, FRAG_TIMEOUT, FRAG_MAX_DATAGRAMS, FRAG_MAX_BYTES)
         self._next_id = 1
         self.tcp_flows: dict[tuple, TcpFlow] = {}
@@ -195,6 +201,7 @@ class Gateway:
     def receive_frame(self, frame, now: float, csum_ok: bool = False) -> None:
         """One frame from the TAP. ``csum_ok``: the virtio-net header said the
         L4 checksum need not be verified (NEEDS_CSUM or DATA_VALID)."""
+        self.now = now
         c = self.counters
         c["rx_frames"] += 1
         try:
@@ -233,12 +240,7 @@ class Gateway:
                                                                           cfg.dns_ip):
             if self.arp_table.get(a.spa) != a.sha:
                 c["arp_learned"] += 1
-            self.arp_table[a.spa] = a.sha
-            held = self._arp_hold.pop(a.spa, None)
-            if held:
-                for f in held:
-                    f[0:6] = a.sha
-                    self.frames_out.append(f)
+            self._learn(a.spa, a.sha)
         if a.oper == ARP_REQUEST:
             if a.spa == a.tpa:
                 c["arp_gratuitous"] += 1
@@ -254,6 +256,15 @@ class Gateway:
         else:
             c["drop_arp_bad_oper"] += 1
 
+    def _learn(self, ip: bytes, mac: bytes) -> None:
+        """Record ip -> mac and release the frames waiting for it."""
+        self.arp_table[ip] = mac
+        hold = self._arp_hold.pop(ip, None)
+        if hold:
+            for f in hold[0]:
+                f[0:6] = mac
+                self.frames_out.append(f)
+
     def _to_guest(self, guest_ip: bytes, frame: bytearray) -> None:
         """Queue a frame for the TAP, resolving the guest's MAC by ARP first."""
         mac = self.arp_table.get(guest_ip)
@@ -261,15 +272,31 @@ class Gateway:
             frame[0:6] = mac
             self.frames_out.append(frame)
             return
-        held = self._arp_hold.setdefault(guest_ip, [])
-        if len(held) >= _ARP_HOLD_MAX:
+        hold = self._arp_hold.get(guest_ip)
+        if hold is None:
+            hold = self._arp_hold[guest_ip] = [[], 0]
+            self._arp_request(guest_ip, hold)
+        if len(hold[0]) >= _ARP_HOLD_MAX:
             self.counters["drop_arp_hold_full"] += 1
             return
-        if not held:
-            self.counters["arp_request_tx"] += 1
-            self.frames_out.append(build_arp(BROADCAST, self.mac, ARP_REQUEST, self.mac,
-                                             self.config.gateway_ip, b"\0" * 6, guest_ip))
-        held.append(frame)
+        hold[0].append(frame)
+
+    def _arp_request(self, ip: bytes, hold: list) -> None:
+        hold[1] += 1
+        self.counters["arp_request_tx"] += 1
+        self.frames_out.append(build_arp(BROADCAST, self.mac, ARP_REQUEST, self.mac,
+                                         self.config.gateway_ip, b"\0" * 6, ip))
+        heapq.heappush(self._heap, (self.now + ARP_RETRY, "arp", ip))
+
+    def _arp_timeout(self, ip: bytes) -> None:
+        hold = self._arp_hold.get(ip)
+        if hold is None:
+            return
+        if hold[1] < ARP_TRIES:
+            self._arp_request(ip, hold)
+            return
+        del self._arp_hold[ip]
+        self.counters["drop_arp_unresolved"] += len(hold[0])
 
     # ----------------------------------------------------------------- IPv4
     def _ipv4_input(self, p, frame, now, csum_ok) -> None:
@@ -289,7 +316,7 @@ class Gateway:
         elif src != cfg.gateway_ip and src != cfg.dns_ip and src not in self.arp_table:
             # Learn the guest's MAC from its IP traffic too (no ARP needed
             # for replies: the container always ARPs us first anyway).
-            self.arp_table[src] = p[P_SRC_MAC]
+            self._learn(src, p[P_SRC_MAC])
         frag = p[P_FRAG]
         if frag is not None:
             self._ipv4_fragment(p, frame, now)
@@ -336,7 +363,7 @@ class Gateway:
     def _arm_reasm(self):
         d = self.reasm.next_deadline()
         if d is not None:
-            heapq.heappush(self._heap, (d, 0, "frag"))
+            heapq.heappush(self._heap, (d, "frag", 0))
 
     # ----------------------------------------------------------------- ICMP
     def _icmp_input(self, p, frame, now) -> None:
@@ -543,10 +570,11 @@ class Gateway:
         d = flow.deadline() if isinstance(flow, TcpFlow) else flow.deadline
         if d is not None and d != flow.armed:
             flow.armed = d
-            heapq.heappush(self._heap, (d, flow.id, "tcp" if isinstance(flow, TcpFlow) else flow.kind))
+            heapq.heappush(self._heap, (d, "tcp" if isinstance(flow, TcpFlow) else flow.kind, flow.id))
 
     # host-side notifications for TCP
     def tcp_connected(self, fid: int, now: float) -> None:
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is None or not flow.connecting:
             return
@@ -560,6 +588,7 @@ class Gateway:
     def tcp_refused(self, fid: int, now: float, reason: str = "refused") -> None:
         """The host connect failed (``reason`` names the errno, e.g.
         "refused", "timeout", "unreachable"): RST the container."""
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is None:
             return
@@ -575,6 +604,7 @@ class Gateway:
     def tcp_host_data(self, fid: int, data, now: float) -> int:
         """Bytes read from the host socket; returns how many were taken. The
         caller keeps the rest until ``EV_TCP_RESUME``."""
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is None:
             return len(data)
@@ -583,12 +613,14 @@ class Gateway:
         return n
 
     def tcp_host_eof(self, fid: int, now: float) -> None:
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is not None:
             flow.conn.shutdown_host_eof(now)
             self._tcp_flush(flow, now)
 
     def tcp_host_reset(self, fid: int, now: float) -> None:
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is not None:
             self.counters["tcp_host_reset"] += 1
@@ -597,6 +629,7 @@ class Gateway:
             self._tcp_forget(flow)
 
     def tcp_host_backlog(self, fid: int, nbytes: int, now: float) -> None:
+        self.now = now
         flow = self.tcp_by_id.get(fid)
         if flow is not None:
             flow.conn.set_host_backlog(nbytes, now)
@@ -607,6 +640,7 @@ class Gateway:
         """Port forwarding: open a connection into the container from
         ``src_ip:src_port`` (the real client, or the gateway). Returns the
         flow id, or None when a limit or a clashing 4-tuple refuses it."""
+        self.now = now
         c = self.counters
         key = (guest_ip, guest_port, src_ip, src_port)
         if key in self.tcp_flows:
@@ -674,6 +708,7 @@ class Gateway:
         the host side sends them back through its listener (no
         ``EV_UDP_OPEN`` is emitted: the forwarder registers the flow's
         sender itself). Returns the flow id, or None at the flow limit."""
+        self.now = now
         key = (guest_ip, guest_port, src_ip, src_port)
         flow = self.udp_flows.get(key)
         if flow is None:
@@ -692,6 +727,7 @@ class Gateway:
         return flow.id
 
     def udp_host_datagram(self, fid: int, data, now: float) -> None:
+        self.now = now
         flow = self.udp_by_id.get(fid)
         if flow is None:
             return
@@ -724,6 +760,7 @@ class Gateway:
     def udp_host_error(self, fid: int, quote_payload, now: float) -> None:
         """The host socket got ICMP port unreachable (ECONNREFUSED): tell the
         container with ICMP port unreachable quoting a datagram of the flow."""
+        self.now = now
         flow = self.udp_by_id.get(fid)
         if flow is None:
             return
@@ -778,7 +815,7 @@ class Gateway:
         qid = self._new_id()
         deadline = now + DNS_QUERY_TIMEOUT
         self.dns_pending[qid] = (p[P_SRC], p[P_SPORT], query)
-        heapq.heappush(self._heap, (deadline, qid, "dns"))
+        heapq.heappush(self._heap, (deadline, "dns", qid))
         c["dns_query_forwarded"] += 1
         self.events_out.append((EV_DNS_QUERY, qid, query))
 
@@ -796,6 +833,7 @@ class Gateway:
 
     def dns_reply(self, qid: int, answer, now: float) -> None:
         """The upstream resolver answered query ``qid``."""
+        self.now = now
         q = self.dns_pending.pop(qid, None)
         if q is None:
             self.counters["dns_late_answer"] += 1
@@ -805,6 +843,7 @@ class Gateway:
 
     def dns_failed(self, qid: int, now: float, reason: str = "error") -> None:
         """No upstream could answer query ``qid``: SERVFAIL, not silence."""
+        self.now = now
         q = self.dns_pending.pop(qid, None)
         if q is None:
             return
@@ -815,6 +854,7 @@ class Gateway:
     def icmp_host_reply(self, fid: int, seq: int, data, now: float) -> None:
         """An echo reply from the host side; it goes to the container with
         the container's own identifier (Linux ping sockets rewrite it)."""
+        self.now = now
         flow = self.icmp_by_id.get(fid)
         if flow is None:
             return
@@ -828,6 +868,7 @@ class Gateway:
     def icmp_host_unavailable(self, fid: int, seq: int, data, now: float) -> None:
         """Neither a ping socket nor a raw socket can be had: answer the echo
         with "communication administratively prohibited" rather than silence."""
+        self.now = now
         flow = self.icmp_by_id.get(fid)
         if flow is None:
             return
@@ -843,7 +884,7 @@ class Gateway:
     def get_timer(self) -> float | None:
         heap = self._heap
         while heap:
-            d, fid, kind = heap[0]
+            d, kind, fid = heap[0]
             if kind == "tcp":
                 flow = self.tcp_by_id.get(fid)
             elif kind == "udp":
@@ -852,6 +893,11 @@ class Gateway:
                 flow = self.icmp_by_id.get(fid)
             elif kind == "dns":
                 if fid in self.dns_pending:
+                    return d
+                heapq.heappop(heap)
+                continue
+            elif kind == "arp":
+                if fid in self._arp_hold:
                     return d
                 heapq.heappop(heap)
                 continue
@@ -866,9 +912,10 @@ class Gateway:
         return None
 
     def handle_timer(self, now: float) -> None:
+        self.now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
-            d, fid, kind = heapq.heappop(heap)
+            d, kind, fid = heapq.heappop(heap)
             if kind == "frag":
                 self.reasm.expire(now)
                 self._arm_reasm()
@@ -876,6 +923,9 @@ class Gateway:
             if kind == "dns":
                 if fid in self.dns_pending:
                     self.dns_failed(fid, now, "timeout")
+                continue
+            if kind == "arp":
+                self._arp_timeout(fid)
                 continue
             if kind == "udp" or kind == "icmp":
                 flow = (self.udp_by_id if kind == "udp" else self.icmp_by_id).get(fid)
