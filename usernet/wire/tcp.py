@@ -11,8 +11,9 @@ option with the wrong length is a ParseError too (Linux drops such options;
 we refuse the segment, which the peer's retransmission makes harmless).
 
 Hot-path note: Linux puts ``NOP NOP TS(10)`` (12 bytes) on every segment once
-timestamps are agreed, so :func:`parse_tcp_options` checks for exactly that
-first and answers with one ``unpack_from``.
+timestamps are agreed, and ``MSS SACK-permitted TS NOP WSCALE`` (20 bytes) on
+its SYNs, so :func:`parse_tcp_options` checks for exactly those first and
+answers each with one ``unpack_from``.
 """
 
 import struct
@@ -22,8 +23,13 @@ from . import ParseError
 
 TCP = struct.Struct("!HHIIHHHH")
 TCP_LEN = 20
-_TS_FAST = struct.Struct("!I II")  # 0x0101080a, tsval, tsecr
-_TS_FAST_MAGIC = 0x0101080A
+# The options area Linux sends on every segment once timestamps are agreed:
+# NOP NOP TS(8, 10) tsval tsecr, read as one big-endian word and two more.
+TS_FAST = struct.Struct("!III")  # 0x0101080a, tsval, tsecr
+TS_FAST_MAGIC = 0x0101080A
+# Linux's SYN / SYN-ACK options, 20 bytes: MSS(2, 4) mss | SACK-permitted(4, 2)
+# TS(8, 10) tsval tsecr | NOP WSCALE(3, 3) shift -- checked as one template.
+_SYN_FAST = struct.Struct("!HHIIII")  # 0x0204, mss, 0x0402080a, tsval, tsecr, 0x010303xx
 _U16 = struct.Struct("!H")
 _U32X2 = struct.Struct("!II")
 
@@ -57,15 +63,23 @@ class TcpOptions(NamedTuple):
 
 
 NO_OPTIONS = TcpOptions()
+# tuple.__new__(TcpOptions, (...)) builds the same object as TcpOptions(...)
+# without running the NamedTuple's generated Python __new__ (half the cost).
+_tuple_new = tuple.__new__
 
 
 def parse_tcp_options(buf) -> TcpOptions:
     """Parse the options area (bytes between the fixed header and data)."""
     n = len(buf)
     if n == 12:
-        magic, tsval, tsecr = _TS_FAST.unpack_from(buf, 0)
-        if magic == _TS_FAST_MAGIC:
-            return TcpOptions(None, None, False, (), tsval, tsecr)
+        magic, tsval, tsecr = TS_FAST.unpack_from(buf, 0)
+        if magic == TS_FAST_MAGIC:
+            return _tuple_new(TcpOptions, (None, None, False, (), tsval, tsecr))
+    elif n == 20:
+        k_mss, mss, k_ts, tsval, tsecr, nop_ws = _SYN_FAST.unpack_from(buf, 0)
+        if k_mss == 0x0204 and k_ts == 0x0402080A and nop_ws >> 8 == 0x010303:
+            # RFC 7323 2.3: a shift above 14 is used as 14.
+            return _tuple_new(TcpOptions, (mss, min(nop_ws & 0xFF, 14), True, (), tsval, tsecr))
     mss = wscale = tsval = tsecr = None
     sack_perm = False
     sack = ()
@@ -104,7 +118,7 @@ def parse_tcp_options(buf) -> TcpOptions:
                 raise ParseError("tcp_opt_bad_length", "timestamp")
             tsval, tsecr = _U32X2.unpack_from(buf, i + 2)
         i += olen
-    return TcpOptions(mss, wscale, sack_perm, sack, tsval, tsecr)
+    return _tuple_new(TcpOptions, (mss, wscale, sack_perm, sack, tsval, tsecr))
 
 
 def build_tcp_options(mss: int | None = None, wscale: int | None = None, sack_perm: bool = False,
