@@ -323,3 +323,18 @@ def test_unanswered_arp_drops_held_frames_after_bounded_tries():
     assert gw.counters["arp_request_tx"] == 3
     assert gw.counters["drop_arp_unresolved"] == 1
     assert gw._arp_hold == {}
+
+
+def test_df_packet_bigger_than_mtu_gets_fragmentation_needed():
+    """RFC 1191: a DF datagram over the MTU is answered with type 3 code 4
+    carrying the MTU; without DF it is accepted."""
+    gw = make_gw(mtu=1280)
+    big = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.9", flags="DF") / UDP(
+        sport=1, dport=2) / Raw(b"x" * 1400)
+    (f,) = feed(gw, big)
+    rep = Ether(f)
+    assert rep[ICMP].type == 3 and rep[ICMP].code == 4 and rep[ICMP].nexthopmtu == 1280
+    assert gw.counters["icmp_frag_needed_tx"] == 1 and gw.events_out == []
+    big[IP].flags = 0
+    feed(gw, Ether(bytes(big)))
+    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]

@@ -53,17 +53,10 @@ from collections import Counter
 from ..wire import ParseError
 from ..wire.arp import ARP_REPLY, ARP_REQUEST, parse_arp
 from ..wire.ether import BROADCAST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
-from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_DST_MAC, P_ETHERTYPE, P_FLAGS, P_FRAG, P_L3,
-                          P_L4, P_OPTS, P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC, P_SRC_MAC,
-                          P_TTL, P_WINDOW, build_arp, build_icmp, build_tcp, build_udp,
-                          ipv4_header_ok, l4_checksum_ok, parse_frame)
-from ..wire.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-                         UNREACH_ADMIN_PROHIBITED, UNREACH_HOST, UNREACH_PORT,
-                         UNREACH_PROTOCOL)
-from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from ..wire.checksum import checksum
-from ..wire.ether import ETH_LEN
-from ..wire.frame import build_ipv4_fragment
+from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_DST_MAC, P_END, P_ETHERTYPE, P_FLAGS,
+                          P_FRAG, P_L3, P_L4, P_OPTS, P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC,
+                          P_SRC_MAC, P_TTL, P_WINDOW, build_arp, build_icmp, build_ipv4_fragment,
+                          build_tcp, build_udp, ipv4_header_ok, l4_checksum_ok, parse_frame)
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, build_tcp_options
 from .config import (FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS, FRAG_TIMEOUT, ICMP_IDLE_TIMEOUT,
                      NetConfig)
@@ -317,6 +310,15 @@ class Gateway:
             # Learn the guest's MAC from its IP traffic too (no ARP needed
             # for replies: the container always ARPs us first anyway).
             self._learn(src, p[P_SRC_MAC])
+        if p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40 and not csum_ok:
+            # Bigger than the link MTU (someone raised the TAP's MTU inside the
+            # container) with DF set: RFC 1191 says answer "fragmentation
+            # needed" with the MTU we forward, so the sender's PMTU discovery
+            # shrinks. (Offloaded GSO super-frames, which carry csum_ok, are
+            # bigger by design and exempt.)
+            self._unreachable(p, frame, UNREACH_FRAG_NEEDED, "icmp_frag_needed_tx",
+                              next_hop_mtu=cfg.mtu)
+            return
         frag = p[P_FRAG]
         if frag is not None:
             self._ipv4_fragment(p, frame, now)
@@ -407,15 +409,15 @@ class Gateway:
         c["icmp_echo_forward"] += 1
         self.events_out.append((EV_ICMP_SEND, flow.id, p[P_ACK], bytes(p[P_PAYLOAD])))
 
-    def _unreachable(self, p, frame, code, counter) -> None:
+    def _unreachable(self, p, frame, code, counter, next_hop_mtu: int = 0) -> None:
         """ICMP destination unreachable quoting the offending datagram
         (RFC 792: IP header + first 8 bytes; RFC 1812 allows more, we quote
         up to 548 bytes so the whole reply stays under 576)."""
         self.counters[counter] += 1
         quote = bytes(frame[p[P_L3]:p[P_L3] + 548])
         self.frames_out.append(build_icmp(p[P_SRC_MAC], self.mac, self.config.gateway_ip,
-                                          p[P_SRC], ICMP_DEST_UNREACH, code, 0, 0, quote,
-                                          ident=self._ident()))
+                                          p[P_SRC], ICMP_DEST_UNREACH, code, 0, next_hop_mtu,
+                                          quote, ident=self._ident()))
 
     def _ident(self) -> int:
         self._ip_ident = (self._ip_ident + 1) & 0xFFFF
