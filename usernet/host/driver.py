@@ -32,7 +32,7 @@ import random
 from collections import deque
 
 from ..stack import gateway as gwmod
-from ..wire.vnet import VNET_HDR, VNET_HDR_LEN, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM
+from ..wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN
 from .tcp import TcpHost
 from .udp import UdpHost
 

@@ -15,10 +15,8 @@ neither is possible, usernet says why once in the log and answers each echo
 with ICMP "communication administratively prohibited", never silence.
 """
 
-import errno
 import logging
 import socket
-import struct
 
 from ..stack import gateway as gwmod
 from ..wire.checksum import checksum

@@ -10,7 +10,6 @@ Sends never block: a full socket buffer (EAGAIN) drops the datagram with a
 counter, as a router would. Reads drain up to ``RX_BATCH`` datagrams a wake-up.
 """
 
-import errno
 import logging
 import socket
 

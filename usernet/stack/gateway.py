@@ -52,18 +52,23 @@ from collections import Counter
 
 from ..wire import ParseError
 from ..wire.arp import ARP_REPLY, ARP_REQUEST, parse_arp
-from ..wire.ether import BROADCAST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
+from ..wire.checksum import checksum
+from ..wire.dns import build_servfail
+from ..wire.ether import BROADCAST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_DST_MAC, P_END, P_ETHERTYPE, P_FLAGS,
                           P_FRAG, P_L3, P_L4, P_OPTS, P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC,
                           P_SRC_MAC, P_TTL, P_WINDOW, build_arp, build_icmp, build_ipv4_fragment,
                           build_tcp, build_udp, ipv4_header_ok, l4_checksum_ok, parse_frame)
+from ..wire.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+                         UNREACH_ADMIN_PROHIBITED, UNREACH_FRAG_NEEDED, UNREACH_HOST,
+                         UNREACH_PORT, UNREACH_PROTOCOL)
+from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, build_tcp_options
 from .config import (FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS, FRAG_TIMEOUT, ICMP_IDLE_TIMEOUT,
                      NetConfig)
 from .dhcp import DhcpServer
 from .dns import LocalNames
 from .ipfrag import Reassembler
-from ..wire.dns import build_servfail
 from .tcp import Segment, TcpConnection
 
 # Events for the host side: (kind, flow_id, ...). The host driver dispatches
