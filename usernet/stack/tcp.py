@@ -48,8 +48,13 @@ while the wire MSS, ``snd_mss``, stays the same). In flight is capped by
 bytes acked in slow start (the peer is a local kernel, so no ABC limit) and
 by ~1 MSS per RTT in congestion avoidance (RFC 5681). Loss recovery: RTO per
 RFC 6298 (go-back-N from ``snd_una``, cwnd to one segment), fast retransmit
-after 3 duplicate ACKs with NewReno partial-ACK handling (RFC 6582). SACK
-blocks the container sends are accepted and ignored. A closed peer window
+after 3 duplicate ACKs with NewReno partial-ACK handling (RFC 6582), limited
+transmit on the first two (RFC 3042). An ACK carrying SACK blocks counts as
+a duplicate whatever its window (Linux grows its window as out-of-order data
+arrives). SACK blocks are otherwise used only to spot a lost retransmission
+(data first sent after it is SACKed); and in recovery, a head retransmission
+unanswered after ~2 SRTT (:data:`RECOVERY_PROBE_MIN` floor, backed off) is
+sent again, RACK/TLP-like, instead of waiting out the RTO. A closed peer window
 starts the persist timer (zero-window probes, Linux style: an ACK with
 ``seq = snd_una - 1``, which the peer must answer). After
 :data:`MAX_RETRIES` timeouts or :data:`GIVE_UP_AFTER` seconds without
@@ -138,6 +143,7 @@ DEFAULT_MSS = 536          # RFC 9293 3.7.1: MSS when the option is absent
 TS_OPT_LEN = 12            # NOP NOP TS: payload per segment shrinks by this (RFC 6691)
 MAX_SACK_BLOCKS = 3        # 3 fit beside timestamps in 40 option bytes
 OOW_ACK_INTERVAL = 0.5     # min gap between ACKs to bare unacceptable segments (Linux: 500 ms)
+RECOVERY_PROBE_MIN = 0.02  # floor of the in-recovery re-retransmission timer (2 x SRTT)
 
 _M = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -229,6 +235,10 @@ class TcpConnection:
         self.ssthresh = 1 << 62
         self._dupacks = 0
         self._recover = None                  # not None while in fast recovery
+        self._lt_extra = 0                    # RFC 3042 limited transmit allowance
+        self._rexmit_mark = None              # snd_max when snd_una was last resent in recovery
+        self._rprobe_at = None                # in recovery: resend snd_una if still unacked then
+        self._rprobe_backoff = 0
 
         # Timers (absolute deadlines or None).
         self._rto_at = None
@@ -407,7 +417,7 @@ class TcpConnection:
     # ------------------------------------------------------------------
     def get_timer(self):
         t = self._rto_at
-        for x in (self._persist_at, self._delack_at, self._tw_at):
+        for x in (self._persist_at, self._delack_at, self._tw_at, self._rprobe_at):
             if x is not None and (t is None or x < t):
                 t = x
         return t
@@ -426,6 +436,13 @@ class TcpConnection:
         if self._rto_at is not None and now >= self._rto_at:
             self._rto_at = None
             self._on_rto(now)
+        if self._rprobe_at is not None and now >= self._rprobe_at:
+            self._rprobe_at = None
+            if self._recover is not None and self.state in _OUTPUT_STATES \
+                    and self.snd_max > self.snd_una:
+                self.counters["tcp_recovery_probe"] += 1
+                self._rprobe_backoff += 1
+                self._retransmit_head(now)
         if self._persist_at is not None and now >= self._persist_at:
             self._persist_at = None
             self._on_persist(now)
@@ -467,6 +484,9 @@ class TcpConnection:
         self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * seg)
         self.cwnd = seg
         self._recover = None
+        self._rexmit_mark = None
+        self._rprobe_at = None
+        self._lt_extra = 0
         self._dupacks = 0
         # Go back N: resend from snd_una as the ACK clock allows.
         self.snd_nxt = self.snd_una
@@ -511,6 +531,7 @@ class TcpConnection:
     def _close(self) -> None:
         self.state = CLOSED
         self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
+        self._rprobe_at = None
         self._sndbuf = bytearray()
         self._ooo = []
         self._ooo_bytes = 0
@@ -520,7 +541,7 @@ class TcpConnection:
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = TIME_WAIT
-        self._rto_at = self._persist_at = None
+        self._rto_at = self._persist_at = self._rprobe_at = None
         self._tw_at = now + TIME_WAIT_TIME
         self._sndbuf = bytearray()
 
@@ -749,10 +770,15 @@ class TcpConnection:
         swnd = seg.window << self.snd_wscale
         if ack > una:
             self._new_ack(ack, now)
-        elif ack == una and seg_len == 0 and swnd == self.snd_wnd and self.snd_max > una:
+        elif ack == una and seg_len == 0 and self.snd_max > una \
+                and (swnd == self.snd_wnd or (opts.sack_blocks and self.sack_ok)):
             # RFC 5681 2: a duplicate ACK (no data, no SYN/FIN, same window,
-            # outstanding data, ack == snd_una).
-            self._dup_ack(now)
+            # outstanding data, ack == snd_una). A Linux receiver grows its
+            # window as out-of-order data arrives (tcp_grow_window from the
+            # ofo queue), so "same window" would miss every dupack of a
+            # loss; one carrying SACK blocks counts whatever its window
+            # (as Linux's own sender counts SACKed segments).
+            self._dup_ack(now, opts.sack_blocks)
         if ack >= una:
             # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
             # updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2
@@ -951,9 +977,13 @@ class TcpConnection:
                 # RFC 6582 3.2 step 3, full acknowledgment: deflate the window.
                 self.cwnd = min(self.ssthresh, max(self.snd_max - ack, seg) + seg)
                 self._recover = None
+                self._rexmit_mark = None
+                self._rprobe_at = None
+                self._rprobe_backoff = 0
             else:
                 # Partial acknowledgment: retransmit the next hole, deflate by
                 # the amount acked, add back one segment.
+                self._rprobe_backoff = 0
                 self._retransmit_head(now)
                 self.cwnd = max(self.cwnd - acked + seg, seg)
         elif self.cwnd < self.ssthresh:
@@ -964,12 +994,13 @@ class TcpConnection:
         if self.cwnd > cap:
             self.cwnd = cap
         self._dupacks = 0
+        self._lt_extra = 0
         # RFC 6298 5.2: "When all outstanding data has been acknowledged, turn
         # off the retransmission timer." 5.3: "When an ACK is received that
         # acknowledges new data, restart the retransmission timer"
         self._rto_at = now + self._cur_rto() if self.snd_max > ack else None
 
-    def _dup_ack(self, now: float) -> None:
+    def _dup_ack(self, now: float, sack_blocks=()) -> None:
         self._dupacks += 1
         self.counters["tcp_dup_ack_rx"] += 1
         seg = self.snd_mss
@@ -980,11 +1011,31 @@ class TcpConnection:
                 self.counters["tcp_fast_retransmit"] += 1
                 self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * seg)
                 self._recover = self.snd_max
+                self._lt_extra = 0
+                self._rprobe_backoff = 0
                 self._retransmit_head(now)
                 self.cwnd = self.ssthresh + DUPACK_THRESHOLD * seg
+            elif self._dupacks < DUPACK_THRESHOLD:
+                # RFC 3042 limited transmit: "a TCP sender SHOULD send a
+                # segment of previously unsent data in response to each of
+                # the first two duplicate acknowledgments" (cwnd unchanged;
+                # _output adds this allowance). With the small windows that
+                # loss leaves, this is what still makes three dupacks.
+                self.counters["tcp_limited_transmit"] += 1
+                self._lt_extra = self._dupacks * seg
         else:
             # "For each additional duplicate ACK received ... increment cwnd by SMSS."
             self.cwnd += seg
+            # A lost retransmission (the idea of RFC 8985 RACK): the container
+            # SACKs data we first sent *after* resending snd_una, yet snd_una
+            # is still missing. Resend it now instead of waiting for the RTO.
+            mark = self._rexmit_mark
+            if mark is not None and sack_blocks and self.sack_ok:
+                una = self.snd_una
+                hi = max(una + ((r - una + _HALF) & _M) - _HALF for _, r in sack_blocks)
+                if hi >= mark + DUPACK_THRESHOLD * seg:
+                    self.counters["tcp_retransmit_lost_rexmit"] += 1
+                    self._retransmit_head(now)
 
     def _retransmit_head(self, now: float) -> None:
         """Resend one segment at snd_una (fast retransmit / partial ACK)."""
@@ -1009,7 +1060,18 @@ class TcpConnection:
             return
         self.counters["tcp_retransmit"] += 1
         self._rtt_seq = None
+        self._rexmit_mark = self.snd_max
         self._emit(una, flags, payload, now)
+        if self._recover is not None:
+            # In recovery the container has out-of-order data, so it ACKs at
+            # once: no answer within ~2 SRTT means the retransmission or its
+            # ACK was lost. Resend then (the idea of RFC 8985's RACK/TLP)
+            # rather than stall for a full RTO and go back N.
+            t = 2 * self.srtt if self.srtt else 0.0
+            if t < RECOVERY_PROBE_MIN:
+                t = RECOVERY_PROBE_MIN
+            b = self._rprobe_backoff
+            self._rprobe_at = now + t * (1 << (b if b < 6 else 6))
         if self._rto_at is None:
             self._rto_at = now + self._cur_rto()
 
@@ -1034,7 +1096,7 @@ class TcpConnection:
         buf_end = buf_seq + len(buf)
         una = self.snd_una
         wnd = self.snd_wnd
-        cwnd = self.cwnd
+        cwnd = self.cwnd + self._lt_extra
         limit = una + (wnd if wnd < cwnd else cwnd)
         if force:
             limit = una + wnd
@@ -1170,6 +1232,8 @@ class TcpConnection:
             field += 1                      # rounding down would shrink the edge
         if field > 0xFFFF:
             field = 0xFFFF
+        elif not field:
+            self.counters["tcp_zero_window_tx"] += 1
         edge = rcv_nxt + (field << s)
         if edge > self._rcv_adv:
             self._rcv_adv = edge
