@@ -187,7 +187,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     signal handlers are in place, so a SIGTERM is always passed on to it.
     ``watch_pidfd`` is a pidfd opened before attaching (a pid may be gone by
     now; the pidfd still reports its exit); ``watch_pid`` opens one here."""
-    from .host.driver import HostDriver
+    from .host.driver import DRAIN_TIMEOUT, HostDriver
     from .stack.gateway import Gateway
     from .host.services import setup_services
 
@@ -251,6 +251,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             loop.remove_reader(pfd)
             if pfd is not watch_pidfd:
                 os.close(pfd)
+        # Let what is in flight arrive before tearing down (bounded).
+        if not driver.stopped.done():
+            await driver.drain(DRAIN_TIMEOUT)
         await services.close()
         driver.close()
         log.debug("counters: %s", json.dumps(gw.stats(), sort_keys=True))

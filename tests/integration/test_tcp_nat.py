@@ -684,3 +684,41 @@ def test_many_flows():
     assert c["tcp_flows"] == 0 and c["tcp_connecting"] == 0, c
     assert c["tcp_flow_closed"] == c["tcp_syn_connect"] == opened, c
     print("\n" + r.stdout.strip().replace("\n", "; "))
+
+
+def test_data_in_flight_when_the_command_exits_still_arrives():
+    """The command sends 32 MiB and exits at once (its kernel keeps sending
+    for the closed socket): usernet drains before tearing down, so the host
+    receives every byte."""
+    got = {}
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def sink():
+        conn, _ = srv.accept()
+        h, n = hashlib.sha256(), 0
+        conn.settimeout(60)
+        while True:
+            b = conn.recv(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+        got["n"], got["sha"] = n, h.hexdigest()
+        conn.close()
+
+    t = threading.Thread(target=sink, daemon=True)
+    t.start()
+    block = bytes(range(256)) * 4096  # 1 MiB
+    client = (f"import socket; s = socket.create_connection(('{GW}', {port}));"
+              f"b = bytes(range(256)) * 4096\n"
+              f"for _ in range(32): s.sendall(b)\n"
+              f"s.close()")
+    r = usernet_run([], [PY, "-c", client], timeout=120)
+    t.join(60)
+    srv.close()
+    assert r.returncode == 0, _out(r)
+    assert got.get("n") == 32 * MiB, got
+    assert got["sha"] == hashlib.sha256(block * 32).hexdigest()

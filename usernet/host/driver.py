@@ -41,6 +41,8 @@ log = logging.getLogger("usernet")
 RX_BATCH = 256           # frames drained per TAP wake-up
 RX_BUF = 65536 + 64      # one read: the largest frame (GSO) plus the vnet header
 TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
+DRAIN_TIMEOUT = 5.0      # seconds at exit to let in-flight TCP data finish
+DRAIN_POLL = 0.02
 _ZERO_VNET = bytes(VNET_HDR_LEN)
 _CSUM_DONE = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 
@@ -156,6 +158,20 @@ class HostDriver:
             self.icmp.close()
         if self.dns is not None:
             self.dns.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Keep serving until every TCP flow has finished (or sits in
+        TIME-WAIT) and every host socket has flushed its write buffer, or
+        ``timeout`` passes. Used at exit: the command may have exited with
+        data still in flight (its kernel keeps sending for closed sockets),
+        and aborting at once would lose it. True when fully drained."""
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline:
+            if not self.gw.tcp_active() and not self.tcp.backlog():
+                return True
+            await asyncio.sleep(DRAIN_POLL)
+        self.counters["exit_drain_timeout"] += 1
+        return False
 
     def now(self) -> float:
         return self.loop.time()

@@ -201,6 +201,11 @@ class TcpHost:
         else:
             self.driver.counters["host_event_unhandled_" + kind] += 1
 
+    def backlog(self) -> int:
+        """Bytes still waiting in host sockets' write buffers."""
+        return sum(p.transport.get_write_buffer_size() for p in self.protocols.values()
+                   if not p.closed and p.transport is not None)
+
     def adopt(self, fid: int, proto: FlowProtocol) -> None:
         """Register a protocol created elsewhere (a port forward's accepted socket)."""
         self.protocols[fid] = proto

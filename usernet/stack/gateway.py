@@ -955,6 +955,10 @@ class Gateway:
             flow.conn.handle_timer(now)
             self._tcp_flush(flow, now)
 
+    def tcp_active(self) -> int:
+        """Flows still moving data or closing (TIME-WAIT ones are done)."""
+        return sum(1 for f in self.tcp_by_id.values() if f.conn.state != "TIME_WAIT")
+
     # ---------------------------------------------------------------- stats
     def stats(self) -> dict:
         s = dict(self.counters)
