@@ -239,7 +239,16 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             log.info("process %s exited; stopping", watch_pid if watch_pid is not None else "")
             finish(0)
         loop.add_reader(pfd, watched_exited)
-    driver.stopped.add_done_callback(lambda _f: finish(child.wait() if child else 0))
+    def tap_gone(_f):
+        # The TAP (or its namespace) vanished: there is no network left to
+        # serve. A command still running gets SIGTERM; its exit (seen by the
+        # pidfd reader) ends the run. Never a blocking wait in a callback.
+        if child is not None:
+            child.kill(signal.SIGTERM)
+        else:
+            finish(0)
+
+    driver.stopped.add_done_callback(tap_gone)
     try:
         status = await done
     finally:
@@ -386,6 +395,19 @@ def _publish_or_usage(spec):
         raise UsageError(f"fwd add: {e}") from None
 
 
+def _raise_fd_limit() -> None:
+    """Each flow holds a host socket: raise the soft RLIMIT_NOFILE to the
+    hard limit (distributions often default to a 1024 soft limit, below
+    usernet's flow limits)."""
+    import resource
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as e:
+        log.debug("cannot raise RLIMIT_NOFILE: %s", e)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -406,6 +428,8 @@ def main(argv=None) -> int:
     if getattr(args, "debug", False):
         log.setLevel(logging.DEBUG)
     try:
+        if args.command in ("run", "attach"):
+            _raise_fd_limit()
         if args.command == "run":
             return cmd_run(args)
         if args.command == "attach":

@@ -338,3 +338,78 @@ def test_df_packet_bigger_than_mtu_gets_fragmentation_needed():
     big[IP].flags = 0
     feed(gw, Ether(bytes(big)))
     assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]
+
+
+def test_fragments_tiling_65535_bytes_are_dropped_not_raised():
+    """The ping of death: fragments whose payload adds up past what one
+    IPv4 datagram can hold are counted and dropped (no struct.error)."""
+    gw = make_gw()
+    chunk = 8 * 1024
+    for off in range(0, 65535, chunk):
+        n = min(chunk, 65535 - off)
+        more = off + n < 65535
+        pkt = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW, id=7, proto=17,
+                                                    frag=off // 8, flags="MF" if more else 0)
+        gw.receive_frame(bytes(pkt / Raw(b"\0" * n)), 0.0)
+    assert gw.counters["drop_frag_too_big"] == 1
+
+
+def test_udp_answer_too_big_for_ipv4_is_counted():
+    gw = make_gw()
+    gw.udp_send_to_guest(bytes([192, 0, 2, 1]), 53, bytes([10, 0, 2, 100]), 5000, b"x" * 65510)
+    assert gw.counters["drop_udp_too_big_for_ipv4"] == 1 and gw.frames_out == []
+
+
+def test_timer_heap_does_not_grow_per_datagram():
+    """A busy UDP flow re-arms lazily: the heap stays small however many
+    datagrams pass, and the flow still expires on schedule."""
+    gw = make_gw()
+    pkt = bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
+        sport=5000, dport=7000) / Raw(b"x"))
+    for i in range(2000):
+        gw.receive_frame(pkt, i * 0.01)
+    assert len(gw._heap) < 5
+    last = 1999 * 0.01
+    t = gw.get_timer()
+    while t is not None and gw.udp_by_id:
+        gw.handle_timer(t)
+        t = gw.get_timer()
+    assert not gw.udp_by_id
+    assert t is None or t >= last + gw.config.udp_idle_timeout
+
+
+def test_spoofed_sources_dropped():
+    """Sources that cannot be the guest (our addresses, network/broadcast,
+    0.0.0.0 outside DHCP) are dropped before any flow is opened."""
+    gw = make_gw()
+    for src in ("10.0.2.2", "10.0.2.3", "10.0.2.0", "10.0.2.255", "0.0.0.0"):
+        feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=src, dst="192.0.2.1") / TCP(
+            sport=1, dport=80, flags="S"))
+    assert gw.counters["drop_ipv4_bad_source"] == 5
+    assert gw.events_out == []
+
+
+def test_no_icmp_errors_about_broadcast_or_multicast():
+    """RFC 1122 3.2.2: IGMP to a multicast group or a ping to the subnet
+    broadcast draws no ICMP error."""
+    gw = make_gw()
+    assert feed(gw, Ether(src=GUEST_MAC, dst="01:00:5e:00:00:16") / IP(
+        src=GUEST, dst="224.0.0.22", proto=2) / Raw(b"\0" * 8)) == []
+    assert feed(gw, Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(
+        src=GUEST, dst="10.0.2.255") / ICMP()) == []
+    assert gw.counters["icmp_error_suppressed_broadcast"] == 2
+
+
+def test_udp_to_gateway_without_host_loopback_is_port_unreachable():
+    gw = make_gw(host_loopback=False)
+    out = feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / UDP(
+        sport=5, dport=9999) / Raw(b"x"))
+    rep = Ether(out[0])
+    assert rep[ICMP].type == 3 and rep[ICMP].code == 3
+
+
+def test_udp_port_67_elsewhere_is_nat_not_dhcp():
+    gw = make_gw()
+    feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
+        sport=68, dport=67) / Raw(b"x"))
+    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]

@@ -53,7 +53,7 @@ class DnsForwarder:
         if key != self._rc_key:
             self._rc_key = key
             try:
-                with open(self.resolv_conf) as f:
+                with open(self.resolv_conf, errors="replace") as f:
                     self._rc_servers = parse_resolv_conf(f.read())
             except OSError as e:
                 log.warning("DNS: cannot read %s: %s", self.resolv_conf, e.strerror)

@@ -166,7 +166,7 @@ class HostDriver:
         data still in flight (its kernel keeps sending for closed sockets),
         and aborting at once would lose it. True when fully drained."""
         deadline = self.loop.time() + timeout
-        while self.loop.time() < deadline:
+        while self.loop.time() < deadline and not self.stopped.done():
             if not self.gw.tcp_active() and not self.tcp.backlog():
                 return True
             await asyncio.sleep(DRAIN_POLL)
@@ -208,11 +208,17 @@ class HostDriver:
             else:
                 csum_ok = False
                 frame = data
-            if impair is None:
-                gw.receive_frame(frame, now, csum_ok)
-            else:
-                for f, ok in impair.apply((frame, csum_ok)):
-                    gw.receive_frame(f, now, ok)
+            try:
+                if impair is None:
+                    gw.receive_frame(frame, now, csum_ok)
+                else:
+                    for f, ok in impair.apply((frame, csum_ok)):
+                        gw.receive_frame(f, now, ok)
+            except Exception:  # noqa: BLE001 - one bad frame must not stop the loop
+                # A bug, not bad input (the parsers raise only ParseError and
+                # the gateway counts those): count it, keep serving.
+                c["drop_stack_error"] += 1
+                log.debug("stack error on a frame", exc_info=True)
         self.flush()
 
     # ------------------------------------------------------------------- tx
@@ -276,7 +282,11 @@ class HostDriver:
                 break
             gw.events_out = []
             for ev in events:
-                self._dispatch(ev)
+                try:
+                    self._dispatch(ev)
+                except Exception:  # noqa: BLE001 - the rest of the events must run
+                    self.counters["host_event_error_" + ev[0]] += 1
+                    log.debug("host event %s failed", ev[0], exc_info=True)
         self._arm_timer()
 
     def _dispatch(self, ev) -> None:
@@ -307,9 +317,20 @@ class HostDriver:
             self._timer = self.loop.call_at(d, self._on_timer)
 
     def _on_timer(self) -> None:
+        # uvloop rounds call_at to whole milliseconds and caches loop.time(),
+        # so the callback can run a hair before the deadline; run what was
+        # due at the deadline we armed, or the same timer re-arms in a spin.
+        d = self._timer_at
         self._timer = None
         self._timer_at = None
-        self.gw.handle_timer(self.loop.time())
+        now = self.loop.time()
+        if d is not None and d > now:
+            now = d
+        try:
+            self.gw.handle_timer(now)
+        except Exception:  # noqa: BLE001
+            self.counters["drop_stack_error"] += 1
+            log.debug("stack error in a timer", exc_info=True)
         self.flush()
 
     def _release_impair(self) -> None:
@@ -322,5 +343,8 @@ class HostDriver:
         self.flush()
 
     def _stop(self) -> None:
+        # A dead TAP stays readable: stop watching it or the reader spins.
+        if not self._closed and self.loop is not None:
+            self.loop.remove_reader(self.fd)
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(None)

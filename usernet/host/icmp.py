@@ -28,6 +28,7 @@ RX_BATCH = 64
 
 
 def _echo_request(ident: int, seq: int, data: bytes) -> bytes:
+    """An echo request with its checksum (raw sockets send it as is)."""
     hdr = ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq)
     c = checksum(hdr + data)
     return ICMP.pack(ICMP_ECHO_REQUEST, 0, c, ident, seq) + data
@@ -79,12 +80,16 @@ class IcmpHost:
                     s.setblocking(False)
                     s.connect((host, 0))
                 except OSError as e:
+                    # No socket for this flow: its echoes are answered with
+                    # "administratively prohibited" (EV_ICMP_SEND below).
                     d.counters["icmp_host_socket_error"] += 1
                     log.debug("ping socket to %s: %s", host, e)
                     return
                 self.socks[fid] = s
                 d.loop.add_reader(s.fileno(), self._on_ping, fid, s)
             elif self.mode == "raw":
+                # Two containers' flows with the same (address, identifier)
+                # would share replies; the newest owns the key.
                 self.raw_index[(host, ident)] = fid
         elif kind == gwmod.EV_ICMP_SEND:
             seq, data = ev[2], ev[3]
@@ -97,9 +102,11 @@ class IcmpHost:
                 if self.mode == "ping":
                     s = self.socks.get(fid)
                     if s is None:
-                        d.counters["drop_icmp_no_host_socket"] += 1
+                        d.gw.icmp_host_unavailable(fid, seq, data, d.now())
                         return
-                    s.send(_echo_request(0, seq, data))
+                    # The kernel fills in identifier and checksum of what a
+                    # ping socket sends.
+                    s.send(ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, 0, seq) + data)
                 elif self.mode == "raw":
                     self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
                 else:
@@ -111,8 +118,8 @@ class IcmpHost:
                 log.debug("echo to %s: %s", host, e)
         elif kind == gwmod.EV_ICMP_CLOSE:
             info = self.flows.pop(fid, None)
-            if info is not None:
-                self.raw_index.pop(info, None)
+            if info is not None and self.raw_index.get(info) == fid:
+                del self.raw_index[info]
             s = self.socks.pop(fid, None)
             if s is not None:
                 d.loop.remove_reader(s.fileno())
@@ -144,7 +151,9 @@ class IcmpHost:
                 pkt, (src, _) = self.raw.recvfrom(65535)
             except BlockingIOError:
                 break
-            except OSError:
+            except OSError as e:
+                d.counters["icmp_host_recv_error"] += 1
+                log.debug("raw ICMP recv: %s", e)
                 break
             # A raw socket includes the IP header.
             ihl = (pkt[0] & 15) * 4 if pkt else 0

@@ -248,6 +248,8 @@ class TcpHost:
         self.connecting.clear()
         for proto in list(self.protocols.values()):
             if not proto.closed:
+                # Still open after the exit drain: a reset, so the host peer
+                # cannot mistake a cut-off transfer for a complete one.
                 proto.closed = True
-                proto.transport.abort()
+                abort_with_rst(proto.transport)
         self.protocols.clear()

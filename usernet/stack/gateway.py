@@ -95,6 +95,8 @@ _LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
 _ARP_HOLD_MAX = 64          # frames held for the guest while its MAC is unknown
 ARP_RETRY = 1.0             # seconds between ARP requests for a held address
 ARP_TRIES = 3               # requests before the held frames are dropped
+_UDP_MAX_PAYLOAD = 65535 - 20 - 8   # what one IPv4 datagram can carry
+_ARP_TABLE_MAX = 256        # addresses learned; a spoofing container cannot grow it further
 DNS_QUERY_TIMEOUT = 5.0     # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256       # queries waiting for upstream; past it -> SERVFAIL at once
 _TCP_TEMPLATE_WINDOW = 0
@@ -163,9 +165,13 @@ class Gateway:
         if cfg.guest_mac is not None:
             self.arp_table[cfg.guest_ip] = cfg.guest_mac
         # Frames for a guest address whose MAC is not known yet, waiting for
-        # ARP: ip -> [frames, tries]; retried every ARP_RETRY seconds.
+        # ARP: ip -> [frames, tries, deadline]; retried every ARP_RETRY seconds.
         self._arp_hold: dict[bytes, list] = {}
         self.now = 0.0   # the ``now`` of the call in progress (for ARP retries)
+        self._network_addr = cfg.network.network_address.packed
+        self._not_guest_sources = frozenset((cfg.gateway_ip, cfg.dns_ip, cfg.broadcast_ip,
+                                             cfg.network.network_address.packed))
+        self._frag_armed = None
         self.reasm = Reassembler(self.counters, FRAG_TIMEOUT, FRAG_MAX_DATAGRAMS, FRAG_MAX_BYTES)
         self._next_id = 1
         self.tcp_flows: dict[tuple, TcpFlow] = {}
@@ -177,12 +183,13 @@ class Gateway:
         self.icmp_by_id: dict[int, UdpFlow] = {}
         self._heap: list = []
         self._ip_ident = self.rng.randrange(65536)
-        # Services answered by the stack itself, keyed by (address or None
-        # for any, UDP port): callable(parsed, frame, now).
+        # Services answered by the stack itself, keyed by (address, UDP
+        # port): callable(parsed, frame, now).
         self.udp_local_handlers: dict[tuple, object] = {}
         if cfg.enable_dhcp:
             self.dhcp = DhcpServer(cfg, self.counters)
-            self.udp_local_handlers[(None, 67)] = self._dhcp_input
+            self.udp_local_handlers[(b"\xff\xff\xff\xff", 67)] = self._dhcp_input
+            self.udp_local_handlers[(cfg.gateway_ip, 67)] = self._dhcp_input
         if cfg.enable_dns:
             self.local_names = LocalNames(cfg.gateway_ip if cfg.host_loopback else None)
             self.udp_local_handlers[(cfg.dns_ip, 53)] = self._dns_input
@@ -234,11 +241,14 @@ class Gateway:
         cfg = self.config
         # Learn the sender (RFC 826 "merge" step) when it is inside our
         # network; this also covers gratuitous ARP (spa == tpa).
-        if a.spa != b"\0\0\0\0" and cfg.in_network(a.spa) and a.spa not in (cfg.gateway_ip,
-                                                                          cfg.dns_ip):
-            if self.arp_table.get(a.spa) != a.sha:
-                c["arp_learned"] += 1
-            self._learn(a.spa, a.sha)
+        if cfg.in_network(a.spa) and a.spa not in self._not_guest_sources:
+            known = self.arp_table.get(a.spa)
+            if known != a.sha:
+                if known is None and len(self.arp_table) >= _ARP_TABLE_MAX:
+                    c["arp_table_full"] += 1
+                else:
+                    c["arp_learned"] += 1
+                    self._learn(a.spa, a.sha)
         if a.oper == ARP_REQUEST:
             if a.spa == a.tpa:
                 c["arp_gratuitous"] += 1
@@ -272,7 +282,7 @@ class Gateway:
             return
         hold = self._arp_hold.get(guest_ip)
         if hold is None:
-            hold = self._arp_hold[guest_ip] = [[], 0]
+            hold = self._arp_hold[guest_ip] = [[], 0, None]  # frames, tries, retry deadline
             self._arp_request(guest_ip, hold)
         if len(hold[0]) >= _ARP_HOLD_MAX:
             self.counters["drop_arp_hold_full"] += 1
@@ -284,7 +294,8 @@ class Gateway:
         self.counters["arp_request_tx"] += 1
         self.frames_out.append(build_arp(BROADCAST, self.mac, ARP_REQUEST, self.mac,
                                          self.config.gateway_ip, b"\0" * 6, ip))
-        heapq.heappush(self._heap, (self.now + ARP_RETRY, "arp", ip))
+        hold[2] = self.now + ARP_RETRY
+        heapq.heappush(self._heap, (hold[2], "arp", ip))
 
     def _arp_timeout(self, ip: bytes) -> None:
         hold = self._arp_hold.get(ip)
@@ -308,13 +319,23 @@ class Gateway:
             return
         src = p[P_SRC]
         if not cfg.in_network(src):
-            if src != b"\0\0\0\0":
+            # 0.0.0.0 is a legal source only for a DHCP client asking for
+            # an address (RFC 2131 4.1).
+            if src != b"\0\0\0\0" or p[P_PROTO] != PROTO_UDP or p[P_DPORT] != 67:
                 c["drop_ipv4_bad_source"] += 1
                 return
-        elif src != cfg.gateway_ip and src != cfg.dns_ip and src not in self.arp_table:
+        elif src in self._not_guest_sources:
+            # Our own addresses, the network and broadcast addresses: a
+            # spoofed or confused source whose replies would go nowhere.
+            c["drop_ipv4_bad_source"] += 1
+            return
+        elif src not in self.arp_table:
             # Learn the guest's MAC from its IP traffic too (no ARP needed
             # for replies: the container always ARPs us first anyway).
-            self._learn(src, p[P_SRC_MAC])
+            if len(self.arp_table) < _ARP_TABLE_MAX:
+                self._learn(src, p[P_SRC_MAC])
+            else:
+                c["arp_table_full"] += 1
         if p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40 and not csum_ok:
             # Bigger than the link MTU (someone raised the TAP's MTU inside the
             # container) with DF set: RFC 1191 says answer "fragmentation
@@ -351,6 +372,11 @@ class Gateway:
         self._arm_reasm()
         if whole is None:
             return
+        if IPV4_LEN + len(whole) > 65535:
+            # Fragments may tile up to 65535 bytes of payload, but a datagram
+            # cannot carry more than 65515 after its header (the ping of death).
+            self.counters["drop_frag_too_big"] += 1
+            return
         # Rebuild an unfragmented frame and feed it back through the parser,
         # so the reassembled datagram meets exactly the checks a whole one does.
         l3 = p[P_L3]
@@ -362,14 +388,12 @@ class Gateway:
         buf[l3 + 10] = cs >> 8
         buf[l3 + 11] = cs & 0xFF
         buf[l3 + IPV4_LEN:] = whole
-        if len(buf) - l3 > 65535:
-            self.counters["drop_frag_too_big"] += 1
-            return
         self.receive_frame(buf, now)
 
     def _arm_reasm(self):
         d = self.reasm.next_deadline()
-        if d is not None:
+        if d is not None and (self._frag_armed is None or d < self._frag_armed):
+            self._frag_armed = d
             heapq.heappush(self._heap, (d, "frag", 0))
 
     # ----------------------------------------------------------------- ICMP
@@ -417,7 +441,15 @@ class Gateway:
     def _unreachable(self, p, frame, code, counter, next_hop_mtu: int = 0) -> None:
         """ICMP destination unreachable quoting the offending datagram
         (RFC 792: IP header + first 8 bytes; RFC 1812 allows more, we quote
-        up to 548 bytes so the whole reply stays under 576)."""
+        up to 548 bytes so the whole reply stays under 576).
+
+        RFC 1122 3.2.2: never about a datagram sent to a broadcast or
+        multicast address (IP or link layer), nor from 0.0.0.0."""
+        dst = p[P_DST]
+        if (dst[0] >= 224 or dst == self.config.broadcast_ip or p[P_DST_MAC][0] & 1
+                or dst == self._network_addr or p[P_SRC] == b"\0\0\0\0"):
+            self.counters["icmp_error_suppressed_broadcast"] += 1
+            return
         self.counters[counter] += 1
         quote = bytes(frame[p[P_L3]:p[P_L3] + 548])
         self.frames_out.append(build_icmp(p[P_SRC_MAC], self.mac, self.config.gateway_ip,
@@ -436,7 +468,7 @@ class Gateway:
             return "127.0.0.1" if cfg.host_loopback else None
         if dst[0] == 127:
             return None
-        if cfg.in_network(dst) or dst[0] >= 224 or dst == b"\0\0\0\0":
+        if cfg.in_network(dst) or dst[0] >= 224 or dst[0] == 0:
             return None
         return _ip_str(dst)
 
@@ -574,10 +606,21 @@ class Gateway:
         self.events_out.append((EV_TCP_CLOSE, flow.id))
 
     def _arm(self, flow) -> None:
-        d = flow.deadline() if isinstance(flow, TcpFlow) else flow.deadline
-        if d is not None and d != flow.armed:
+        """Make sure the heap holds an entry at or before the flow's deadline.
+
+        A deadline that moved later keeps the entry it has: that entry fires
+        early, finds nothing due, and re-arms. So a flow pushes only when its
+        deadline moves earlier, not on every datagram or ACK (which would
+        grow the heap by one entry per packet)."""
+        if isinstance(flow, TcpFlow):
+            d = flow.deadline()
+            kind = "tcp"
+        else:
+            d = flow.deadline
+            kind = flow.kind
+        if d is not None and (flow.armed is None or d < flow.armed):
             flow.armed = d
-            heapq.heappush(self._heap, (d, "tcp" if isinstance(flow, TcpFlow) else flow.kind, flow.id))
+            heapq.heappush(self._heap, (d, kind, flow.id))
 
     # host-side notifications for TCP
     def tcp_connected(self, fid: int, now: float) -> None:
@@ -671,8 +714,7 @@ class Gateway:
         c = self.counters
         cfg = self.config
         dst, dport = p[P_DST], p[P_DPORT]
-        handler = self.udp_local_handlers.get((dst, dport)) or \
-            self.udp_local_handlers.get((None, dport))
+        handler = self.udp_local_handlers.get((dst, dport))
         if handler is not None:
             handler(p, frame, now)
             return
@@ -687,7 +729,7 @@ class Gateway:
         if flow is None:
             host = self.host_target(dst)
             if host is None:
-                if cfg.in_network(dst):
+                if cfg.in_network(dst) and dst != cfg.gateway_ip:
                     self._unreachable(p, frame, UNREACH_HOST, "icmp_dest_unreachable_local")
                 else:
                     self._unreachable(p, frame, UNREACH_PORT, "udp_refused_policy")
@@ -747,6 +789,10 @@ class Gateway:
                           data) -> None:
         """Send a datagram to the guest, fragmenting it when it exceeds the MTU."""
         c = self.counters
+        if len(data) > _UDP_MAX_PAYLOAD:
+            # e.g. a jumbo answer from an IPv6 upstream: IPv4 cannot carry it.
+            c["drop_udp_too_big_for_ipv4"] += 1
+            return
         c["udp_rx_datagrams"] += 1
         f = build_udp(BROADCAST, self.mac, src_ip, guest_ip, src_port, guest_port, data,
                       ident=self._ident())
@@ -793,10 +839,7 @@ class Gateway:
 
     # ----------------------------------------------------------- DHCP, DNS
     def _dhcp_input(self, p, frame, now) -> None:
-        dst = p[P_DST]
-        if dst != b"\xff\xff\xff\xff" and dst != self.config.gateway_ip:
-            self.counters["drop_dhcp_not_for_us"] += 1
-            return
+        """UDP to port 67 at the limited broadcast or gateway address."""
         reply = self.dhcp.handle_payload(p[P_PAYLOAD], now)
         if reply is None:
             return
@@ -904,12 +947,13 @@ class Gateway:
                 heapq.heappop(heap)
                 continue
             elif kind == "arp":
-                if fid in self._arp_hold:
+                hold = self._arp_hold.get(fid)
+                if hold is not None and hold[2] == d:
                     return d
                 heapq.heappop(heap)
                 continue
             else:
-                if self.reasm.partials:
+                if d == self._frag_armed:
                     return d
                 heapq.heappop(heap)
                 continue
@@ -924,15 +968,19 @@ class Gateway:
         while heap and heap[0][0] <= now:
             d, kind, fid = heapq.heappop(heap)
             if kind == "frag":
-                self.reasm.expire(now)
-                self._arm_reasm()
+                if d == self._frag_armed:
+                    self._frag_armed = None
+                    self.reasm.expire(now)
+                    self._arm_reasm()
                 continue
             if kind == "dns":
                 if fid in self.dns_pending:
                     self.dns_failed(fid, now, "timeout")
                 continue
             if kind == "arp":
-                self._arp_timeout(fid)
+                hold = self._arp_hold.get(fid)
+                if hold is not None and hold[2] == d:
+                    self._arp_timeout(fid)
                 continue
             if kind == "udp" or kind == "icmp":
                 flow = (self.udp_by_id if kind == "udp" else self.icmp_by_id).get(fid)
