@@ -351,7 +351,7 @@ def test_golden_checksums_detect_corruption():
 
 def test_tcp_option_edge_cases():
     """Window scale above 14 reads as 14 (RFC 7323 2.3); malformed lengths are ParseError."""
-    assert parse_tcp_options(h("03 03 0f 00")).wscale == 14
+    assert TcpOptions(*parse_tcp_options(h("03 03 0f 00"))).wscale == 14
     assert parse_tcp_options(h("00 02 04 05 b4")) == NO_OPTIONS  # EOL ends the list
     assert parse_tcp_options(h("fd 02 01 01")) == NO_OPTIONS  # unknown kind, length 2
     for bad in ("02", "02 01", "02 03 05", "02 05 05 b4 00", "03 02", "04 03 00", "05 02",
@@ -671,7 +671,7 @@ def test_build_tcp_accepted_by_scapy(dst_mac, src_mac, addrs, sport, dport, seq,
         assert (pkt[IP].ttl, pkt[IP].id) == (ttl, ident)
     assert p[P_OPTS] == exp_opts
     # round trip: build -> parse -> build
-    o = p[P_OPTS]
+    o = TcpOptions(*p[P_OPTS])  # parsed options are plain tuples of this layout
     rebuilt = build_tcp(p[P_DST_MAC], p[P_SRC_MAC], p[P_SRC], p[P_DST], p[P_SPORT], p[P_DPORT],
                         p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW],
                         build_tcp_options(o.mss, o.wscale, o.sack_perm,
@@ -841,7 +841,7 @@ def test_tcp_options_round_trip(opts):
     building again from the parse gives the same bytes; the area is 4-aligned and <= 40 B."""
     raw, expected = opts
     assert len(raw) % 4 == 0 and len(raw) <= 40
-    parsed = parse_tcp_options(raw)
+    parsed = TcpOptions(*parse_tcp_options(raw))
     assert parsed == expected
     assert parse_tcp_options(memoryview(raw)) == expected
     ts = None if parsed.ts_val is None else (parsed.ts_val, parsed.ts_ecr)

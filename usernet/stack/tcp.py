@@ -103,7 +103,8 @@ for every decision and every drop.
 from bisect import insort
 from typing import NamedTuple
 
-from usernet.wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions
+from usernet.wire.tcp import (ACK, FIN, NO_OPTIONS, O_MSS, O_SACK_BLOCKS, O_SACK_PERM, O_TS_VAL,
+                               O_WSCALE, PSH, RST, SYN, TcpOptions)
 
 # --- states (RFC 9293 names) ------------------------------------------------
 LISTEN = "LISTEN"
@@ -312,16 +313,16 @@ class TcpConnection:
 
     def _negotiate(self, o: TcpOptions) -> None:
         """Record the options of the peer's SYN (or SYN-ACK)."""
-        self.peer_mss = o.mss if o.mss else DEFAULT_MSS
+        self.peer_mss = o[O_MSS] if o[O_MSS] else DEFAULT_MSS
         # RFC 7323 2.2: scaling is on only if both sides sent the option.
-        if o.wscale is not None and self.wscale is not None:
+        if o[O_WSCALE] is not None and self.wscale is not None:
             self._ws_ok = True
-            self.snd_wscale = o.wscale
+            self.snd_wscale = o[O_WSCALE]
             self.rcv_wscale = self.wscale
-        self.sack_ok = bool(self.sack and o.sack_perm)
-        self.ts_ok = bool(self.timestamps and o.ts_val is not None)
+        self.sack_ok = bool(self.sack and o[O_SACK_PERM])
+        self.ts_ok = bool(self.timestamps and o[O_TS_VAL] is not None)
         if self.ts_ok:
-            self._ts_recent = o.ts_val
+            self._ts_recent = o[O_TS_VAL]
         # RFC 6691: the MSS counts no options, so every option byte we put on a
         # segment comes out of its payload.
         self.snd_mss = max(1, min(self.mss, self.peer_mss) - (TS_OPT_LEN if self.ts_ok else 0))
@@ -666,8 +667,8 @@ class TcpConnection:
 
         # RFC 7323 5.3 PAWS: "If the SEG.TSval is less than TS.Recent ... the
         # segment is not acceptable" (RSTs are exempt).
-        if self.ts_ok and opts.ts_val is not None and not flags & RST \
-                and ((opts.ts_val - self._ts_recent) & _M) >= _HALF:
+        if self.ts_ok and opts[O_TS_VAL] is not None and not flags & RST \
+                and ((opts[O_TS_VAL] - self._ts_recent) & _M) >= _HALF:
             self.counters["tcp_drop_paws"] += 1
             self._oow_ack(plen + (flags & FIN), now)
             return
@@ -714,8 +715,8 @@ class TcpConnection:
 
         # RFC 7323 4.3: "If SEG.TSval >= TS.Recent and SEG.SEQ <= Last.ACK.sent
         # then SEG.TSval is copied to TS.Recent".
-        if opts.ts_val is not None and self.ts_ok and seq <= self._last_ack_sent:
-            self._ts_recent = opts.ts_val
+        if opts[O_TS_VAL] is not None and self.ts_ok and seq <= self._last_ack_sent:
+            self._ts_recent = opts[O_TS_VAL]
 
         # --- second: check the RST bit (RFC 5961 3.2) ---
         if flags & RST:
@@ -771,14 +772,14 @@ class TcpConnection:
         if ack > una:
             self._new_ack(ack, now)
         elif ack == una and seg_len == 0 and self.snd_max > una \
-                and (swnd == self.snd_wnd or (opts.sack_blocks and self.sack_ok)):
+                and (swnd == self.snd_wnd or (opts[O_SACK_BLOCKS] and self.sack_ok)):
             # RFC 5681 2: a duplicate ACK (no data, no SYN/FIN, same window,
             # outstanding data, ack == snd_una). A Linux receiver grows its
             # window as out-of-order data arrives (tcp_grow_window from the
             # ofo queue), so "same window" would miss every dupack of a
             # loss; one carrying SACK blocks counts whatever its window
             # (as Linux's own sender counts SACKed segments).
-            self._dup_ack(now, opts.sack_blocks)
+            self._dup_ack(now, opts[O_SACK_BLOCKS])
         if ack >= una:
             # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
             # updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2
