@@ -222,6 +222,15 @@ class HostDriver:
         self.flush()
 
     # ------------------------------------------------------------------- tx
+    def _tap_write(self, frame) -> None:
+        """One frame to the TAP (behind an all-zero virtio-net header: a
+        plain, fully checksummed frame). Raises BlockingIOError/OSError."""
+        if self.vnet_hdr:
+            os.writev(self.fd, (_ZERO_VNET, frame))
+        else:
+            os.write(self.fd, frame)
+        self.counters["tx_frames"] += 1
+
     def _write(self, frame) -> None:
         if self._txq:
             if len(self._txq) >= TX_QUEUE_MAX:
@@ -230,11 +239,7 @@ class HostDriver:
                 self._txq.append(frame)
             return
         try:
-            if self.vnet_hdr:
-                os.writev(self.fd, (_ZERO_VNET, frame))
-            else:
-                os.write(self.fd, frame)
-            self.counters["tx_frames"] += 1
+            self._tap_write(frame)
         except BlockingIOError:
             self._txq.append(frame)
             if not self._writer_on:
@@ -249,11 +254,7 @@ class HostDriver:
         while q:
             frame = q[0]
             try:
-                if self.vnet_hdr:
-                    os.writev(self.fd, (_ZERO_VNET, frame))
-                else:
-                    os.write(self.fd, frame)
-                self.counters["tx_frames"] += 1
+                self._tap_write(frame)
             except BlockingIOError:
                 return
             except OSError:

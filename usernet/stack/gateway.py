@@ -423,18 +423,11 @@ class Gateway:
             if host is None:
                 self._unreachable(p, frame, UNREACH_HOST, "icmp_echo_refused_policy")
                 return
-            if len(self.icmp_flows) >= cfg.max_icmp_flows:
-                c["drop_icmp_flow_limit"] += 1
+            flow = self._new_datagram_flow("icmp", key, p[P_SEQ], 0, ICMP_IDLE_TIMEOUT)
+            if flow is None:
                 return
-            fid = self._new_id()
-            flow = UdpFlow(fid, key, p[P_SRC], p[P_SEQ], dst, 0, ICMP_IDLE_TIMEOUT)
-            flow.kind = "icmp"
-            self.icmp_flows[key] = flow
-            self.icmp_by_id[fid] = flow
-            c["icmp_flow_open"] += 1
-            self.events_out.append((EV_ICMP_OPEN, fid, host))
-        flow.deadline = now + flow.idle
-        self._arm(flow)
+            self.events_out.append((EV_ICMP_OPEN, flow.id, host))
+        self._touch(flow, now)
         c["icmp_echo_forward"] += 1
         self.events_out.append((EV_ICMP_SEND, flow.id, p[P_ACK], bytes(p[P_PAYLOAD])))
 
@@ -734,20 +727,38 @@ class Gateway:
                 else:
                     self._unreachable(p, frame, UNREACH_PORT, "udp_refused_policy")
                 return
-            if len(self.udp_flows) >= cfg.max_udp_flows:
-                c["drop_udp_flow_limit"] += 1
-                return
-            fid = self._new_id()
             idle = cfg.udp_dns_idle_timeout if dport == 53 else cfg.udp_idle_timeout
-            flow = UdpFlow(fid, key, p[P_SRC], p[P_SPORT], dst, dport, idle)
-            self.udp_flows[key] = flow
-            self.udp_by_id[fid] = flow
-            c["udp_flow_open"] += 1
-            self.events_out.append((EV_UDP_OPEN, fid, host, dport))
-        flow.deadline = now + flow.idle
-        self._arm(flow)
+            flow = self._new_datagram_flow("udp", key, p[P_SPORT], dport, idle)
+            if flow is None:
+                return
+            self.events_out.append((EV_UDP_OPEN, flow.id, host, dport))
+        self._touch(flow, now)
         c["udp_tx_datagrams"] += 1
         self.events_out.append((EV_UDP_SEND, flow.id, bytes(p[P_PAYLOAD])))
+
+    def _new_datagram_flow(self, kind: str, key: tuple, guest_port: int, remote_port: int,
+                           idle: float) -> UdpFlow | None:
+        """Register a UDP or ICMP echo flow keyed ``(guest_ip, _, remote_ip,
+        ...)``, or count the drop and return None at the flow limit."""
+        if kind == "udp":
+            table, by_id, limit = self.udp_flows, self.udp_by_id, self.config.max_udp_flows
+        else:
+            table, by_id, limit = self.icmp_flows, self.icmp_by_id, self.config.max_icmp_flows
+        if len(table) >= limit:
+            self.counters[f"drop_{kind}_flow_limit"] += 1
+            return None
+        # Both key shapes start (guest_ip, port or ident, remote_ip, ...).
+        flow = UdpFlow(self._new_id(), key, key[0], guest_port, key[2], remote_port, idle)
+        flow.kind = kind
+        table[key] = flow
+        by_id[flow.id] = flow
+        self.counters[f"{kind}_flow_open"] += 1
+        return flow
+
+    def _touch(self, flow: UdpFlow, now: float) -> None:
+        """Traffic on a datagram flow: push its idle deadline out."""
+        flow.deadline = now + flow.idle
+        self._arm(flow)
 
     def udp_inbound(self, src_ip: bytes, src_port: int, guest_ip: bytes, guest_port: int, data,
                     now: float) -> int | None:
@@ -761,17 +772,12 @@ class Gateway:
         key = (guest_ip, guest_port, src_ip, src_port)
         flow = self.udp_flows.get(key)
         if flow is None:
-            if len(self.udp_flows) >= self.config.max_udp_flows:
-                self.counters["drop_udp_flow_limit"] += 1
+            flow = self._new_datagram_flow("udp", key, guest_port, src_port,
+                                           self.config.udp_idle_timeout)
+            if flow is None:
                 return None
-            fid = self._new_id()
-            flow = UdpFlow(fid, key, guest_ip, guest_port, src_ip, src_port,
-                           self.config.udp_idle_timeout)
-            self.udp_flows[key] = flow
-            self.udp_by_id[fid] = flow
             self.counters["udp_inbound_flow_open"] += 1
-        flow.deadline = now + flow.idle
-        self._arm(flow)
+        self._touch(flow, now)
         self.udp_send_to_guest(src_ip, src_port, guest_ip, guest_port, data)
         return flow.id
 
@@ -780,8 +786,7 @@ class Gateway:
         flow = self.udp_by_id.get(fid)
         if flow is None:
             return
-        flow.deadline = now + flow.idle
-        self._arm(flow)
+        self._touch(flow, now)
         self.udp_send_to_guest(flow.remote_ip, flow.remote_port, flow.guest_ip, flow.guest_port,
                                data)
 
@@ -908,8 +913,7 @@ class Gateway:
         flow = self.icmp_by_id.get(fid)
         if flow is None:
             return
-        flow.deadline = now + flow.idle
-        self._arm(flow)
+        self._touch(flow, now)
         self.counters["icmp_echo_reply_rx"] += 1
         f = build_icmp(BROADCAST, self.mac, flow.remote_ip, flow.guest_ip, ICMP_ECHO_REPLY, 0,
                        flow.guest_port, seq, data, ident=self._ident())
