@@ -1033,3 +1033,284 @@ def test_two_endpoints_clean_network_bulk():
     a, b, steps, ca, cb = run_pair(7, data_a, data_b, 0.0, 0.0, 0.0, 65536, 1460)
     assert bytes(b.received) == data_a and bytes(a.received) == data_b
     assert ca["tcp_retransmit"] == 0 and cb["tcp_retransmit"] == 0
+
+
+# ---------------------------------------------------------------------------
+# loss recovery: SACK dupacks, limited transmit, lost retransmissions
+# ---------------------------------------------------------------------------
+def S(i):
+    """Wire start of our i-th full data segment (timestamps off: MSS-sized)."""
+    return ISS + 1 + i * MSS
+
+
+def sacked(lo, hi, **kw) -> dict:
+    """send() overrides: a duplicate ACK of segment 0 SACKing segments lo..hi-1."""
+    return dict(ack=ISS + 1, options=TcpOptions(sack_blocks=((S(lo) & M, S(hi) & M),)), **kw)
+
+
+def drain(h) -> list:
+    out = list(h.conn.segments_out)
+    h.conn.segments_out.clear()
+    return out
+
+
+def sack_established(**kw) -> H:
+    return established(syn_options=TcpOptions(mss=MSS, sack_perm=True), timestamps=False, **kw)
+
+
+def test_sack_dupacks_count_whatever_their_window():
+    # A Linux receiver grows its window as out-of-order data arrives: its
+    # dupacks then differ in window, but carry SACK blocks.
+    h = sack_established()
+    h.window = 30000
+    h.send()
+    h.conn.send(b"s" * (6 * MSS), h.now)
+    assert [s.seq for s in drain(h)] == [S(i) for i in range(6)]
+    h.send(window=31000, **sacked(1, 2))
+    h.send(window=32000, **sacked(1, 3))
+    h.recv_nothing()                               # nothing unsent to limited-transmit
+    assert h.c["tcp_dup_ack_rx"] == 2 and h.c["tcp_fast_retransmit"] == 0
+    h.send(window=33000, **sacked(1, 4))
+    h.recv(seq=S(0), payload=b"s" * MSS)           # fast retransmit of snd_una
+    h.recv_nothing()
+    assert h.c["tcp_dup_ack_rx"] == 3 and h.c["tcp_fast_retransmit"] == 1
+    assert h.conn._recover == S(6) and h.conn.snd_wnd == 33000
+
+
+def test_window_changing_acks_without_sack_are_not_dupacks():
+    # RFC 5681 2: a duplicate ACK has "the advertised window in the incoming
+    # acknowledgment equals the advertised window in the last incoming
+    # acknowledgment" -- without SACK blocks, a changed window is an update.
+    h = sack_established()
+    h.window = 30000
+    h.send()
+    h.conn.send(b"s" * (6 * MSS), h.now)
+    drain(h)
+    for w in (31000, 32000, 33000, 34000):
+        h.send(ack=ISS + 1, window=w)
+    h.recv_nothing()
+    assert h.c["tcp_dup_ack_rx"] == 0 and h.c["tcp_fast_retransmit"] == 0
+    assert h.conn.snd_wnd == 34000 and h.conn._recover is None
+    for _ in range(3):                             # same window again: duplicates
+        h.send(ack=ISS + 1, window=34000)
+    h.recv(seq=S(0), payload=b"s" * MSS)
+    assert h.c["tcp_dup_ack_rx"] == 3 and h.c["tcp_fast_retransmit"] == 1
+
+
+def test_sack_blocks_do_not_make_dupacks_unless_negotiated():
+    h = established(timestamps=False)              # no SACK-permitted in the SYN
+    h.window = 30000
+    h.send()
+    h.conn.send(b"s" * (6 * MSS), h.now)
+    drain(h)
+    for i, w in enumerate((31000, 32000, 33000)):
+        h.send(window=w, **sacked(1, 2 + i))
+    h.recv_nothing()
+    assert h.c["tcp_dup_ack_rx"] == 0 and h.c["tcp_fast_retransmit"] == 0
+
+
+def test_limited_transmit_on_first_two_dupacks():
+    # RFC 3042: one previously unsent segment for each of the first two
+    # duplicate ACKs (cwnd is full: 10 segments out), none on the third,
+    # which is the fast retransmit.
+    h = established(timestamps=False)
+    h.conn.send(b"l" * (14 * MSS), h.now)
+    assert [s.seq for s in drain(h)] == [S(i) for i in range(T.INIT_CWND_SEGS)]
+    h.send(ack=ISS + 1)
+    h.recv(seq=S(10), payload=b"l" * MSS)
+    h.recv_nothing()
+    assert h.c["tcp_limited_transmit"] == 1
+    h.send(ack=ISS + 1)
+    h.recv(seq=S(11), payload=b"l" * MSS)
+    h.recv_nothing()
+    assert h.c["tcp_limited_transmit"] == 2
+    h.send(ack=ISS + 1)
+    h.recv(seq=S(0), payload=b"l" * MSS)           # the fast retransmit, nothing new
+    h.recv_nothing()
+    assert h.c["tcp_limited_transmit"] == 2 and h.c["tcp_fast_retransmit"] == 1
+    assert h.conn.snd_max == S(12)
+
+
+def test_limited_transmit_respects_the_receiver_window():
+    h = established(timestamps=False)
+    h.window = T.INIT_CWND_SEGS * MSS              # exactly what cwnd sends
+    h.send()
+    h.conn.send(b"l" * (14 * MSS), h.now)
+    assert len(drain(h)) == T.INIT_CWND_SEGS
+    h.send(ack=ISS + 1)
+    h.send(ack=ISS + 1)
+    h.recv_nothing()                               # window full: no new segment
+    assert h.conn.snd_max == S(10)
+    h.send(ack=ISS + 1)
+    h.recv(seq=S(0))
+    h.recv_nothing()
+
+
+def into_sack_recovery(h, extra, base=0) -> int:
+    """Segment `base` lost, the container SACKs the next three: fast retransmit.
+
+    Queues a full cwnd (n0 segments, returned), two for limited transmit and
+    `extra` more; the recovery point is then S(base + n0 + 2).
+    """
+    b = base
+    n0 = h.conn.cwnd // MSS
+    h.conn.send(b"r" * ((n0 + 2 + extra) * MSS), h.now)
+    assert [s.seq for s in drain(h)] == [S(b + i) for i in range(n0)]
+    for i in range(3):
+        h.send(ack=S(b), options=TcpOptions(sack_blocks=((S(b + 1) & M, S(b + 2 + i) & M),)))
+        if i < 2:
+            h.recv(seq=S(b + n0 + i))              # limited transmit
+    h.recv(seq=S(b), payload=b"r" * MSS)           # fast retransmit
+    h.recv_nothing()
+    assert h.c["tcp_fast_retransmit"] == 1
+    assert h.conn._recover == h.conn._rexmit_mark == S(b + n0 + 2)
+    return n0
+
+
+def test_lost_retransmission_is_resent_when_later_data_is_sacked():
+    h = sack_established()
+    assert into_sack_recovery(h, 28) == 10
+    # The container SACKs the rest of the first flight; cwnd inflation sends
+    # segments 12.. (first sent *after* the retransmission of segment 0).
+    new = []
+    for hi in range(5, 13):
+        h.send(**sacked(1, hi))
+        new += drain(h)
+    assert [s.seq for s in new] == [S(i) for i in range(12, 17)]
+    assert all(s.seq != S(0) for s in new)
+    # SACKs of 12 and 13 are not yet proof (DUPACK_THRESHOLD segments past the mark).
+    for hi in (13, 14):
+        h.send(**sacked(1, hi))
+        assert all(s.seq != S(0) for s in drain(h))
+    assert h.c["tcp_retransmit_lost_rexmit"] == 0
+    # Segment 14 SACKed, segment 0 still missing: the retransmission was lost.
+    assert h.conn.snd_una == S(0)
+    snd_max = h.conn.snd_max
+    h.send(**sacked(1, 15))
+    out = drain(h)
+    assert out[0].seq == S(0) and bytes(out[0].payload) == b"r" * MSS
+    assert h.c["tcp_retransmit_lost_rexmit"] == 1
+    assert h.conn._rexmit_mark == snd_max           # the new mark: sent before the resend
+    # More SACKs below the new mark do not resend it again.
+    for hi in (16, 17):
+        h.send(**sacked(1, hi))
+        assert all(s.seq != S(0) for s in drain(h))
+    assert h.c["tcp_retransmit_lost_rexmit"] == 1
+    # The resend arrives: the ACK advances past the recovery point, recovery
+    # ends, and SACK blocks far ahead no longer resend anything.
+    h.send(ack=S(17), options=NO_OPTIONS)
+    assert h.conn._recover is None
+    drain(h)
+    h.send(ack=S(17), options=TcpOptions(sack_blocks=((S(18) & M, S(30) & M),)))
+    assert all(s.seq != S(17) for s in drain(h))
+    assert h.c["tcp_retransmit_lost_rexmit"] == 1 and h.c["tcp_fast_retransmit"] == 1
+
+
+def test_lost_retransmission_not_guessed_without_sack_blocks():
+    h = sack_established()
+    into_sack_recovery(h, 28)
+    for _ in range(12):                            # plain dupacks (same window)
+        h.send(ack=ISS + 1)
+        assert all(s.seq != S(0) for s in drain(h))
+    assert h.c["tcp_retransmit_lost_rexmit"] == 0
+
+
+def srtt_established() -> H:
+    """RTT samples of 10 ms then 300 ms: srtt ~46 ms while the RTO is ~350 ms.
+
+    One segment (S(0)) is sent and acknowledged on the way.
+    """
+    h = H(timestamps=False)
+    h.syn(options=TcpOptions(mss=MSS, sack_perm=True))
+    h.conn.host_connected(h.now)
+    h.recv(flags=SYN | ACK)
+    h.advance(0.01)
+    h.send()
+    h.conn.send(b"a" * MSS, h.now)
+    h.recv(seq=S(0))
+    h.advance(0.3)
+    h.send(ack=S(1))
+    h.ack = S(1)
+    assert h.conn.srtt < 0.05 and h.conn.rto > 0.3, (h.conn.srtt, h.conn.rto)
+    assert h.conn.get_timer() is None
+    return h
+
+
+def test_recovery_probe_resends_head_after_two_srtt_with_backoff():
+    h = srtt_established()
+    srtt, rto = h.conn.srtt, h.conn.rto
+    into_sack_recovery(h, 0, base=1)
+    # Nothing answers the fast retransmission: resent after 2 x SRTT...
+    assert h.fire() == pytest.approx(2 * srtt)
+    h.recv(seq=S(1), payload=b"r" * MSS)
+    h.recv_nothing()
+    assert h.c["tcp_recovery_probe"] == 1
+    # ...then after twice that...
+    assert h.fire() == pytest.approx(4 * srtt)
+    h.recv(seq=S(1), payload=b"r" * MSS)
+    h.recv_nothing()
+    assert h.c["tcp_recovery_probe"] == 2
+    # ...and the next would come after the RTO, which wins and ends recovery.
+    assert h.fire() == pytest.approx(rto - 6 * srtt)
+    assert h.c["tcp_retransmit_timeout"] == 1 and h.c["tcp_recovery_probe"] == 2
+    h.recv(seq=S(1))
+    h.recv_nothing()
+    assert h.conn._recover is None and h.conn.get_timer() == pytest.approx(h.now + 2 * rto)
+
+
+def test_recovery_probe_has_a_floor():
+    h = sack_established()                         # handshake RTT 0: srtt == 0
+    into_sack_recovery(h, 0)
+    assert h.fire() == pytest.approx(T.RECOVERY_PROBE_MIN)
+    h.recv(seq=S(0))
+    assert h.c["tcp_recovery_probe"] == 1
+
+
+def test_recovery_probe_restarts_on_partial_ack_and_stops_on_full_ack():
+    h = srtt_established()
+    srtt, rto = h.conn.srtt, h.conn.rto
+    n0 = into_sack_recovery(h, 4, base=1)
+    rp = S(1 + n0 + 2)                             # the recovery point
+    assert h.fire() == pytest.approx(2 * srtt)    # one probe: backoff now 1
+    h.recv(seq=S(1))
+    h.advance(0.01)
+    # Partial ACK (segment 1 arrived, 2 is missing too): NewReno resends 2,
+    # and the probe timer restarts from now, backoff reset.
+    h.send(ack=S(2), options=TcpOptions(sack_blocks=((S(3) & M, S(1 + n0) & M),)))
+    h.recv(seq=S(2), payload=b"r" * MSS)
+    assert all(s.seq >= rp for s in drain(h))      # new data only, if any
+    assert h.fire() == pytest.approx(2 * srtt)
+    h.recv(seq=S(2))
+    assert h.c["tcp_recovery_probe"] == 2
+    # Full ACK of everything sent before the fast retransmit: recovery is
+    # over and no probe follows; only the RTO guards what is still in flight.
+    h.advance(0.01)
+    h.send(ack=rp, options=NO_OPTIONS)
+    assert h.conn._recover is None
+    drain(h)
+    assert h.conn.snd_max > h.conn.snd_una
+    assert h.fire() == pytest.approx(rto)
+    assert h.c["tcp_recovery_probe"] == 2 and h.c["tcp_retransmit_timeout"] == 1
+
+
+# ---------------------------------------------------------------------------
+# zero window advertised
+# ---------------------------------------------------------------------------
+def test_zero_window_tx_is_counted():
+    h = established(rcv_buf=8192, timestamps=False)
+    h.send(payload=b"x" * 4096, flags=ACK | PSH)
+    h.recv(ack=IRS + 4097, window=4096)
+    h.conn.set_host_backlog(4096, h.now)           # the host took none of it
+    assert h.c["tcp_zero_window_tx"] == 0          # a small window is not zero
+    h.seq = IRS + 4097
+    h.send(payload=b"y" * 4096, flags=ACK | PSH)
+    h.recv(ack=IRS + 8193, window=0)               # rcv_buf all stuck in the host
+    h.conn.set_host_backlog(8192, h.now)
+    assert h.c["tcp_zero_window_tx"] == 1
+    h.seq = IRS + 8193
+    h.send(payload=b"z", flags=ACK | PSH)          # the container's window probe
+    h.recv(ack=IRS + 8193, window=0)
+    assert h.c["tcp_zero_window_tx"] == 2
+    h.conn.set_host_backlog(0, h.now)              # reopens: a window update
+    h.recv(ack=IRS + 8193, window=8192)
+    assert h.c["tcp_zero_window_tx"] == 2
