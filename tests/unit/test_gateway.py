@@ -413,3 +413,31 @@ def test_udp_port_67_elsewhere_is_nat_not_dhcp():
     feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
         sport=68, dport=67) / Raw(b"x"))
     assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]
+
+
+def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
+    """Past max_udp_flows / max_icmp_flows new flows are dropped with a
+    counter while existing ones keep working; expiry frees the slots."""
+    gw = make_gw(max_udp_flows=2, max_icmp_flows=1)
+
+    def udp(sport, now):
+        feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
+            sport=sport, dport=7) / Raw(b"x"), now=now)
+
+    def echo(ident, now):
+        feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / ICMP(
+            type=8, id=ident, seq=1) / Raw(b"x"), now=now)
+
+    for sport in (1, 2, 3):
+        udp(sport, 0.0)
+    echo(10, 0.0)
+    echo(11, 0.0)
+    assert len(gw.udp_by_id) == 2 and gw.counters["drop_udp_flow_limit"] == 1
+    assert len(gw.icmp_by_id) == 1 and gw.counters["drop_icmp_flow_limit"] == 1
+    gw.events_out.clear()
+    udp(1, 1.0)  # an existing flow still carries traffic
+    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_SEND]
+    gw.handle_timer(1.0 + gw.config.udp_idle_timeout + 1)
+    assert not gw.udp_by_id and not gw.icmp_by_id
+    udp(3, 200.0)
+    assert len(gw.udp_by_id) == 1
