@@ -51,6 +51,15 @@ def usernet_run(args, cmd, *, timeout=60, user=None, env=None, input=None, check
     return r
 
 
+def reopen_for_nobody():
+    """The session fixture ``unprivileged`` opened /dev/net/tun and
+    ping_group_range; a concurrent pytest session may have restored them
+    since. Open them again (the fixture still restores them at the end)."""
+    os.chmod(TUN, 0o666)
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+        f.write("0 2147483647")
+
+
 @pytest.fixture(scope="session")
 def unprivileged():
     """Let uid 65534 use usernet: /dev/net/tun 0666, ping_group_range open,

@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from conftest import NOBODY, REPO, USERNET, need_root, need_tun, tool, usernet_run
+from conftest import (NOBODY, REPO, USERNET, need_root, need_tun, reopen_for_nobody, tool,
+                      usernet_run)
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -25,17 +26,10 @@ ENV = dict(os.environ, PYTHONPATH=REPO)
 def _user(request, user):
     if user == "nobody":
         request.getfixturevalue("unprivileged")
-        _reopen_for_nobody()
+        reopen_for_nobody()
     return user
 
 
-def _reopen_for_nobody():
-    """The session fixture ``unprivileged`` opened /dev/net/tun and
-    ping_group_range; a concurrent pytest session may have restored them
-    since. Open them again (the fixture still restores them at the end)."""
-    os.chmod("/dev/net/tun", 0o666)
-    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-        f.write("0 2147483647")
 
 
 def _out(r):

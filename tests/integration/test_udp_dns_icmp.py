@@ -22,7 +22,8 @@ import uuid
 
 import pytest
 
-from conftest import REPO, USERNET, need_root, need_tun, free_port, tool, usernet_run
+from conftest import (REPO, USERNET, free_port, need_root, need_tun, reopen_for_nobody, tool,
+                      usernet_run)
 from usernet.wire.dns import (RCODE_NXDOMAIN, TYPE_A, build_error, build_response, frame_tcp,
                               parse_query)
 
@@ -141,13 +142,6 @@ def dns_upstream():
         srv.close()
 
 
-def _reopen_for_nobody():
-    """The session fixture ``unprivileged`` opened /dev/net/tun and
-    ping_group_range; a concurrent pytest session may have restored them
-    since. Open them again (the fixture still restores them at the end)."""
-    os.chmod("/dev/net/tun", 0o666)
-    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-        f.write("0 2147483647")
 
 
 def _dig(*args):
@@ -189,7 +183,7 @@ def test_getent_via_mounted_resolv_conf(request, dns_upstream, user):
     tool("getent")
     if user == "nobody":
         request.getfixturevalue("unprivileged")
-        _reopen_for_nobody()
+        reopen_for_nobody()
     r = usernet_run(["--dns-upstream", f"127.0.0.1:{dns_upstream.port}"],
                     ["sh", "-c", "getent hosts web.usernet.test; getent hosts host.containers.internal"],
                     user=user, timeout=TIMEOUT)
@@ -320,7 +314,7 @@ def test_ping_gateway_and_test_host(request, user):
     tool("ip")
     if user == "nobody":
         request.getfixturevalue("unprivileged")
-        _reopen_for_nobody()
+        reopen_for_nobody()
     with _test_host() as th:
         r = usernet_run([], ["sh", "-c", f"ping -c 3 -W 3 10.0.2.2; echo @@@; ping -c 3 -W 3 {th}"],
                         user=user, timeout=TIMEOUT)
@@ -337,7 +331,7 @@ def test_ping_without_ping_or_raw_socket(request):
     tool("ping")
     tool("ip")
     request.getfixturevalue("unprivileged")
-    _reopen_for_nobody()
+    reopen_for_nobody()
     pgr = "/proc/sys/net/ipv4/ping_group_range"
     with open(pgr) as f:
         old = f.read().strip()

@@ -49,7 +49,7 @@ from .ether import ETH, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
 from .icmp import ICMP, ICMP_LEN
 from .ipv4 import IP_DF, IP_MF, IP_OFFMASK, IPV4, IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from .ipv6 import IPV6, IPV6_LEN, parse_ipv6
-from .tcp import NO_OPTIONS, TCP, TCP_LEN, TS_FAST, TS_FAST_MAGIC, TcpOptions, parse_tcp_options
+from .tcp import NO_OPTIONS, TCP, TCP_LEN, TS_FAST, TS_FAST_MAGIC, parse_tcp_options
 from .udp import UDP, UDP_LEN
 
 (P_DST_MAC, P_SRC_MAC, P_ETHERTYPE, P_SRC, P_DST, P_PROTO, P_TTL, P_FRAG, P_SPORT, P_DPORT,
@@ -229,20 +229,6 @@ def _parse_ipv4_rest(buf, mv, n, l3, dst_mac, src_mac, vihl, total, ident, ff, t
         return (dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl,
                 (ident, (ff & IP_OFFMASK) << 3, 1 if ff & IP_MF else 0), 0, 0, 0, 0, 0, 0,
                 NO_OPTIONS, mv[l4:end], l3, l4, end, 0)
-    if proto == PROTO_TCP:
-        # Inlined copy of _parse_l4's TCP arm: TCP over IPv4 is most frames.
-        if end - l4 < TCP_LEN:
-            raise ParseError("tcp_truncated")
-        sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(buf, l4)
-        thl = (offflags >> 10) & 0x3C
-        if thl < TCP_LEN or l4 + thl > end:
-            raise ParseError("tcp_bad_offset")
-        if thl > TCP_LEN:
-            opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + thl])
-        else:
-            opts = NO_OPTIONS
-        return (dst_mac, src_mac, ETH_P_IP, src, dst, PROTO_TCP, ttl, None, sport, dport, seq, ack,
-                offflags & 0xFF, win, opts, mv[l4 + thl:end], l3, l4, end, csum)
     return _parse_l4(mv, dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl, l3, l4, end)
 
 
