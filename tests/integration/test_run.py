@@ -163,6 +163,18 @@ def _resolv_mounts():
         return [line for line in f if "resolv.conf" in line]
 
 
+def test_debug_logs_start_line_and_counter_moves():
+    """One start line names the namespace, TAP, addresses and MTU; --debug
+    adds periodic 'counters moved' lines naming what the stack did."""
+    r = usernet_run(["--debug"], ["sh", "-c", "ping -c 2 -i 0.3 10.0.2.2 >/dev/null; sleep 2.5"],
+                    timeout=TIMEOUT)
+    assert r.returncode == 0, _out(r)
+    start = [line for line in r.stderr.splitlines() if line.startswith("usernet: attached to")]
+    assert len(start) == 1 and "tap0 10.0.2.100/24" in start[0] and "mtu 1500" in start[0]
+    moved = [line for line in r.stderr.splitlines() if line.startswith("counters moved:")]
+    assert moved and "icmp_echo_local_reply+2" in moved[0], r.stderr[-2000:]
+
+
 def test_run_exit_status_false():
     """run -- false: usernet's exit status is the command's (1)."""
     r = usernet_run([], ["false"], timeout=TIMEOUT)

@@ -43,6 +43,7 @@ RX_BUF = 65536 + 64      # one read: the largest frame (GSO) plus the vnet heade
 TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
 DRAIN_TIMEOUT = 5.0      # seconds at exit to let in-flight TCP data finish
 DRAIN_POLL = 0.02
+DEBUG_COUNTERS_EVERY = 2.0   # seconds between "counters moved" lines with --debug
 _ZERO_VNET = bytes(VNET_HDR_LEN)
 _CSUM_DONE = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 
@@ -124,6 +125,7 @@ class HostDriver:
         self.icmp = None
         self.rx_impair = self.tx_impair = None
         self._impair_tick = None
+        self._debug_tick = None
         if impair:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
@@ -138,6 +140,11 @@ class HostDriver:
         if self.icmp is None:
             from .icmp import IcmpHost
             self.icmp = IcmpHost(self)
+        if log.isEnabledFor(logging.DEBUG):
+            # --debug: every few seconds, log the counters that moved (drops
+            # included), so a trace shows what the stack decided and why.
+            self._debug_last = {}
+            self._debug_tick = self.loop.call_later(DEBUG_COUNTERS_EVERY, self._log_counters)
 
     def close(self) -> None:
         if self._closed:
@@ -152,6 +159,8 @@ class HostDriver:
             self._timer.cancel()
         if self._impair_tick is not None:
             self._impair_tick.cancel()
+        if self._debug_tick is not None:
+            self._debug_tick.cancel()
         self.tcp.close_all()
         self.udp.close_all()
         if self.icmp is not None:
@@ -172,6 +181,15 @@ class HostDriver:
             await asyncio.sleep(DRAIN_POLL)
         self.counters["exit_drain_timeout"] += 1
         return False
+
+    def _log_counters(self) -> None:
+        cur = dict(self.counters)
+        moved = {k: v - self._debug_last.get(k, 0) for k, v in cur.items()
+                 if v != self._debug_last.get(k, 0)}
+        if moved:
+            log.debug("counters moved: %s", " ".join(f"{k}+{v}" for k, v in sorted(moved.items())))
+        self._debug_last = cur
+        self._debug_tick = self.loop.call_later(DEBUG_COUNTERS_EVERY, self._log_counters)
 
     def now(self) -> float:
         return self.loop.time()
