@@ -7,14 +7,16 @@ packet leaves the machine. Every subprocess is bounded by a timeout.
 What each test proves:
 
 * ``test_curl_200mib``: a 200 MiB download and a 200 MiB PUT upload with
-  curl, sha256 equal on both ends (root and unprivileged); prints the
-  throughput.
+  curl, sha256 equal on both ends (root and unprivileged), with TAP offloads
+  (the default: the counters show TSO super-frames went both ways) and with
+  ``--no-offload`` (none did); prints the throughput.
 * ``test_curl_100_parallel``: 100 concurrent 1 MiB downloads and 100
   concurrent 1 MiB uploads (``curl --parallel --parallel-max 100``), all intact.
 * ``test_impaired``: the same (20 MiB each way plus 30 concurrent 1 MiB
   each way) with ``--impair loss=0.03,dup=0.01,reorder=0.02``: every byte
   intact, bounded time, and usernet's own retransmissions (counters) carried
-  the host-to-container direction.
+  the host-to-container direction; with and without offloads (with them, a
+  dropped frame is a whole 64 KiB super-frame).
 * ``test_refused``: a closed host port is "connection refused" inside, at
   once (Python ConnectionRefusedError and curl exit 7, each < 1 s).
 * ``test_half_close``: shutdown(SHUT_WR) both ways, data after the
@@ -191,8 +193,20 @@ def pattern(seed, n):
 
 
 # ------------------------------------------------------ bulk transfers (curl)
+def check_offload(c: dict, offload: bool) -> None:
+    """TSO super-frames went both ways with offloads, none without."""
+    if offload:
+        assert c.get("tcp_tx_gso_segments", 0) > 0 and c.get("rx_gso_frames", 0) > 0, c
+    else:
+        assert "tcp_tx_gso_segments" not in c and "rx_gso_frames" not in c, c
+
+
+OFFLOAD = [pytest.param(True, id="offload"), pytest.param(False, id="no-offload")]
+
+
+@pytest.mark.parametrize("offload", OFFLOAD)
 @pytest.mark.parametrize("user", USERS)
-def test_curl_200mib(request, wdir, user):
+def test_curl_200mib(request, wdir, user, offload):
     """200 MiB down and up with curl; sha256 equal on both ends."""
     tool("curl")
     user = _user(request, user)
@@ -205,7 +219,8 @@ def test_curl_200mib(request, wdir, user):
                   f"curl -sS --max-time 100 -T {d}/big.bin -w '\\nup %{{speed_upload}}\\n' "
                   f"{url}/upload")
         t0 = time.monotonic()
-        r = usernet_run(["--debug"], ["sh", "-c", script], user=user, timeout=150)
+        r = usernet_run(["--debug"] + ([] if offload else ["--no-offload"]),
+                        ["sh", "-c", script], user=user, timeout=150)
         took = time.monotonic() - t0
     assert r.returncode == 0, _out(r)
     lines = r.stdout.split()
@@ -216,7 +231,8 @@ def test_curl_200mib(request, wdir, user):
     shutil.rmtree(out, ignore_errors=True)
     c = counters_of(r.stderr)
     assert c["tcp_syn_connect"] == 2 and c["tcp_host_connected"] == 2, c
-    print(f"\n200 MiB as {user or 'root'}: down {down / 1e6:.1f} MB/s, up {up / 1e6:.1f} MB/s "
+    check_offload(c, offload)
+    print(f"\n200 MiB as {user or 'root'}{'' if offload else ' --no-offload'}: down {down / 1e6:.1f} MB/s, up {up / 1e6:.1f} MB/s "
           f"({took:.1f} s total)")
 
 
@@ -265,7 +281,8 @@ def test_curl_100_parallel(wdir):
 
 
 # ------------------------------------------------------------ impairment
-def test_impaired(wdir):
+@pytest.mark.parametrize("offload", OFFLOAD)
+def test_impaired(wdir, offload):
     """Loss, duplication and reordering both ways: every byte intact, no hang,
     and usernet's own retransmission recovered the host-to-container losses."""
     tool("curl")
@@ -277,7 +294,8 @@ def test_impaired(wdir):
               f"sh {d}/par.sh {d} {{url}} {out} {n}")
     with http_server(d) as port:
         t0 = time.monotonic()
-        r = usernet_run(["--debug", "--impair", IMPAIR.format(seed=4)],
+        r = usernet_run(["--debug", "--impair", IMPAIR.format(seed=4)]
+                        + ([] if offload else ["--no-offload"]),
                         ["sh", "-c", script.format(url=f"http://{GW}:{port}")], timeout=170)
         took = time.monotonic() - t0
     assert r.returncode == 0 and "ok" in r.stdout, _out(r)
@@ -296,7 +314,8 @@ def test_impaired(wdir):
     assert c.get("tcp_flows") == 0 or c.get("tcp_flow_closed", 0) > 0, c
     # The container's duplicates/retransmissions toward usernet were absorbed.
     assert c.get("tcp_dup_data_rx", 0) + c.get("tcp_ooo_queued", 0) > 0, c
-    print(f"\nimpaired: {took:.1f} s; retransmit={c['tcp_retransmit']} "
+    check_offload(c, offload)
+    print(f"\nimpaired{'' if offload else ' --no-offload'}: {took:.1f} s; retransmit={c['tcp_retransmit']} "
           f"fast={c['tcp_fast_retransmit']} rto={c.get('tcp_retransmit_timeout', 0)} "
           f"tx_dropped={c['impair_tx_dropped']} rx_dropped={c['impair_rx_dropped']}")
 

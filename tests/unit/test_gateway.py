@@ -441,3 +441,173 @@ def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
     assert not gw.udp_by_id and not gw.icmp_by_id
     udp(3, 200.0)
     assert len(gw.udp_by_id) == 1
+
+
+# ---------------------------------------------------------------- TAP offloads
+def _finish_csum(frame: bytes, hdr: bytes) -> bytes:
+    """Do what the kernel does for a NEEDS_CSUM frame: checksum csum_start..end
+    (the field already holds the pseudo-header sum) and store it."""
+    from usernet.wire.checksum import checksum
+    from usernet.wire.vnet import VNET_HDR
+    flags, _gt, _hl, _gs, start, off = VNET_HDR.unpack(hdr)
+    assert flags == 1
+    out = bytearray(frame)
+    out[start + off:start + off + 2] = checksum(out[start:]).to_bytes(2, "big")
+    return bytes(out)
+
+
+def _offload_flow(ts=True):
+    """An offloading gateway with one established flow; returns (gw, fid, guest seq, our seq)."""
+    from scapy.layers.inet import TCP as _TCP
+    gw = Gateway(NetConfig(), seed=1, offload=True)
+    opts = [("MSS", 1460), ("WScale", 7)] + ([("Timestamp", (1, 0))] if ts else [])
+    feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / _TCP(
+        sport=40000, dport=8080, flags="S", seq=1000, window=65535, options=opts))
+    (ev,) = gw.events_out
+    gw.events_out.clear()
+    gw.tcp_connected(ev[1], 0.0)
+    ((hdr, synack),) = gw.frames_out
+    gw.frames_out.clear()
+    t = Ether(_finish_csum(synack, hdr))[_TCP]
+    return gw, ev[1], 1001, t.seq + 1
+
+
+def _guest_ack(gw, ack, now, seq=1001, ts=True, window=65535):
+    """A pure ACK from the container, as its kernel sends them with offloads
+    on (NEEDS_CSUM: csum_ok). Leaves what it causes in gw.frames_out."""
+    from scapy.layers.inet import TCP as _TCP
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", (2, 1))] if ts else []
+    gw.receive_frame(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / _TCP(
+        sport=40000, dport=8080, flags="A", seq=seq, ack=ack, window=window, options=opts)),
+        now, True)
+
+
+def test_offload_tcp_frames_carry_vnet_header_and_pseudo_checksum():
+    """With offloads, every TCP frame toward the container is a (vnet header,
+    frame) pair: NEEDS_CSUM at the L4 offset with the pseudo-header sum in the
+    field; one carrying more than snd_mss is a TSO super-segment (gso_type
+    TCPV4, gso_size = snd_mss = MSS - 12 for timestamps, hdr_len = L2+L3+L4).
+    Finished as the kernel would, each equals scapy's own checksum."""
+    from scapy.layers.inet import TCP as _TCP
+    from usernet.wire.checksum import pseudo_sum_v4
+    from usernet.wire.vnet import VNET_HDR
+    gw, fid, gseq, ours = _offload_flow()
+    _guest_ack(gw, ours, 0.01)                         # ESTABLISHED
+    gw.events_out.clear()
+    data = bytes(range(256)) * 4096                    # 1 MiB, more than the send buffer
+    taken = gw.tcp_host_data(fid, data, 0.02)
+    sent = b""
+    sizes = []
+    now = 0.02
+    for _ in range(100):
+        frames, gw.frames_out = gw.frames_out, []
+        if not frames:
+            break
+        for item in frames:
+            assert type(item) is tuple, "offloaded TCP frames come with their vnet header"
+            hdr, f = item
+            flags, gso_type, hdr_len, gso_size, start, off = VNET_HDR.unpack(hdr)
+            assert (flags, start, off, hdr_len) == (1, 34, 16, 14 + 20 + 32)
+            p = Ether(bytes(f))
+            plen = len(p[_TCP].payload)
+            # The field holds the pseudo-header sum over the whole L4 length.
+            assert p[_TCP].chksum == pseudo_sum_v4(bytes([10, 0, 2, 2]), bytes([10, 0, 2, 100]),
+                                                   6, 32 + plen)
+            if plen > 1448:
+                assert (gso_type, gso_size) == (1, 1448)
+            else:
+                assert (gso_type, gso_size) == (0, 0)
+            assert len(f) - 14 <= 65535 and plen <= 65160
+            done = _finish_csum(bytes(f), hdr)
+            ref = Ether(done)
+            del ref[_TCP].chksum
+            assert bytes(Ether(bytes(ref))) == done      # scapy computes the same checksum
+            assert IP(done[14:]).chksum == Ether(bytes(ref))[IP].chksum
+            sent += bytes(p[_TCP].payload)
+            sizes.append(plen)
+        now += 0.001
+        _guest_ack(gw, ours + len(sent), now)         # window 65535 << 7
+        if taken < len(data):
+            taken += gw.tcp_host_data(fid, data[taken:], now)
+    assert sent == data
+    assert max(sizes) == 45 * 1448                      # whole wire segments
+    assert gw.counters["tcp_tx_gso_segments"] == sum(1 for s in sizes if s > 1448) > 0
+
+
+def test_no_offload_tcp_frames_are_plain_and_mss_sized():
+    from scapy.layers.inet import TCP as _TCP
+    gw = make_gw()
+    feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / _TCP(
+        sport=40000, dport=8080, flags="S", seq=1000, options=[("MSS", 1460)]))
+    (ev,) = gw.events_out
+    gw.events_out.clear()
+    gw.tcp_connected(ev[1], 0.0)
+    (synack,) = gw.frames_out
+    gw.frames_out.clear()
+    feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / _TCP(
+        sport=40000, dport=8080, flags="A", seq=1001, ack=Ether(bytes(synack))[_TCP].seq + 1,
+        window=65535))
+    gw.tcp_host_data(ev[1], b"z" * 10000, 0.01)
+    assert gw.frames_out and all(type(f) is bytearray for f in gw.frames_out)
+    for f in gw.frames_out:
+        p = Ether(bytes(f))
+        assert len(p[_TCP].payload) <= 1460
+        ref = Ether(bytes(f))
+        del ref[_TCP].chksum
+        assert bytes(Ether(bytes(ref))) == bytes(f)
+    assert gw.counters["tcp_tx_gso_segments"] == 0
+
+
+def test_offload_receives_guest_super_segment_with_pseudo_checksum():
+    """A TSO super-frame from the container (64240 bytes, only the
+    pseudo-header sum in its checksum, IPv4 total length = the whole frame) is
+    taken whole when the vnet header said NEEDS_CSUM (csum_ok), even over the
+    MTU with DF; without csum_ok it is what it looks like, a bad checksum."""
+    from scapy.layers.inet import TCP as _TCP
+    from usernet.wire.checksum import pseudo_sum_v4
+    gw, fid, gseq, ours = _offload_flow(ts=False)
+    _guest_ack(gw, ours, 0.01, ts=False)
+    gw.frames_out.clear()
+    gw.events_out.clear()
+    payload = bytes(range(256)) * 250 + b"x" * 240      # 64240 = 44 x 1460
+    pkt = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW, flags="DF") / _TCP(
+        sport=40000, dport=8080, flags="PA", seq=gseq, ack=ours, window=512) / Raw(payload)
+    raw = bytearray(bytes(pkt))
+    ps = pseudo_sum_v4(bytes([10, 0, 2, 100]), bytes([10, 0, 2, 2]), 6, 20 + len(payload))
+    raw[14 + 20 + 16:14 + 20 + 18] = ps.to_bytes(2, "big")
+    assert int.from_bytes(raw[16:18], "big") == len(raw) - 14
+    # Without csum_ok it is what it looks like: a plain frame over the MTU
+    # with DF (frag needed) or, without DF, a bad checksum.
+    gw.receive_frame(bytes(raw), 0.02, False)
+    assert gw.counters["icmp_frag_needed_tx"] == 1
+    nodf = bytearray(raw)
+    nodf[20] &= ~0x40                                   # clear DF ...
+    ipc = int.from_bytes(nodf[24:26], "big") + 0x4000   # ... and patch the IP checksum
+    nodf[24:26] = ((ipc & 0xFFFF) + (ipc >> 16)).to_bytes(2, "big")
+    gw.receive_frame(bytes(nodf), 0.02, False)
+    assert gw.counters["drop_l4_bad_checksum"] == 1
+    gw.frames_out.clear()
+    assert gw.events_out == []
+    gw.receive_frame(memoryview(bytes(raw)), 0.02, True)
+    data = b"".join(e[2] for e in gw.events_out if e[0] == gwmod.EV_TCP_DATA)
+    assert data == payload
+    assert gw.counters["icmp_frag_needed_tx"] == 1       # no new one
+    ((hdr, ack),) = gw.frames_out                       # ACKed at once, offloaded too
+    assert Ether(_finish_csum(bytes(ack), hdr))[_TCP].ack == gseq + len(payload)
+
+
+def test_offload_frames_held_for_arp_keep_their_header():
+    """A port forward toward a guest whose MAC is unknown: the offloaded SYN
+    waits for ARP as a (header, frame) pair and leaves with the MAC filled in."""
+    from usernet.wire.vnet import VNET_HDR
+    gw = Gateway(NetConfig(), seed=1, offload=True)
+    fid = gw.tcp_open_inbound(bytes([10, 0, 2, 100]), 80, bytes([10, 0, 2, 2]), 5555, 0.0)
+    assert fid is not None
+    (req,) = gw.frames_out
+    assert type(req) is bytearray and Ether(bytes(req))[ARP].op == 1
+    gw.frames_out.clear()
+    out = gw.frames_out
+    gw.receive_frame(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / ARP(
+        op=2, hwsrc=GUEST_MAC, psrc=GUEST, hwdst=GW_MAC, pdst=GW)), 0.1)
+    ((hdr, syn),) = out
+    assert VNET_HDR.unpack(hdr)[0] == 1 and Ether(bytes(syn)).dst == GUEST_MAC

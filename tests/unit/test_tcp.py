@@ -393,6 +393,61 @@ def test_max_seg_is_independent_of_mss():
     assert h.conn.snd_mss == MSS
 
 
+def test_max_seg_is_whole_wire_segments():
+    """A TSO gateway's max_seg is rounded down to a multiple of snd_mss (which
+    the timestamp option shrinks), never below one segment."""
+    h = established(syn_options=TcpOptions(mss=MSS, ts_val=1, ts_ecr=0), max_seg=65455)
+    assert h.conn.snd_mss == MSS - T.TS_OPT_LEN == 1448
+    assert h.conn._seg_size == 45 * 1448 == 65160
+    assert established(max_seg=65455).conn._seg_size == 44 * MSS
+    assert established(max_seg=1000).conn._seg_size == MSS
+    assert established().conn._seg_size == MSS
+
+
+def test_segment_bigger_than_mss_is_taken_whole():
+    """The container's TSO super-segments (~64 KiB, far over our MSS) are
+    accepted whole inside the window, delivered as one piece and ACKed at once."""
+    h = established()
+    big = bytes(range(256)) * 251          # 64256 bytes: 44 segments' worth and more
+    h.send(payload=big, flags=ACK | PSH)
+    assert h.data() == big
+    h.recv(ack=IRS + 1 + len(big), payload=b"")
+    h.send(seq=IRS + 1 + len(big), payload=big[:40000], flags=ACK)   # no PSH: still ACKed
+    assert h.data() == big[:40000]
+    h.recv(ack=IRS + 1 + len(big) + 40000)
+    assert h.c["tcp_rx_trimmed_to_window"] == 0
+
+
+@pytest.mark.parametrize("mss", [536, 1460, 9000, 65480])
+def test_backlog_up_to_the_host_high_water_mark_never_shuts_the_window(mss):
+    """The host side reports its write backlog after writes and on
+    pause/resume_writing only; a backlog at or under the high-water mark
+    drains without a report. So such a backlog must never close the window
+    (SWS avoidance included), or the container's zero-window probes would be
+    answered "zero" forever."""
+    from usernet.host.tcp import WRITE_HIGH_WATER
+    h = established(syn_options=TcpOptions(mss=mss, wscale=7), mss=mss)
+    h.conn.set_host_backlog(T.RCV_BUF, h.now)           # paused: nothing more fits
+    left = h.conn._rcv_adv - h.conn.rcv_nxt             # fill what was advertised
+    while left:
+        n = min(left, 60000)
+        h.send(payload=b"d" * n, flags=ACK | PSH)
+        h.seq += n
+        left -= n
+    h.events()
+    while h.conn.segments_out:
+        h.recv()
+    h.advance(1.0)
+    h.send(seq=h.seq - 1)                               # a zero-window probe
+    assert h.recv().window << 7 < 256                   # shut (but for edge rounding)
+    h.conn.set_host_backlog(WRITE_HIGH_WATER, h.now)   # the last report it may get
+    h.advance(1.0)
+    h.send(seq=h.seq - 1)
+    while h.conn.segments_out:
+        last = h.recv()
+    assert last.window << 7 >= min(mss, T.RCV_BUF // 2)
+
+
 def test_send_respects_peer_window_and_cwnd():
     h = established()
     h.window = 3000

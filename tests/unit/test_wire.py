@@ -950,3 +950,23 @@ def test_update_bytes_rejects_uneven_fields():
         update_bytes(0, b"\x01\x02\x03", b"\x01\x02\x04")
     with pytest.raises(ValueError):
         update_bytes(0, b"\x01\x02", b"\x01\x02\x03\x04")
+
+
+# ---------------------------------------------------------------------------
+# The virtio-net header (TAP offloads)
+
+def test_vnet_header_builder_golden_bytes():
+    """Little-endian fields in the linux/virtio_net.h order; the TCP offload
+    header is NEEDS_CSUM at the L4 offset with the checksum 16 bytes in."""
+    from usernet.wire import vnet
+    assert vnet.build_vnet_hdr() == bytes(10) == vnet.VNET_HDR_NONE
+    assert vnet.build_vnet_hdr(1, 1, 66, 1448, 34, 16) == h("01 01 4200 a805 2200 1000")
+    assert vnet.VNET_HDR.unpack(vnet.build_vnet_hdr(3, 4, 86, 1428, 54, 16)) == (3, 4, 86, 1428,
+                                                                                 54, 16)
+    # A plain NEEDS_CSUM frame (payload within one segment): no GSO.
+    assert vnet.tcp_offload_hdr(34, 66) == vnet.build_vnet_hdr(
+        vnet.VIRTIO_NET_HDR_F_NEEDS_CSUM, vnet.VIRTIO_NET_HDR_GSO_NONE, 66, 0, 34, 16)
+    assert vnet.tcp_offload_hdr(34, 66, 1448) == vnet.build_vnet_hdr(
+        vnet.VIRTIO_NET_HDR_F_NEEDS_CSUM, vnet.VIRTIO_NET_HDR_GSO_TCPV4, 66, 1448, 34, 16)
+    assert vnet.tcp_offload_hdr(54, 86, 1428, v6=True) == h("01 04 5600 9405 3600 1000")
+    assert len(vnet.tcp_offload_hdr(34, 54)) == vnet.VNET_HDR_LEN

@@ -15,7 +15,14 @@ One event loop (uvloop when installed) runs everything:
 * Host sockets are asyncio Protocols (``host/tcp.py``, ``host/udp.py``):
   their callbacks turn into gateway notifications.
 
-Writes to the TAP: ``os.writev([vnet_hdr, frame])``. A TUN/TAP write does not
+Writes to the TAP: ``os.writev([vnet_hdr, frame])``. An entry of
+``gw.frames_out`` is either a frame (written behind an all-zero header: a
+plain, fully checksummed frame) or, with TAP offloads on, a ``(vnet_hdr,
+frame)`` pair the gateway built for an offloaded TCP frame (``NEEDS_CSUM``,
+maybe TSO: see ``usernet.wire.vnet``), written as it is. Reading, the header's
+``NEEDS_CSUM``/``DATA_VALID`` becomes the gateway's ``csum_ok``, and TSO
+super-frames from the container (up to 64 KiB, IPv4 total length = the whole
+frame) are fed whole (``rx_gso_frames`` counts them). A TUN/TAP write does not
 normally block (the kernel queues into the netns or drops), but if it ever
 answers EAGAIN, frames wait in a bounded deque (``TX_QUEUE_MAX``) drained by
 ``add_writer``; past the bound they are dropped and counted.
@@ -39,7 +46,11 @@ from .udp import UdpHost
 log = logging.getLogger("usernet")
 
 RX_BATCH = 256           # frames drained per TAP wake-up
-RX_BUF = 65536 + 64      # one read: the largest frame (GSO) plus the vnet header
+# One read: the largest frame, a 65535-byte IP packet (a TSO super-frame) +
+# Ethernet + one VLAN tag, plus the vnet header; a bigger read is truncated
+# by the kernel (and then fails the IP length check).
+RX_BUF = 65536 + 64
+assert RX_BUF >= VNET_HDR_LEN + 14 + 4 + 65535
 TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
 DRAIN_TIMEOUT = 5.0      # seconds at exit to let in-flight TCP data finish
 DRAIN_POLL = 0.02
@@ -222,6 +233,8 @@ class HostDriver:
                     c["drop_vnet_truncated"] += 1
                     continue
                 csum_ok = bool(data[0] & _CSUM_DONE)
+                if data[1]:             # gso_type: a TSO super-frame
+                    c["rx_gso_frames"] += 1
                 frame = memoryview(data)[VNET_HDR_LEN:]
             else:
                 csum_ok = False
@@ -241,9 +254,13 @@ class HostDriver:
 
     # ------------------------------------------------------------------- tx
     def _tap_write(self, frame) -> None:
-        """One frame to the TAP (behind an all-zero virtio-net header: a
-        plain, fully checksummed frame). Raises BlockingIOError/OSError."""
-        if self.vnet_hdr:
+        """One frame to the TAP: a ``(vnet_hdr, frame)`` pair as it is, a
+        plain frame behind an all-zero virtio-net header (a fully checksummed
+        frame). Raises BlockingIOError/OSError."""
+        if type(frame) is tuple:
+            # Offloaded TCP (only ever made when the fd has a vnet header).
+            os.writev(self.fd, frame)
+        elif self.vnet_hdr:
             os.writev(self.fd, (_ZERO_VNET, frame))
         else:
             os.write(self.fd, frame)

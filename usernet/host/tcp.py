@@ -23,11 +23,23 @@ import socket
 import struct
 
 from ..stack import gateway as gwmod
+from ..stack.tcp import RCV_BUF
 
 log = logging.getLogger("usernet")
 
-WRITE_HIGH_WATER = 256 * 1024
+# The transport's write buffer limits. The high-water mark must stay at or
+# below half the flow's receive buffer: the flow's window is rcv_buf minus
+# the backlog last reported, and it reopens only by at least min(rcv_buf/2,
+# MSS) at a time (receiver SWS avoidance). The backlog is reported after each
+# write and on pause/resume_writing, never as the buffer drains quietly; so a
+# backlog able to shut the window must be one that paused the transport, or
+# nothing would ever report its drain and the window would stay shut (a
+# deadlock seen with 64 KiB offloaded segments when the high-water mark was
+# the whole 256 KiB: a backlog just under it, then only zero-window probes
+# answered "zero" forever).
+WRITE_HIGH_WATER = RCV_BUF // 2
 WRITE_LOW_WATER = 64 * 1024
+assert WRITE_LOW_WATER < WRITE_HIGH_WATER <= RCV_BUF // 2
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 _CONNECT_ERRORS = {

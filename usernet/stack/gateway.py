@@ -63,7 +63,8 @@ from ..wire.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
                          UNREACH_ADMIN_PROHIBITED, UNREACH_FRAG_NEEDED, UNREACH_HOST,
                          UNREACH_PORT, UNREACH_PROTOCOL)
 from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, build_tcp_options
+from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TCP_LEN, build_tcp_options
+from ..wire.vnet import tcp_offload_hdr
 from .config import (FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS, FRAG_TIMEOUT, ICMP_IDLE_TIMEOUT,
                      NetConfig)
 from .dhcp import DhcpServer
@@ -100,6 +101,11 @@ _ARP_TABLE_MAX = 256        # addresses learned; a spoofing container cannot gro
 DNS_QUERY_TIMEOUT = 5.0     # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256       # queries waiting for upstream; past it -> SERVFAIL at once
 _TCP_TEMPLATE_WINDOW = 0
+# With TAP offloads, the most payload one TCP frame toward the container
+# carries: an IPv4 datagram's 65535 bytes less the IP and TCP headers and the
+# most options a segment can carry. The connection rounds it down to a
+# multiple of its wire segment size (snd_mss), so the kernel cuts no runts.
+TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
 
 
 def _ip_str(addr: bytes) -> str:
@@ -154,9 +160,19 @@ class UdpFlow:
 
 
 class Gateway:
-    def __init__(self, config: NetConfig | None = None, *, seed=None, counters: Counter = None):
+    def __init__(self, config: NetConfig | None = None, *, seed=None, counters: Counter = None,
+                 offload: bool = False):
         self.config = cfg = config or NetConfig()
+        # TAP offloads on (the driver's fd has TUN_F_CSUM|TSO4|TSO6): TCP
+        # frames toward the container leave their checksum to the kernel and
+        # carry up to ~64 KiB, each as a (vnet header, frame) pair in
+        # frames_out. Off: every frame is plain and fully checksummed.
+        self.offload = offload
+        self._tcp_max_seg = TSO_MAX_SEG if offload else None
         self.counters = counters if counters is not None else Counter()
+        # Frames for the TAP: a bytearray (written behind an all-zero
+        # virtio-net header), or, for offloaded TCP frames, a
+        # (vnet_header_bytes, bytearray) tuple written as is.
         self.frames_out: list = []
         self.events_out: list = []
         self.rng = random.Random(seed)
@@ -270,14 +286,18 @@ class Gateway:
         hold = self._arp_hold.pop(ip, None)
         if hold:
             for f in hold[0]:
-                f[0:6] = mac
+                (f[1] if type(f) is tuple else f)[0:6] = mac
                 self.frames_out.append(f)
 
-    def _to_guest(self, guest_ip: bytes, frame: bytearray) -> None:
-        """Queue a frame for the TAP, resolving the guest's MAC by ARP first."""
+    def _to_guest(self, guest_ip: bytes, frame: bytearray, vnet_hdr: bytes | None = None) -> None:
+        """Queue a frame for the TAP, resolving the guest's MAC by ARP first.
+        ``vnet_hdr``: the virtio-net header an offloaded frame needs."""
         mac = self.arp_table.get(guest_ip)
         if mac is not None:
             frame[0:6] = mac
+        if vnet_hdr is not None:
+            frame = (vnet_hdr, frame)
+        if mac is not None:
             self.frames_out.append(frame)
             return
         hold = self._arp_hold.get(guest_ip)
@@ -514,7 +534,8 @@ class Gateway:
             c["tcp_syn_connect_limit_drop"] += 1
             return
         fid = self._new_id()
-        conn = TcpConnection(now, self.rng.getrandbits(32), cfg.mss, c)
+        conn = TcpConnection(now, self.rng.getrandbits(32), cfg.mss, c,
+                             max_seg=self._tcp_max_seg)
         flow = TcpFlow(fid, key, conn, p[P_SRC], p[P_SPORT], dst, p[P_DPORT], False)
         self.tcp_flows[key] = flow
         self.tcp_by_id[fid] = flow
@@ -542,12 +563,23 @@ class Gateway:
                                          p[P_SPORT], seq, ack, flags, 0, ident=self._ident()))
 
     def _tcp_flush(self, flow: TcpFlow, now: float) -> None:
-        """Frame what the connection wants sent; turn its events into host events."""
+        """Frame what the connection wants sent; turn its events into host events.
+
+        With offloads every segment leaves its checksum to the kernel
+        (``csum=False``: the pseudo-header sum in the field, ``NEEDS_CSUM``)
+        and one carrying more than ``snd_mss`` bytes goes as a TSO
+        super-segment (``gso_size = snd_mss``, which already accounts for the
+        timestamp option); the container's kernel takes it whole."""
         conn = flow.conn
         segs = conn.segments_out
         if segs:
             gip, gport, rip, rport = flow.guest_ip, flow.guest_port, flow.remote_ip, flow.remote_port
             mac = self.mac
+            offload = self.offload
+            if offload:
+                v6 = len(gip) == 16
+                l4 = ETH_LEN + (40 if v6 else IPV4_LEN)
+                mss = conn.snd_mss
             for s in segs:
                 o = s.options
                 if o is None or o is NO_OPTIONS:
@@ -556,9 +588,19 @@ class Gateway:
                     ob = build_tcp_options(o.mss, o.wscale, o.sack_perm,
                                            None if o.ts_val is None else (o.ts_val, o.ts_ecr),
                                            o.sack_blocks)
+                if not offload:
+                    f = build_tcp(BROADCAST, mac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
+                                  s.window, ob, s.payload, ident=self._ident())
+                    self._to_guest(gip, f)
+                    continue
                 f = build_tcp(BROADCAST, mac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                              s.window, ob, s.payload, ident=self._ident())
-                self._to_guest(gip, f)
+                              s.window, ob, s.payload, ident=self._ident(), csum=False)
+                if len(s.payload) > mss:
+                    self.counters["tcp_tx_gso_segments"] += 1
+                    hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6)
+                else:
+                    hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob))
+                self._to_guest(gip, f, hdr)
             segs.clear()
         evs = conn.events
         if evs:
@@ -693,7 +735,8 @@ class Gateway:
             c["tcp_inbound_flow_limit"] += 1
             return None
         fid = self._new_id()
-        conn = TcpConnection(now, self.rng.getrandbits(32), self.config.mss, c)
+        conn = TcpConnection(now, self.rng.getrandbits(32), self.config.mss, c,
+                             max_seg=self._tcp_max_seg)
         flow = TcpFlow(fid, key, conn, guest_ip, guest_port, src_ip, src_port, True)
         self.tcp_flows[key] = flow
         self.tcp_by_id[fid] = flow

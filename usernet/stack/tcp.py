@@ -42,8 +42,11 @@ Sending (host -> container). Host bytes go into one ``bytearray`` holding
 everything from ``snd_una`` on (unacked + unsent), at most ``snd_buf`` bytes
 (``send`` returns how much it took). Acked bytes are deleted from the front
 (O(1) amortized in CPython). Segments are copied out as ``bytes`` of at most
-``_seg_size`` bytes (``max_seg``; a TSO-capable gateway sets it to ~64 KiB
-while the wire MSS, ``snd_mss``, stays the same). In flight is capped by
+``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``; a
+TSO-capable gateway sets it to ~64 KiB while the wire MSS, ``snd_mss``, stays
+the same: the container's kernel takes such a segment whole). Segments that
+arrive bigger than our MSS (the container's TSO super-segments, ~64 KiB) are
+taken like any other: only the window bounds what we accept. In flight is capped by
 ``min(cwnd, snd_wnd)``; cwnd starts at 10 segments (RFC 6928), grows by
 bytes acked in slow start (the peer is a local kernel, so no ABC limit) and
 by ~1 MSS per RTT in congestion avoidance (RFC 5681). Loss recovery: RTO per
@@ -145,6 +148,8 @@ TS_OPT_LEN = 12            # NOP NOP TS: payload per segment shrinks by this (RF
 MAX_SACK_BLOCKS = 3        # 3 fit beside timestamps in 40 option bytes
 OOW_ACK_INTERVAL = 0.5     # min gap between ACKs to bare unacceptable segments (Linux: 500 ms)
 RECOVERY_PROBE_MIN = 0.02  # floor of the in-recovery re-retransmission timer (2 x SRTT)
+RCV_BUF = 256 * 1024       # default receive buffer (window toward the container)
+SND_BUF = 512 * 1024       # default send queue toward the container
 
 _M = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -167,7 +172,7 @@ class Segment(NamedTuple):
 class TcpConnection:
     """The container side of one TCP flow. See the module docstring."""
 
-    def __init__(self, now, iss, mss, counters, *, rcv_buf=256 * 1024, snd_buf=512 * 1024,
+    def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
                  wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None):
         self.state = LISTEN
         self.counters = counters
@@ -326,7 +331,10 @@ class TcpConnection:
         # RFC 6691: the MSS counts no options, so every option byte we put on a
         # segment comes out of its payload.
         self.snd_mss = max(1, min(self.mss, self.peer_mss) - (TS_OPT_LEN if self.ts_ok else 0))
-        self._seg_size = self.max_seg or self.snd_mss
+        # max_seg (a TSO gateway's ~64 KiB) in whole wire segments, so the
+        # kernel that cuts it sends no runt; never below one segment.
+        seg = self.snd_mss
+        self._seg_size = max(seg, self.max_seg - self.max_seg % seg) if self.max_seg else seg
         self.cwnd = INIT_CWND_SEGS * self.snd_mss
 
     def _send_syn(self, now: float) -> None:

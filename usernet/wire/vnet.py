@@ -36,3 +36,31 @@ VIRTIO_NET_HDR_GSO_ECN = 0x80
 
 # A header that says "nothing to do": a plain, fully checksummed frame.
 VNET_HDR_NONE = bytes(VNET_HDR_LEN)
+
+
+_pack = VNET_HDR.pack
+
+
+def build_vnet_hdr(flags: int = 0, gso_type: int = VIRTIO_NET_HDR_GSO_NONE, hdr_len: int = 0,
+                   gso_size: int = 0, csum_start: int = 0, csum_offset: int = 0) -> bytes:
+    """The 10-byte header to write before a frame (fields as in the layout above)."""
+    return _pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+# Where the TCP checksum field sits inside the TCP header.
+TCP_CSUM_OFFSET = 16
+
+
+def tcp_offload_hdr(l4: int, hdr_len: int, gso_size: int = 0, v6: bool = False) -> bytes:
+    """The header for a TCP frame whose checksum field holds only the
+    pseudo-header sum: the kernel finishes the checksum over ``l4`` .. end
+    (``NEEDS_CSUM``). With ``gso_size`` (the payload per wire segment, i.e.
+    the connection's MSS net of options) the frame is a TSO super-segment the
+    kernel cuts into ``gso_size``-byte segments where it must. ``hdr_len`` is
+    L2 + L3 + L4 header bytes. Pass ``gso_size`` only when the payload is
+    bigger than it (a "GSO" frame that fits one segment is not one)."""
+    if gso_size:
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV6 if v6 else VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        gso_type = VIRTIO_NET_HDR_GSO_NONE
+    return _pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hdr_len, gso_size, l4, TCP_CSUM_OFFSET)
