@@ -92,7 +92,6 @@ EV_ICMP_SEND = "icmp_send"          # (kind, id, seq, data): one echo request
 EV_ICMP_CLOSE = "icmp_close"        # (kind, id)
 EV_DNS_QUERY = "dns_query"          # (kind, query_id, bytes): forward upstream, answer dns_reply
 
-_LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
 _ARP_HOLD_MAX = 64          # frames held for the guest while its MAC is unknown
 ARP_RETRY = 1.0             # seconds between ARP requests for a held address
 ARP_TRIES = 3               # requests before the held frames are dropped
@@ -100,7 +99,6 @@ _UDP_MAX_PAYLOAD = 65535 - 20 - 8   # what one IPv4 datagram can carry
 _ARP_TABLE_MAX = 256        # addresses learned; a spoofing container cannot grow it further
 DNS_QUERY_TIMEOUT = 5.0     # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256       # queries waiting for upstream; past it -> SERVFAIL at once
-_TCP_TEMPLATE_WINDOW = 0
 # With TAP offloads, the most payload one TCP frame toward the container
 # carries: an IPv4 datagram's 65535 bytes less the IP and TCP headers and the
 # most options a segment can carry. The connection rounds it down to a
