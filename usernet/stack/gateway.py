@@ -586,13 +586,11 @@ class Gateway:
                     ob = build_tcp_options(o.mss, o.wscale, o.sack_perm,
                                            None if o.ts_val is None else (o.ts_val, o.ts_ecr),
                                            o.sack_blocks)
+                f = build_tcp(BROADCAST, mac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
+                              s.window, ob, s.payload, ident=self._ident(), csum=not offload)
                 if not offload:
-                    f = build_tcp(BROADCAST, mac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                                  s.window, ob, s.payload, ident=self._ident())
                     self._to_guest(gip, f)
                     continue
-                f = build_tcp(BROADCAST, mac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                              s.window, ob, s.payload, ident=self._ident(), csum=False)
                 if len(s.payload) > mss:
                     self.counters["tcp_tx_gso_segments"] += 1
                     hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6)
