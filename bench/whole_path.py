@@ -135,9 +135,10 @@ def run(cmd, timeout: float, check: bool = True) -> str:
     except subprocess.TimeoutExpired:
         kill(p)
         raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}")
-    finally:
-        if p in PROCS:
-            PROCS.remove(p)
+    except BaseException:  # Ctrl-C: do not leave the client running
+        kill(p)
+        raise
+    PROCS.remove(p)
     if check and p.returncode != 0:
         raise BenchError(f"exit {p.returncode}: {' '.join(map(str, cmd))}: {(err or out).strip()[-300:]}")
     return out
@@ -503,6 +504,7 @@ def main() -> int:
 
     def on_term(sig, frame):
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, on_term)   # even when started in the background (SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
