@@ -11,8 +11,8 @@ between two namespaces as the physical reference. Tests (rows): TCP container ->
 -> container through a forwarded port and with `iperf3 -R`, 1-byte request/response on one
 connection (tx/s, p50 latency), connections/s, UDP at full blast, ping, redis-benchmark with 50
 clients (when redis is installed); plus each user-space provider's CPU seconds per GB moved in
-the bulk TCP tests and its peak RSS (VmHWM). Prints one table of medians and usernet's ratio to
-each peer.
+the bulk TCP tests and its peak RSS (VmHWM). Prints one table of medians, the spread over the
+runs, and usernet's ratio to each peer (the median of the ratios within each run).
 
 Nothing leaves the machine: the script first moves itself into a new network namespace (it must
 run as root) that holds only `lo` and a dummy interface carrying a default route, so "host
@@ -509,6 +509,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_term)
 
     results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    by_run: dict[tuple[str, str, int], float] = {}   # (config, figure, run) -> value, for ratios
     errors: dict[tuple[str, str], str] = {}
     configs: dict[str, Config] = {}
     servers: dict[tuple[str, str], HostServer] = {}
@@ -567,6 +568,7 @@ def main() -> int:
                         continue
                     for k, v in figs.items():
                         results[n].setdefault(k, []).append(v)
+                        by_run[n, k, r] = v
                     log("  " + " ".join(f"{k}={v:.4g}" for k, v in figs.items()))
             print(f"# run {r + 1}/{runs} done at {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -597,6 +599,15 @@ def main() -> int:
           f"(iperf3 {iperf_version()}; {machine()})")
     print()
     print(table(["test"] + [LABELS[n] for n in cols], rows))
+    if runs > 1:
+        print()
+        print("Spread: lowest-highest of the runs")
+        print()
+        srows = [[label] + [("—" if not results[n].get(k) else
+                             f"{fmt(k, min(results[n][k]))}-{fmt(k, max(results[n][k]))}")
+                            for n in cols]
+                 for k, label, _ in shown if k not in ("cpu_gb", "rss")]
+        print(table(["test"] + [LABELS[n] for n in cols], srows))
     # ---- ratios
     for base in ("usernet", "usernet-65520"):
         if base not in configs:
@@ -605,18 +616,23 @@ def main() -> int:
         if not peers:
             continue
         print()
-        print(f"{LABELS[base]} / peer (higher is better for rates; for latency, CPU and RSS "
-              f"rows lower is better):")
+        print(f"{LABELS[base]} / peer, median of the per-run ratios (higher is better for rates; "
+              f"for latency, CPU and RSS rows lower is better):")
         print()
         rrows = []
         for k, label, low in shown:
             if k == "udp_loss":  # a ratio of loss percentages says little; the row above has it
                 continue
-            b = med[base].get(k)
             cells = []
             for p in peers:
-                v = med[p].get(k)
-                cells.append("—" if b is None or not v else f"{b / v:.2f}x")
+                # paired: usernet and the peer measured in the same run, minutes apart; the
+                # median of those ratios is steadier than a ratio of medians on a drifting VM
+                pairs = [by_run[base, k, r] / by_run[p, k, r] for r in range(runs)
+                         if by_run.get((base, k, r)) is not None and by_run.get((p, k, r))]
+                if k in ("cpu_gb", "rss"):  # one figure per configuration for the whole run
+                    b, v = med[base].get(k), med[p].get(k)
+                    pairs = [b / v] if b is not None and v else []
+                cells.append(f"{median(pairs):.2f}x" if pairs else "—")
             rrows.append([label] + cells)
         print(table(["test"] + [LABELS[p] for p in peers], rrows))
     # ---- notes
@@ -626,6 +642,9 @@ def main() -> int:
             extra.append(f"{LABELS[n]}: {notes[n]}")
     if "redis" in notes:
         extra.append(f"redis row: {notes['redis']}")
+    if any(c.provider for c in configs.values()):
+        extra.append("CPU s per GB: the provider process's user+system time (/proc/PID/stat) over "
+                     "the bulk TCP tests, per GB iperf3 received; RSS: its VmHWM at the end of the run")
     if "veth" in configs:
         extra.append("veth: the kernel does the work; no provider process (CPU, RSS: —); "
                      "'forwarded port' is a direct connection to the container's address")
