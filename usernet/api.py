@@ -106,7 +106,7 @@ class ApiError(Exception):
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the API needs from the rest of usernet (the host layer implements it).
+    """What the API needs from the rest of usernet (:class:`ForwarderBackend` implements it).
 
     Methods are synchronous and called on the event loop thread: they must not block (binding a
     listening socket is fine). The backend owns the forward table and its ids: ids start at 1, are
@@ -136,6 +136,41 @@ class Backend(Protocol):
     def stats(self) -> dict:
         """Named counters (JSON-serialisable), our extension."""
         ...
+
+
+class ForwarderBackend:
+    """The :class:`Backend` over a :class:`usernet.host.forward.Forwarder`:
+    its plain errors become the API's replies. ``stats`` is a callable
+    giving the whole stack's counters (``usernet.services.stack_stats``)."""
+
+    def __init__(self, forwarder, stats) -> None:
+        self.forwarder = forwarder
+        self._stats = stats
+
+    def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_addr: str,
+                    guest_port: int) -> int:
+        if ":" in host_addr:
+            raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6: not supported (yet)
+        try:
+            return self.forwarder.add(proto, host_addr, host_port, guest_addr, guest_port)
+        except OSError as e:                     # PublishError: the port cannot be bound
+            log.info("add_hostfwd: %s", e)
+            raise ApiError(DESC_ADD_FAILED) from None
+        except ValueError as e:
+            log.info("add_hostfwd: %s", e)
+            raise ApiError(DESC_BAD_GUEST_ADDR) from None
+
+    def list_hostfwd(self) -> list[dict]:
+        return self.forwarder.entries()
+
+    def remove_hostfwd(self, id: int) -> None:  # noqa: A002 - the API's name
+        try:
+            self.forwarder.remove(id)
+        except KeyError:
+            raise ApiError(DESC_REMOVE_BAD_ID) from None
+
+    def stats(self) -> dict:
+        return self._stats()
 
 
 # --------------------------------------------------------------------------------------------
