@@ -259,7 +259,7 @@ def test_active_open_rst_means_refused():
     h = active()
     h.recv(flags=SYN)
     h.send(seq=0, ack=ISS + 1, flags=RST | ACK)
-    assert h.events() == [TcpInboundRefused(0), CLOSED]
+    assert h.events() == [TcpInboundRefused(0, False), CLOSED]
     assert h.conn.state == T.CLOSED
 
 
@@ -289,7 +289,7 @@ def test_active_open_timeout():
     assert delays == [1, 2, 4, 8, 16]
     h.fire()
     h.recv_nothing()
-    assert h.events() == [TcpInboundRefused(0), CLOSED]
+    assert h.events() == [TcpInboundRefused(0, False), CLOSED]
     assert h.c["tcp_syn_timeout"] == 1
 
 

@@ -21,6 +21,7 @@ import socket
 from ..stack.events import IcmpClose, IcmpOpen, IcmpSend
 from ..wire.checksum import checksum
 from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
+from .udp import recv_batch
 
 log = logging.getLogger("usernet")
 
@@ -128,15 +129,8 @@ class IcmpHost:
 
     def _on_ping(self, fid, s) -> None:
         d = self.driver
-        for _ in range(RX_BATCH):
-            try:
-                pkt = s.recv(65535)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                d.counters["icmp_host_recv_error"] += 1
-                log.debug("ping socket recv: %s", e)
-                break
+        for pkt in recv_batch(lambda: s.recv(65535), d.counters, "icmp_host_recv_error",
+                              "ping socket recv", RX_BATCH):
             # A ping socket hands us the ICMP message without the IP header.
             if len(pkt) < ICMP_LEN:
                 continue
@@ -147,15 +141,8 @@ class IcmpHost:
 
     def _on_raw(self) -> None:
         d = self.driver
-        for _ in range(RX_BATCH):
-            try:
-                pkt, (src, _) = self.raw.recvfrom(65535)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                d.counters["icmp_host_recv_error"] += 1
-                log.debug("raw ICMP recv: %s", e)
-                break
+        for pkt, (src, _) in recv_batch(lambda: self.raw.recvfrom(65535), d.counters,
+                                        "icmp_host_recv_error", "raw ICMP recv", RX_BATCH):
             # A raw socket includes the IP header.
             ihl = (pkt[0] & 15) * 4 if pkt else 0
             if len(pkt) < ihl + ICMP_LEN:

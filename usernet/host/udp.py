@@ -21,6 +21,21 @@ RX_BATCH = 64
 RX_MAX = 65535
 
 
+def recv_batch(recv, counters, counter: str, what: str, batch: int):
+    """Up to ``batch`` results of ``recv()`` (one datagram each), stopping
+    when the socket has nothing more (EAGAIN); any other OSError is counted
+    as ``counter``, logged as ``what`` and ends the batch."""
+    for _ in range(batch):
+        try:
+            yield recv()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            counters[counter] += 1
+            log.debug("%s: %s", what, e)
+            return
+
+
 class _UdpFlowSocket:
     """An outbound flow's connected socket. Inbound (port-forwarded) flows
     register another object with the same ``send``/``close`` methods

@@ -7,171 +7,68 @@ emitted once, by whoever knows the fact: a TCP connection emits its own
 data/shutdown/abort/pause/resume/inbound events (it knows its flow id), the
 gateway emits the ones about flows as a whole (connect, close, UDP, ICMP, DNS).
 
-``__slots__`` dataclasses: construction costs about what a tuple with a
-name string did once the old per-event translation is gone, equality
-compares the type (a ``TcpClose`` never equals a ``UdpClose``), and
-``KIND`` names the event in counters (``host_event_error_<KIND>``).
+Each kind is a ``__slots__`` dataclass made by :func:`_event` from one row
+below: construction costs about what a tuple did, equality compares the
+type (a ``TcpClose`` never equals a ``UdpClose``), fields are read by name,
+and ``KIND`` names the event in counters (``host_event_error_<KIND>``).
 
 Addresses in events (``host``) are the host-side target as a string the
 socket layer takes (``"127.0.0.1"``, ``"2001:db8::1"``); the DNS forwarder
 is not an address but its own event (``TcpConnectDns``).
 """
 
-from dataclasses import dataclass
-from typing import ClassVar
-
-# --- TCP ---------------------------------------------------------------------
+from dataclasses import make_dataclass
 
 
-@dataclass(slots=True)
-class TcpConnect:
-    """The container sent a SYN: connect to ``host:port`` and answer with
-    ``gw.tcp_connected`` or ``gw.tcp_refused``."""
-    KIND: ClassVar[str] = "tcp_connect"
-    fid: int
-    host: str
-    port: int
+def _event(name: str, kind: str, fields: str, doc: str):
+    """A record type ``name`` with the space-separated ``fields``."""
+    return make_dataclass(name, fields.split(), slots=True,
+                          namespace={"KIND": kind, "__doc__": doc, "__module__": __name__})
 
 
-@dataclass(slots=True)
-class TcpConnectDns:
-    """A SYN to the DNS forwarder's port 53: splice to an upstream resolver over TCP."""
-    KIND: ClassVar[str] = "tcp_connect_dns"
-    fid: int
+# --- TCP (fid: the flow id the gateway gave the flow) --------------------------
+TcpConnect = _event("TcpConnect", "tcp_connect", "fid host port", """The container sent a
+    SYN: connect to ``host:port``, then ``gw.tcp_connected`` or ``gw.tcp_refused``.""")
+TcpConnectDns = _event("TcpConnectDns", "tcp_connect_dns", "fid", """A SYN to the DNS
+    forwarder's port 53: splice to an upstream resolver over TCP.""")
+TcpCancel = _event("TcpCancel", "tcp_cancel", "fid", """Give up a connect in progress
+    (the stack's connect timeout fired).""")
+TcpData = _event("TcpData", "tcp_data", "fid data", """In-order bytes from the container
+    for the host socket.""")
+TcpShutdown = _event("TcpShutdown", "tcp_shutdown", "fid", """The container sent FIN:
+    ``shutdown(SHUT_WR)`` the host socket.""")
+TcpAbort = _event("TcpAbort", "tcp_abort", "fid", """The container reset the flow, or the
+    stack gave up on it: abortive close, so the host peer sees a reset, not a FIN.""")
+TcpClose = _event("TcpClose", "tcp_close", "fid", """The flow is gone from the stack:
+    close the socket if still open (buffered bytes first, then FIN).""")
+TcpPause = _event("TcpPause", "tcp_pause", "fid", """The flow's send queue toward the
+    container is full: stop reading the host socket.""")
+TcpResume = _event("TcpResume", "tcp_resume", "fid", """The send queue has room again:
+    offer what was held back, then read again.""")
+TcpInboundConnected = _event("TcpInboundConnected", "tcp_inbound_connected", "fid", """A
+    port-forwarded connection reached the container (its SYN-ACK).""")
+TcpInboundRefused = _event("TcpInboundRefused", "tcp_inbound_refused", "fid timed_out", """A
+    port-forwarded connection did not: the container answered RST, or
+    (``timed_out``) did not answer within the connect timeout.""")
 
+# --- UDP -------------------------------------------------------------------------
+UdpOpen = _event("UdpOpen", "udp_open", "fid host port", """A new outbound UDP flow: open
+    a host socket connected to ``host:port``.""")
+UdpSend = _event("UdpSend", "udp_send", "fid data", """One datagram from the container
+    for the flow's host socket.""")
+UdpClose = _event("UdpClose", "udp_close", "fid", """The flow idled out: close its host
+    socket (or forget a port forward's return path).""")
 
-@dataclass(slots=True)
-class TcpCancel:
-    """Give up a connect in progress (the stack's connect timeout fired)."""
-    KIND: ClassVar[str] = "tcp_cancel"
-    fid: int
+# --- ICMP echo ---------------------------------------------------------------------
+IcmpOpen = _event("IcmpOpen", "icmp_open", "fid host ident", """A new echo flow
+    (container, identifier, destination) toward ``host``; ``ident`` is the
+    container's echo identifier (a raw socket sends it).""")
+IcmpSend = _event("IcmpSend", "icmp_send", "fid seq data", "One echo request of the flow.")
+IcmpClose = _event("IcmpClose", "icmp_close", "fid", "The echo flow idled out.")
 
-
-@dataclass(slots=True)
-class TcpData:
-    """In-order bytes from the container for the host socket."""
-    KIND: ClassVar[str] = "tcp_data"
-    fid: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class TcpShutdown:
-    """The container sent FIN: ``shutdown(SHUT_WR)`` the host socket."""
-    KIND: ClassVar[str] = "tcp_shutdown"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpAbort:
-    """The container reset the flow, or the stack gave up on it: abortive
-    close, so the host peer sees a reset, not a clean FIN."""
-    KIND: ClassVar[str] = "tcp_abort"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpClose:
-    """The flow is gone from the stack: close the socket if still open."""
-    KIND: ClassVar[str] = "tcp_close"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpPause:
-    """The flow's send queue toward the container is full: stop reading the host socket."""
-    KIND: ClassVar[str] = "tcp_pause"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpResume:
-    """The send queue has room again: offer what was held back, then read again."""
-    KIND: ClassVar[str] = "tcp_resume"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpInboundConnected:
-    """A port-forwarded connection reached the container (its SYN-ACK)."""
-    KIND: ClassVar[str] = "tcp_inbound_connected"
-    fid: int
-
-
-@dataclass(slots=True)
-class TcpInboundRefused:
-    """A port-forwarded connection did not: the container answered RST, or
-    (``timed_out``) did not answer within the connect timeout."""
-    KIND: ClassVar[str] = "tcp_inbound_refused"
-    fid: int
-    timed_out: bool = False
-
-
-# --- UDP ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class UdpOpen:
-    """A new outbound UDP flow: open a host socket connected to ``host:port``."""
-    KIND: ClassVar[str] = "udp_open"
-    fid: int
-    host: str
-    port: int
-
-
-@dataclass(slots=True)
-class UdpSend:
-    """One datagram from the container for the flow's host socket."""
-    KIND: ClassVar[str] = "udp_send"
-    fid: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class UdpClose:
-    """The flow idled out: close its host socket (or forget its return path)."""
-    KIND: ClassVar[str] = "udp_close"
-    fid: int
-
-
-# --- ICMP echo ---------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class IcmpOpen:
-    """A new echo flow (container, identifier, destination) toward ``host``."""
-    KIND: ClassVar[str] = "icmp_open"
-    fid: int
-    host: str
-    ident: int          # the container's echo identifier (raw sockets send it)
-
-
-@dataclass(slots=True)
-class IcmpSend:
-    """One echo request of the flow."""
-    KIND: ClassVar[str] = "icmp_send"
-    fid: int
-    seq: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class IcmpClose:
-    KIND: ClassVar[str] = "icmp_close"
-    fid: int
-
-
-# --- DNS ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class DnsQuery:
-    """A query for the upstream resolvers; answer ``gw.dns_reply(qid, ...)``
-    or ``gw.dns_failed(qid, ...)``."""
-    KIND: ClassVar[str] = "dns_query"
-    qid: int
-    query: bytes
-
+# --- DNS -------------------------------------------------------------------------
+DnsQuery = _event("DnsQuery", "dns_query", "qid query", """A query for the upstream
+    resolvers; answer with ``gw.dns_reply(qid, ...)`` or ``gw.dns_failed(qid, ...)``.""")
 
 #: Every event type, for tables and tests.
 ALL_EVENTS = (TcpConnect, TcpConnectDns, TcpCancel, TcpData, TcpShutdown, TcpAbort, TcpClose,

@@ -480,7 +480,7 @@ class TcpConnection:
             if self._retries > SYN_RETRIES:
                 if st == SYN_SENT:
                     self.counters["tcp_syn_timeout"] += 1
-                    self.events.append(TcpInboundRefused(self.fid))
+                    self.events.append(TcpInboundRefused(self.fid, False))
                     self._close()
                 else:
                     self._give_up(now)
@@ -606,7 +606,7 @@ class TcpConnection:
             # connection reset", drop the segment, enter CLOSED state"
             if flags & ACK:
                 self.counters["tcp_rst_rx"] += 1
-                self.events.append(TcpInboundRefused(self.fid))
+                self.events.append(TcpInboundRefused(self.fid, False))
                 self._close()
             else:
                 self.counters["tcp_drop_rst_no_ack"] += 1
