@@ -29,6 +29,7 @@ HOLD_MAX = 64           # frames held for one address while its MAC is unknown
 RETRY = 1.0             # seconds between solicitations for a held address
 TRIES = 3               # solicitations before the held frames are dropped
 TABLE_MAX = 256         # addresses learned; a spoofing container cannot grow it further
+UNRESOLVED = bytes(6)   # destination MAC of a frame built before its neighbour is known
 
 
 class _Hold:

@@ -22,10 +22,11 @@ after construction. :class:`TcpFlow` wraps a
 the host connect in progress (outbound) or the container's answer awaited
 (``inbound``, a port forward), each with a ``connect_deadline``.
 
-Source ports. A port forward may need a port the container sees its client
-on (:meth:`Flows.pick_source_port`): picked round-robin from
-``PICK_PORTS`` on the gateway address, skipping any that would clash with a
-live flow of that table. IPv6 flows will share these tables (a 16-byte key
+Source ports. A port forward's client is shown to the container as itself
+when the address policy (:mod:`usernet.stack.nat`) lets the container answer
+it and the 4-tuple is free; else from the gateway address, with a port
+picked round-robin from ``PICK_PORTS`` when needed, skipping any that would
+clash with a live flow of that table (:meth:`Flows.inbound_key`). IPv6 flows will share these tables (a 16-byte key
 address is a different key), and so this code.
 """
 
@@ -92,12 +93,15 @@ class IcmpFlow(DatagramFlow):
 class FlowTable:
     """Flows of one kind by key and by id, with a limit."""
 
-    __slots__ = ("by_key", "by_id", "limit")
+    __slots__ = ("by_key", "by_id", "limit", "picked_counter", "no_port_counter")
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, picked_counter: str = "", no_port_counter: str = ""):
         self.by_key: dict = {}
         self.by_id: dict = {}
         self.limit = limit
+        # Port forwards (Flows.inbound_key): a port picked for a client, none free.
+        self.picked_counter = picked_counter
+        self.no_port_counter = no_port_counter
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -120,10 +124,14 @@ class FlowTable:
 class Flows:
     """The three tables and the id space."""
 
-    def __init__(self, cfg, counters):
+    def __init__(self, cfg, counters, nat):
         self.counters = counters
-        self.tcp = FlowTable(cfg.max_tcp_flows)
-        self.udp = FlowTable(cfg.max_udp_flows)
+        self.nat = nat
+        self.gateway_ip = cfg.gateway_ip
+        self.tcp = FlowTable(cfg.max_tcp_flows, "tcp_inbound_source_port_picked",
+                             "tcp_inbound_no_source_port")
+        self.udp = FlowTable(cfg.max_udp_flows, "udp_inbound_source_port_picked",
+                             "udp_inbound_no_source_port")
         self.icmp = FlowTable(cfg.max_icmp_flows)
         self.tcp_connecting = 0          # outbound flows waiting for their host connect
         self._next_id = 1
@@ -145,14 +153,35 @@ class Flows:
         self.counters[cls.OPENED] += 1
         return flow
 
-    def pick_source_port(self, table: FlowTable, guest_ip: bytes, guest_port: int,
-                         src_ip: bytes) -> int | None:
-        """A port ``p`` for which ``(guest_ip, guest_port, src_ip, p)`` is no flow."""
+    def inbound_key(self, table: FlowTable, guest_ip: bytes, guest_port: int,
+                    src_ip: bytes | None, src_port: int | None) -> tuple | None:
+        """The key of a new port-forward flow: the client's own address and
+        port when the address policy lets the container answer it and the
+        tuple is free; else the gateway's address (with the client's port
+        while it is free) or a port picked from ``PICK_PORTS``; ``src_ip``
+        None asks for the gateway and a picked port. None when no port is
+        free. Counted as ``<kind>_inbound_source_port_picked`` /
+        ``<kind>_inbound_no_source_port``."""
+        c = self.counters
+        gw_ip = self.gateway_ip
+        if src_ip is None:
+            src_port = None
+        elif self.nat.inbound_source(src_ip) is None:
+            c["fwd_client_addr_as_gateway"] += 1
+            src_ip = gw_ip
+        if src_port is not None:
+            key = (guest_ip, guest_port, src_ip, src_port)
+            if key not in table.by_key:
+                return key
+            # Two loopback clients with the same port, a stale flow: the
+            # tuple would mix them up.
+            c[table.picked_counter] += 1
         lo, hi = PICK_PORTS
         by_key = table.by_key
         for _ in range(PICK_TRIES):
             p = self._next_pick
             self._next_pick = lo if p >= hi else p + 1
-            if (guest_ip, guest_port, src_ip, p) not in by_key:
-                return p
+            if (guest_ip, guest_port, gw_ip, p) not in by_key:
+                return (guest_ip, guest_port, gw_ip, p)
+        c[table.no_port_counter] += 1
         return None
