@@ -256,10 +256,7 @@ class TcpConnection:
         self._rprobe_backoff = 0
 
         # Timers (absolute deadlines or None).
-        self._rto_at = None
-        self._persist_at = None
-        self._delack_at = None
-        self._tw_at = None
+        self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
         self._persist_backoff = 0
         self._probes = 0
 
