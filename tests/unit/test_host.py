@@ -247,3 +247,39 @@ def test_udp_forward_round_trip():
         cli.close()
         fwd.close()
     run(body)
+
+
+def test_backlog_is_reported_once_per_flush_not_per_write():
+    """Three data segments read in one TAP wake-up are three writes to the
+    host socket and one backlog report for the flow, made after the events
+    (FlowProtocol.write used to report from inside every write)."""
+    async def body(driver, guest):
+        got = bytearray()
+        done = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            while len(got) < 9:
+                got.extend(await reader.read(100))
+            done.set_result(None)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        guest.tcp(40002, port, "S", 1000)
+        synack = await guest.recv(lambda f: is_tcp(f, "SA"))
+        ours = synack[TCP].seq + 1
+        guest.tcp(40002, port, "A", 1001, ours)
+        await asyncio.sleep(0.05)
+        reports = []
+        real = driver.gw.tcp_host_backlog
+
+        def counting(fid, nbytes, now):
+            reports.append((fid, nbytes))
+            real(fid, nbytes, now)
+        driver.gw.tcp_host_backlog = counting
+        for i, chunk in enumerate((b"abc", b"def", b"ghi")):   # one batch for the driver
+            guest.tcp(40002, port, "PA", 1001 + 3 * i, ours, chunk)
+        await asyncio.wait_for(done, TIMEOUT)
+        assert bytes(got) == b"abcdefghi"
+        assert len(reports) == 1 and reports[0][1] == 0
+        server.close()
+    run(body)

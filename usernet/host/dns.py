@@ -25,7 +25,7 @@ import socket
 
 from ..stack.dns import parse_resolv_conf
 from ..stack.events import DnsQuery
-from ..stack.gateway import DNS_QUERY_TIMEOUT
+from ..stack.config import DNS_QUERY_TIMEOUT
 
 log = logging.getLogger("usernet")
 

@@ -100,7 +100,7 @@ _TCP = (
 _HOST = (
     "rx_gso_frames", "tx_frames", "drop_vnet_truncated", "drop_stack_error", "drop_tx_error",
     "drop_tx_queue_full", "exit_drain_timeout", "host_event_unhandled",
-    "tcp_host_data_after_close",
+    "host_flush_rounds_exceeded", "tcp_host_data_after_close",
     "udp_host_socket_error", "udp_host_recv_error", "drop_udp_host_send_eagain",
     "drop_udp_host_send_error", "drop_udp_no_host_socket",
     "icmp_host_socket_error", "icmp_host_recv_error", "icmp_echo_host_tx",

@@ -26,8 +26,10 @@ Source ports. A port forward's client is shown to the container as itself
 when the address policy (:mod:`usernet.stack.nat`) lets the container answer
 it and the 4-tuple is free; else from the gateway address, with a port
 picked round-robin from ``PICK_PORTS`` when needed, skipping any that would
-clash with a live flow of that table (:meth:`Flows.inbound_key`). IPv6 flows will share these tables (a 16-byte key
-address is a different key), and so this code.
+clash with a live flow of that table (:meth:`Flows.inbound_key`).
+
+IPv6 flows will share these tables (a 16-byte key address is a different
+key), and so this code.
 """
 
 from .events import IcmpClose, UdpClose

@@ -71,7 +71,8 @@ from ..wire.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
 from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ..wire.vnet import VNET_HDR_NONE
 from .arp import NeighbourCache
-from .config import FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS, FRAG_TIMEOUT, NetConfig
+from .config import (DNS_MAX_PENDING, DNS_QUERY_TIMEOUT, FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS,
+                     FRAG_TIMEOUT, NetConfig)
 from .counters import Counters
 from .datagrams import ICMP_QUOTE_MAX, DatagramNat
 from .dhcp import DhcpServer
@@ -83,8 +84,6 @@ from .nat import AddressPolicy
 from .tcpnat import TcpNat
 from .timers import Timers
 
-DNS_QUERY_TIMEOUT = 5.0     # upstream silence this long -> SERVFAIL to the container
-DNS_MAX_PENDING = 256       # queries waiting for upstream; past it -> SERVFAIL at once
 _ANY4 = b"\0\0\0\0"
 
 

@@ -181,7 +181,8 @@ class TcpNat:
         conn = flow.conn
         segs = conn.segments_out
         if segs:
-            gip, gport, rip, rport = flow.guest_ip, flow.guest_port, flow.remote_ip, flow.remote_port
+            gip, gport = flow.guest_ip, flow.guest_port
+            rip, rport = flow.remote_ip, flow.remote_port
             mac = self.neigh.lookup(gip)
             dmac = mac or UNRESOLVED
             smac = self.mac
