@@ -283,3 +283,22 @@ def test_backlog_is_reported_once_per_flush_not_per_write():
         assert len(reports) == 1 and reports[0][1] == 0
         server.close()
     run(body)
+
+
+def test_read_bound_ports_sees_our_own_listener_and_udp_socket():
+    """--publish-only-when-bound reads /proc/PID/net: here PID is ourselves."""
+    import os
+
+    from usernet.host.procnet import read_bound_ports
+    t = socket.socket()
+    t.bind(("127.0.0.1", 0))
+    t.listen(1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 0))
+    try:
+        b = read_bound_ports(os.getpid())
+        assert bytes([127, 0, 0, 1]) in b["tcp"][t.getsockname()[1]]
+        assert bytes(4) in b["udp"][u.getsockname()[1]]
+    finally:
+        t.close()
+        u.close()
