@@ -81,6 +81,18 @@ def is_tcp(f, flags=None):
     return TCP in f and (flags is None or f[TCP].flags == flags)
 
 
+async def connect_out(guest, sport: int, serve):
+    """Start a loopback server running ``serve``; the guest connects to it
+    through usernet (SYN, SYN-ACK, ACK). Returns (server, port, our next seq)."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guest.tcp(sport, port, "S", 1000)
+    synack = await guest.recv(lambda f: is_tcp(f, "SA"))
+    ours = synack[TCP].seq + 1
+    guest.tcp(sport, port, "A", 1001, ours)
+    return server, port, ours
+
+
 def test_driver_answers_arp_through_the_fake_tap():
     """A frame read from the TAP fd reaches the stack; its answer is written
     back behind the all-zero virtio-net header (one frame per datagram)."""
@@ -106,12 +118,7 @@ def test_tcp_flow_to_a_loopback_server_both_ways():
             await writer.drain()
             writer.close()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        guest.tcp(40000, port, "S", 1000)
-        synack = await guest.recv(lambda f: is_tcp(f, "SA"))
-        ours = synack[TCP].seq + 1
-        guest.tcp(40000, port, "A", 1001, ours)
+        server, port, ours = await connect_out(guest, 40000, serve)
         guest.tcp(40000, port, "PA", 1001, ours, b"hello")
         assert await asyncio.wait_for(got, TIMEOUT) == b"hello"
         reply = await guest.recv(lambda f: is_tcp(f) and bytes(f[TCP].payload))
@@ -262,12 +269,7 @@ def test_backlog_is_reported_once_per_flush_not_per_write():
                 got.extend(await reader.read(100))
             done.set_result(None)
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        guest.tcp(40002, port, "S", 1000)
-        synack = await guest.recv(lambda f: is_tcp(f, "SA"))
-        ours = synack[TCP].seq + 1
-        guest.tcp(40002, port, "A", 1001, ours)
+        server, port, ours = await connect_out(guest, 40002, serve)
         await asyncio.sleep(0.05)
         reports = []
         real = driver.gw.tcp_host_backlog
