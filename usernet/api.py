@@ -106,7 +106,7 @@ class ApiError(Exception):
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the API needs from the rest of usernet (the host layer implements it).
+    """What the API needs from the rest of usernet (:class:`ForwarderBackend` implements it).
 
     Methods are synchronous and called on the event loop thread: they must not block (binding a
     listening socket is fine). The backend owns the forward table and its ids: ids start at 1, are
@@ -136,6 +136,41 @@ class Backend(Protocol):
     def stats(self) -> dict:
         """Named counters (JSON-serialisable), our extension."""
         ...
+
+
+class ForwarderBackend:
+    """The :class:`Backend` over a :class:`usernet.host.forward.Forwarder`:
+    its plain errors become the API's replies. ``stats`` is a callable
+    giving the whole stack's counters (``usernet.services.stack_stats``)."""
+
+    def __init__(self, forwarder, stats) -> None:
+        self.forwarder = forwarder
+        self._stats = stats
+
+    def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_addr: str,
+                    guest_port: int) -> int:
+        if ":" in host_addr:
+            raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6: not supported (yet)
+        try:
+            return self.forwarder.add(proto, host_addr, host_port, guest_addr, guest_port)
+        except OSError as e:                     # PublishError: the port cannot be bound
+            log.info("add_hostfwd: %s", e)
+            raise ApiError(DESC_ADD_FAILED) from None
+        except ValueError as e:
+            log.info("add_hostfwd: %s", e)
+            raise ApiError(DESC_BAD_GUEST_ADDR) from None
+
+    def list_hostfwd(self) -> list[dict]:
+        return self.forwarder.entries()
+
+    def remove_hostfwd(self, id: int) -> None:  # noqa: A002 - the API's name
+        try:
+            self.forwarder.remove(id)
+        except KeyError:
+            raise ApiError(DESC_REMOVE_BAD_ID) from None
+
+    def stats(self) -> dict:
+        return self._stats()
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,6 +246,15 @@ def _ip(v: str) -> str | None:
         return None
 
 
+def _addr_arg(v: Any, empty: str) -> str | None:
+    """An address argument: ``empty`` for NULL or "", its canonical text, or None if bad."""
+    if v is None or v == "":
+        return empty
+    if not isinstance(v, str):
+        return None
+    return _ip(v)
+
+
 def _add_hostfwd(args: dict, backend: Backend) -> bytes:
     # Checked in slirp4netns 1.2.0's order: proto, host_addr, host_port, guest_addr, guest_port.
     proto = args.get("proto")
@@ -218,33 +262,23 @@ def _add_hostfwd(args: dict, backend: Backend) -> bytes:
         # slirp4netns 1.2.0 refuses "tcp4"/"sctp" with this text; a missing proto crashes it.
         return _error(DESC_BAD_PROTO)
 
-    host_addr = args.get("host_addr")
-    if host_addr is None or host_addr == "":
-        host_addr = "0.0.0.0"  # slirp4netns: NULL or "" -> "0.0.0.0"
-    elif not isinstance(host_addr, str):
+    # slirp4netns: a NULL or "" host_addr is "0.0.0.0". Later slirp4netns (IPv6 forwarding)
+    # maps "::"/"::0" to "0.0.0.0" (plus IPv6 when enabled); doing so here keeps
+    # `-p [::]:8080:80` working on an IPv4-only backend.
+    host_addr = _addr_arg(args.get("host_addr"), "0.0.0.0")
+    if host_addr is None:
         return _error(DESC_BAD_HOST_ADDR)
-    else:
-        canon = _ip(host_addr)
-        if canon is None:
-            return _error(DESC_BAD_HOST_ADDR)
-        # Later slirp4netns (IPv6 forwarding) maps "::"/"::0" to "0.0.0.0" (plus IPv6 when
-        # enabled); doing so here keeps `-p [::]:8080:80` working on an IPv4-only backend.
-        host_addr = "0.0.0.0" if canon == "::" else canon
+    if host_addr == "::":
+        host_addr = "0.0.0.0"
 
     host_port = _port(args.get("host_port"))
     if host_port is None:
         return _error(DESC_BAD_HOST_PORT)
 
-    guest_addr = args.get("guest_addr")
-    if guest_addr is None or guest_addr == "":
-        guest_addr = ""  # the backend resolves "" to the recommended guest address
-    elif not isinstance(guest_addr, str):
+    # "" (or NULL): the backend resolves it to the recommended guest address.
+    guest_addr = _addr_arg(args.get("guest_addr"), "")
+    if guest_addr is None:
         return _error(DESC_BAD_GUEST_ADDR)
-    else:
-        canon = _ip(guest_addr)
-        if canon is None:
-            return _error(DESC_BAD_GUEST_ADDR)
-        guest_addr = canon
 
     guest_port = _port(args.get("guest_port"))
     if guest_port is None:

@@ -195,14 +195,14 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     now; the pidfd still reports its exit); ``watch_pid`` opens one here."""
     from .host.driver import DRAIN_TIMEOUT, HostDriver
     from .stack.gateway import Gateway
-    from .host.services import setup_services
+    from .services import ServiceOptions, setup_services
 
     loop = asyncio.get_running_loop()
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
     driver = HostDriver(gw, tap_fd, impair=args.impair)
     driver.start(loop)
     try:
-        services = await setup_services(driver, args,
+        services = await setup_services(driver, ServiceOptions.from_args(args),
                                         ns_pid=child.pid if child is not None else watch_pid)
     except BaseException:
         driver.close()
@@ -225,7 +225,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
         loop.add_signal_handler(sig, on_signal, sig)
     # SIGUSR1: print every counter (drops included) without stopping.
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
-        "usernet counters: %s", json.dumps(gw.stats(), sort_keys=True)))
+        "usernet counters: %s", json.dumps(services.stats(), sort_keys=True)))
     pfd = watch_pidfd
     if child is not None:
         loop.add_reader(child.pidfd, lambda: finish(child.wait()))
@@ -271,7 +271,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             await driver.drain(DRAIN_TIMEOUT)
         await services.close()
         driver.close()
-        log.debug("counters: %s", json.dumps(gw.stats(), sort_keys=True))
+        log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
     return status
 
 

@@ -4,7 +4,7 @@ Requests are built with scapy, replies are checked with scapy and dpkt, and
 the server is driven with an explicit ``now`` like a packet trace.
 """
 
-from collections import Counter
+from usernet.stack.counters import Counters
 from types import SimpleNamespace
 
 import dpkt
@@ -39,7 +39,7 @@ def req(mac, mtype, xid=0x1234, flags=0, ciaddr="0.0.0.0", extra=()) -> bytes:
 
 
 def server(pool_size=16, lease_time=DEFAULT_LEASE_TIME, **kw):
-    counters = Counter()
+    counters = Counters()
     cfg = DhcpConfig(GW, DNS, GUEST, 24, 1500, pool_size, lease_time, **kw)
     return DhcpServer(cfg, counters), counters
 
@@ -333,7 +333,7 @@ def test_netconfig_duck_typing_and_pool_clipping():
     cfg = SimpleNamespace(gateway_ip=ip("192.168.7.1"), dns_ip=ip("192.168.7.1"),
                           guest_ip=ip("192.168.7.12"), prefixlen=28, netmask=ip("255.255.255.240"),
                           mtu=65520)
-    srv = DhcpServer(cfg, Counter(), lease_time=3600)
+    srv = DhcpServer(cfg, Counters(), lease_time=3600)
     # 192.168.7.0/28: the pool stops before the broadcast address .15.
     assert srv.pool == [0xC0A8070C, 0xC0A8070D, 0xC0A8070E]
     m = parse_dhcp(srv.handle_payload(req(MAC1, "discover"), 0.0).payload)

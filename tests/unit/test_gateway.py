@@ -7,9 +7,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from usernet.stack import gateway as gwmod
+from usernet.stack.events import TcpCancel, TcpConnect, TcpData, UdpClose, UdpOpen, UdpSend
 from usernet.stack.config import NetConfig
 from usernet.stack.gateway import Gateway
+from usernet.wire.vnet import VNET_HDR_NONE
 
 GUEST_MAC = "02:00:00:00:00:64"
 GW_MAC = "52:55:00:00:02:02"
@@ -24,7 +25,7 @@ def make_gw(**kw):
 
 def feed(gw, pkt, now=0.0):
     gw.receive_frame(bytes(pkt), now)
-    out = [bytes(f) for f in gw.frames_out]
+    out = [bytes(f) for _hdr, f in gw.frames_out]
     gw.frames_out.clear()
     return out
 
@@ -40,7 +41,7 @@ def test_arp_request_for_gateway_is_answered_byte_for_byte():
     expected += b"\0" * (60 - len(expected))
     assert out == [expected]
     assert gw.counters["arp_reply_tx"] == 1
-    assert gw.arp_table[bytes([10, 0, 2, 100])] == bytes.fromhex("020000000064")
+    assert gw.neigh.table[bytes([10, 0, 2, 100])] == bytes.fromhex("020000000064")
 
 
 def test_arp_for_dns_answered_and_for_others_ignored():
@@ -64,7 +65,7 @@ def test_gratuitous_arp_learns_without_reply():
         op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst=GUEST))
     assert out == []
     assert gw.counters["arp_gratuitous"] == 1
-    assert gw.arp_table[bytes([10, 0, 2, 100])] == bytes.fromhex("020000000064")
+    assert gw.neigh.table[bytes([10, 0, 2, 100])] == bytes.fromhex("020000000064")
 
 
 def test_arp_with_vlan_tag_is_handled():
@@ -207,12 +208,12 @@ def test_tcp_syn_asks_host_first_then_answers():
     gw = make_gw()
     assert feed(gw, _syn(8080)) == []
     (ev,) = gw.events_out
-    assert ev[0] == gwmod.EV_TCP_CONNECT and ev[2:] == ("127.0.0.1", 8080)
+    assert ev == TcpConnect(ev.fid, "127.0.0.1", 8080)
     gw.events_out.clear()
     assert feed(gw, _syn(8080)) == []  # duplicate SYN absorbed
     assert gw.events_out == []
-    gw.tcp_connected(ev[1], 0.1)
-    (synack,) = [bytes(f) for f in gw.frames_out]
+    gw.tcp_connected(ev.fid, 0.1)
+    (synack,) = [bytes(f) for _, f in gw.frames_out]
     t = Ether(synack)[TCP]
     assert t.flags == "SA" and t.ack == 1001 and t.sport == 8080 and t.dport == 40000
 
@@ -221,11 +222,11 @@ def test_tcp_syn_refused_gives_rst():
     gw = make_gw()
     feed(gw, _syn(9))
     (ev,) = gw.events_out
-    gw.tcp_refused(ev[1], 0.1, "refused")
-    t = Ether(bytes(gw.frames_out[0]))[TCP]
+    gw.tcp_refused(ev.fid, 0.1, "refused")
+    t = Ether(bytes(gw.frames_out[0][1]))[TCP]
     assert t.flags == "RA" and t.ack == 1001
     assert gw.counters["tcp_host_connect_failed_refused"] == 1
-    assert gw.tcp_by_id == {}
+    assert gw.flows.tcp.by_id == {}
 
 
 def test_tcp_connect_timeout_rsts_and_cancels():
@@ -236,9 +237,9 @@ def test_tcp_connect_timeout_rsts_and_cancels():
     deadline = gw.get_timer()
     assert deadline is not None
     gw.handle_timer(gw.config.tcp_connect_timeout + 1)
-    assert (gwmod.EV_TCP_CANCEL, ev[1]) in gw.events_out
-    assert any(Ether(bytes(f))[TCP].flags.R for f in gw.frames_out)
-    assert gw.tcp_by_id == {} and gw.tcp_connecting == 0
+    assert TcpCancel(ev.fid) in gw.events_out
+    assert any(Ether(bytes(f))[TCP].flags.R for _, f in gw.frames_out)
+    assert gw.flows.tcp.by_id == {} and gw.flows.tcp_connecting == 0
 
 
 def test_tcp_to_gateway_refused_without_host_loopback():
@@ -278,20 +279,20 @@ def test_udp_flow_opens_sends_and_expires():
     pkt = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
         sport=5000, dport=7000) / Raw(b"ping")
     feed(gw, pkt, now=0.0)
-    kinds = [e[0] for e in gw.events_out]
-    assert kinds == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]
-    fid = gw.events_out[0][1]
-    assert gw.events_out[1][2] == b"ping"
+    kinds = [type(e) for e in gw.events_out]
+    assert kinds == [UdpOpen, UdpSend]
+    fid = gw.events_out[0].fid
+    assert gw.events_out[1] == UdpSend(fid, b"ping")
     gw.events_out.clear()
     gw.udp_host_datagram(fid, b"pong", 1.0)
-    rep = Ether(bytes(gw.frames_out[0]))
+    rep = Ether(bytes(gw.frames_out[0][1]))
     assert rep[IP].src == "192.0.2.1" and rep[UDP].sport == 7000 and rep[UDP].dport == 5000
     assert rep[Raw].load == b"pong"
     gw.handle_timer(1.0 + gw.config.udp_idle_timeout - 1)
-    assert gw.udp_by_id
+    assert gw.flows.udp.by_id
     gw.handle_timer(1.0 + gw.config.udp_idle_timeout + 0.1)
-    assert not gw.udp_by_id
-    assert (gwmod.EV_UDP_CLOSE, fid) in gw.events_out
+    assert not gw.flows.udp.by_id
+    assert UdpClose(fid) in gw.events_out
 
 
 def test_frames_for_unknown_guest_mac_wait_for_arp_and_are_retried():
@@ -299,11 +300,11 @@ def test_frames_for_unknown_guest_mac_wait_for_arp_and_are_retried():
     request, is held, is retried on a timer, and is released by the reply."""
     gw = make_gw()
     gw.udp_inbound(bytes([10, 0, 2, 2]), 5353, bytes([10, 0, 2, 100]), 53, b"q", 0.0)
-    (req,) = [Ether(bytes(f)) for f in gw.frames_out]
+    (req,) = [Ether(bytes(f)) for _, f in gw.frames_out]
     gw.frames_out.clear()
     assert req[ARP].op == 1 and req[ARP].pdst == GUEST and req[Ether].dst == "ff:ff:ff:ff:ff:ff"
     gw.handle_timer(gw.get_timer())
-    assert [Ether(bytes(f))[ARP].op for f in gw.frames_out] == [1]
+    assert [Ether(bytes(f))[ARP].op for _, f in gw.frames_out] == [1]
     assert gw.counters["arp_request_tx"] == 2
     gw.frames_out.clear()
     out = feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST,
@@ -317,12 +318,12 @@ def test_unanswered_arp_drops_held_frames_after_bounded_tries():
     gw.udp_inbound(bytes([10, 0, 2, 2]), 5353, bytes([10, 0, 2, 100]), 53, b"q", 0.0)
     for _ in range(10):
         t = gw.get_timer()
-        if t is None or not gw._arp_hold:
+        if t is None or not gw.neigh.held:
             break
         gw.handle_timer(t)
     assert gw.counters["arp_request_tx"] == 3
     assert gw.counters["drop_arp_unresolved"] == 1
-    assert gw._arp_hold == {}
+    assert gw.neigh.held == {}
 
 
 def test_df_packet_bigger_than_mtu_gets_fragmentation_needed():
@@ -337,7 +338,7 @@ def test_df_packet_bigger_than_mtu_gets_fragmentation_needed():
     assert gw.counters["icmp_frag_needed_tx"] == 1 and gw.events_out == []
     big[IP].flags = 0
     feed(gw, Ether(bytes(big)))
-    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]
+    assert [type(e) for e in gw.events_out] == [UdpOpen, UdpSend]
 
 
 def test_fragments_tiling_65535_bytes_are_dropped_not_raised():
@@ -356,7 +357,7 @@ def test_fragments_tiling_65535_bytes_are_dropped_not_raised():
 
 def test_udp_answer_too_big_for_ipv4_is_counted():
     gw = make_gw()
-    gw.udp_send_to_guest(bytes([192, 0, 2, 1]), 53, bytes([10, 0, 2, 100]), 5000, b"x" * 65510)
+    gw.udp_send_to_guest(bytes([192, 0, 2, 1]), 53, bytes([10, 0, 2, 100]), 5000, b"x" * 65510, 0.0)
     assert gw.counters["drop_udp_too_big_for_ipv4"] == 1 and gw.frames_out == []
 
 
@@ -368,13 +369,13 @@ def test_timer_heap_does_not_grow_per_datagram():
         sport=5000, dport=7000) / Raw(b"x"))
     for i in range(2000):
         gw.receive_frame(pkt, i * 0.01)
-    assert len(gw._heap) < 5
+    assert len(gw.timers) < 5
     last = 1999 * 0.01
     t = gw.get_timer()
-    while t is not None and gw.udp_by_id:
+    while t is not None and gw.flows.udp.by_id:
         gw.handle_timer(t)
         t = gw.get_timer()
-    assert not gw.udp_by_id
+    assert not gw.flows.udp.by_id
     assert t is None or t >= last + gw.config.udp_idle_timeout
 
 
@@ -412,7 +413,7 @@ def test_udp_port_67_elsewhere_is_nat_not_dhcp():
     gw = make_gw()
     feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / UDP(
         sport=68, dport=67) / Raw(b"x"))
-    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_OPEN, gwmod.EV_UDP_SEND]
+    assert [type(e) for e in gw.events_out] == [UdpOpen, UdpSend]
 
 
 def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
@@ -432,15 +433,15 @@ def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
         udp(sport, 0.0)
     echo(10, 0.0)
     echo(11, 0.0)
-    assert len(gw.udp_by_id) == 2 and gw.counters["drop_udp_flow_limit"] == 1
-    assert len(gw.icmp_by_id) == 1 and gw.counters["drop_icmp_flow_limit"] == 1
+    assert len(gw.flows.udp.by_id) == 2 and gw.counters["drop_udp_flow_limit"] == 1
+    assert len(gw.flows.icmp.by_id) == 1 and gw.counters["drop_icmp_flow_limit"] == 1
     gw.events_out.clear()
     udp(1, 1.0)  # an existing flow still carries traffic
-    assert [e[0] for e in gw.events_out] == [gwmod.EV_UDP_SEND]
+    assert [type(e) for e in gw.events_out] == [UdpSend]
     gw.handle_timer(1.0 + gw.config.udp_idle_timeout + 1)
-    assert not gw.udp_by_id and not gw.icmp_by_id
+    assert not gw.flows.udp.by_id and not gw.flows.icmp.by_id
     udp(3, 200.0)
-    assert len(gw.udp_by_id) == 1
+    assert len(gw.flows.udp.by_id) == 1
 
 
 # ---------------------------------------------------------------- TAP offloads
@@ -465,11 +466,11 @@ def _offload_flow(ts=True):
         sport=40000, dport=8080, flags="S", seq=1000, window=65535, options=opts))
     (ev,) = gw.events_out
     gw.events_out.clear()
-    gw.tcp_connected(ev[1], 0.0)
+    gw.tcp_connected(ev.fid, 0.0)
     ((hdr, synack),) = gw.frames_out
     gw.frames_out.clear()
     t = Ether(_finish_csum(synack, hdr))[_TCP]
-    return gw, ev[1], 1001, t.seq + 1
+    return gw, ev.fid, 1001, t.seq + 1
 
 
 def _guest_ack(gw, ack, now, seq=1001, ts=True, window=65535):
@@ -500,11 +501,11 @@ def test_offload_tcp_frames_carry_vnet_header_and_pseudo_checksum():
     sizes = []
     now = 0.02
     for _ in range(100):
-        frames, gw.frames_out = gw.frames_out, []
+        frames = gw.frames_out[:]
+        gw.frames_out.clear()
         if not frames:
             break
         for item in frames:
-            assert type(item) is tuple, "offloaded TCP frames come with their vnet header"
             hdr, f = item
             flags, gso_type, hdr_len, gso_size, start, off = VNET_HDR.unpack(hdr)
             assert (flags, start, off, hdr_len) == (1, 34, 16, 14 + 20 + 32)
@@ -541,15 +542,15 @@ def test_no_offload_tcp_frames_are_plain_and_mss_sized():
         sport=40000, dport=8080, flags="S", seq=1000, options=[("MSS", 1460)]))
     (ev,) = gw.events_out
     gw.events_out.clear()
-    gw.tcp_connected(ev[1], 0.0)
-    (synack,) = gw.frames_out
+    gw.tcp_connected(ev.fid, 0.0)
+    ((_, synack),) = gw.frames_out
     gw.frames_out.clear()
     feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / _TCP(
         sport=40000, dport=8080, flags="A", seq=1001, ack=Ether(bytes(synack))[_TCP].seq + 1,
         window=65535))
-    gw.tcp_host_data(ev[1], b"z" * 10000, 0.01)
-    assert gw.frames_out and all(type(f) is bytearray for f in gw.frames_out)
-    for f in gw.frames_out:
+    gw.tcp_host_data(ev.fid, b"z" * 10000, 0.01)
+    assert gw.frames_out and all(h == VNET_HDR_NONE for h, _ in gw.frames_out)
+    for _, f in gw.frames_out:
         p = Ether(bytes(f))
         assert len(p[_TCP].payload) <= 1460
         ref = Ether(bytes(f))
@@ -589,7 +590,7 @@ def test_offload_receives_guest_super_segment_with_pseudo_checksum():
     gw.frames_out.clear()
     assert gw.events_out == []
     gw.receive_frame(memoryview(bytes(raw)), 0.02, True)
-    data = b"".join(e[2] for e in gw.events_out if e[0] == gwmod.EV_TCP_DATA)
+    data = b"".join(e.data for e in gw.events_out if type(e) is TcpData)
     assert data == payload
     assert gw.counters["icmp_frag_needed_tx"] == 1       # no new one
     ((hdr, ack),) = gw.frames_out                       # ACKed at once, offloaded too
@@ -603,8 +604,8 @@ def test_offload_frames_held_for_arp_keep_their_header():
     gw = Gateway(NetConfig(), seed=1, offload=True)
     fid = gw.tcp_open_inbound(bytes([10, 0, 2, 100]), 80, bytes([10, 0, 2, 2]), 5555, 0.0)
     assert fid is not None
-    (req,) = gw.frames_out
-    assert type(req) is bytearray and Ether(bytes(req))[ARP].op == 1
+    ((hdr, req),) = gw.frames_out
+    assert hdr == VNET_HDR_NONE and Ether(bytes(req))[ARP].op == 1
     gw.frames_out.clear()
     out = gw.frames_out
     gw.receive_frame(bytes(Ether(src=GUEST_MAC, dst=GW_MAC) / ARP(

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "usernet"
 CLI_LAYER = {"usernet.tap", "usernet.netns", "usernet.api", "usernet.cli", "usernet.publish",
-             "usernet.__main__"}
+             "usernet.services", "usernet.__main__"}
 IO_MODULES = {"asyncio", "socket", "os", "time", "select", "selectors", "uvloop", "subprocess"}
 
 
@@ -103,9 +103,17 @@ def test_stack_is_sans_io():
                       or is_cli_layer(i) or is_io(i)) == []
 
 
-def test_host_does_not_import_cli():
-    """host/ is driven by the CLI, never the other way round."""
-    assert violations("usernet.host", lambda i: in_package(i, "usernet.cli")) == []
+def test_host_does_not_import_the_top_layer():
+    """host/ is driven by the top layer (CLI, API, services), never the other way
+    round: it offers plain methods and errors, the top layer turns them into API
+    replies."""
+    assert violations("usernet.host", is_cli_layer) == []
+
+
+def test_the_top_layer_rule_bites():
+    """The rule above would catch the import it exists for."""
+    imps = imports_of("from ..api import ApiError", "usernet.host.forward", False)
+    assert any(is_cli_layer(i) for i in imps)
 
 
 @pytest.mark.parametrize("module", ["usernet", "usernet.wire.frame"])

@@ -8,13 +8,15 @@ checks that nothing was emitted, and time only moves with ``h.now``.
 """
 
 import random
-from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usernet.stack import tcp as T
+from usernet.stack.counters import Counters
+from usernet.stack.events import (TcpAbort, TcpData, TcpInboundConnected, TcpInboundRefused,
+                                  TcpPause, TcpResume, TcpShutdown)
 from usernet.stack.tcp import Segment, TcpConnection
 from usernet.wire.tcp import ACK, FIN, NO_OPTIONS, PSH, RST, SYN, TcpOptions
 
@@ -22,6 +24,7 @@ ISS = 1000        # ours
 IRS = 5000        # the container's
 MSS = 1460
 M = 0xFFFFFFFF
+CLOSED = "closed"   # H.events(): the connection closed (conn.closed turned True)
 
 
 class H:
@@ -29,13 +32,14 @@ class H:
 
     def __init__(self, **kw):
         self.now = 0.0
-        self.c = Counter()
+        self.c = Counters()
         self.conn = TcpConnection(self.now, kw.pop("iss", ISS), kw.pop("mss", MSS), self.c, **kw)
         # What the container will send next / has acked (wire values).
         self.seq = IRS + 1
         self.ack = ISS + 1
         self.window = 65535
         self.options = NO_OPTIONS
+        self._closed_seen = False
 
     # -- driving -----------------------------------------------------------
     def seg(self, **kw) -> Segment:
@@ -86,14 +90,19 @@ class H:
         assert not self.conn.segments_out, f"unexpected {self.conn.segments_out}"
 
     def events(self):
+        """The events since the last call, and CLOSED when the connection
+        closed meanwhile (the gateway then forgets the flow: exactly once)."""
         ev, self.conn.events[:] = list(self.conn.events), []
+        if self.conn.closed and not self._closed_seen:
+            self._closed_seen = True
+            ev.append(CLOSED)
         return ev
 
     def data(self):
-        """Concatenated ("data", b) events; asserts there was no other event."""
+        """Concatenated TcpData events; asserts there was no other event."""
         ev = self.events()
-        assert all(e[0] == "data" for e in ev), ev
-        return b"".join(e[1] for e in ev)
+        assert all(type(e) is TcpData for e in ev), ev
+        return b"".join(e.data for e in ev)
 
 
 def established(syn_options=None, **kw) -> H:
@@ -171,7 +180,7 @@ def test_host_refused_sends_rst_ack_and_closes():
     h.syn()
     h.conn.host_refused(h.now)
     h.recv(seq=0, ack=IRS + 1, flags=RST | ACK)
-    assert h.events() == [("closed",)]
+    assert h.events() == [CLOSED]
     assert h.conn.state == T.CLOSED
     assert h.c["tcp_syn_host_refused_rst"] == 1
 
@@ -180,7 +189,7 @@ def test_container_rst_while_host_connect_pending():
     h = H()
     h.syn()
     h.send(seq=IRS + 1, flags=RST)
-    assert h.events() == [("reset",), ("closed",)]
+    assert h.events() == [TcpAbort(0), CLOSED]
     h.conn.host_connected(h.now)                 # too late: ignored
     h.recv_nothing()
 
@@ -197,7 +206,7 @@ def test_synack_retransmitted_with_backoff_then_give_up():
     assert delays == [1, 2, 4, 8, 16]
     h.fire()
     h.recv(flags=RST | ACK)
-    assert h.events() == [("aborted",), ("closed",)]
+    assert h.events() == [TcpAbort(0), CLOSED]
     assert h.c["tcp_give_up"] == 1
 
 
@@ -230,7 +239,7 @@ def test_active_open_handshake():
     h.send(seq=IRS, ack=ISS + 1, flags=SYN | ACK, window=29200,
            options=TcpOptions(mss=1460, wscale=7, sack_perm=True, ts_val=9, ts_ecr=0))
     h.recv(seq=ISS + 1, ack=IRS + 1, flags=ACK)
-    assert h.events() == [("connected",)]
+    assert h.events() == [TcpInboundConnected(0)]
     assert h.conn.state == T.ESTABLISHED
     assert h.conn.snd_wnd == 29200 and h.conn.snd_wscale == 7
     assert h.conn.ts_ok and h.conn.sack_ok
@@ -250,7 +259,7 @@ def test_active_open_rst_means_refused():
     h = active()
     h.recv(flags=SYN)
     h.send(seq=0, ack=ISS + 1, flags=RST | ACK)
-    assert h.events() == [("refused",), ("closed",)]
+    assert h.events() == [TcpInboundRefused(0, False), CLOSED]
     assert h.conn.state == T.CLOSED
 
 
@@ -280,7 +289,7 @@ def test_active_open_timeout():
     assert delays == [1, 2, 4, 8, 16]
     h.fire()
     h.recv_nothing()
-    assert h.events() == [("refused",), ("closed",)]
+    assert h.events() == [TcpInboundRefused(0, False), CLOSED]
     assert h.c["tcp_syn_timeout"] == 1
 
 
@@ -292,7 +301,7 @@ def test_simultaneous_open():
     assert h.conn.state == T.SYN_RECEIVED
     h.send()
     assert h.conn.state == T.ESTABLISHED
-    assert h.events() == [("connected",)]
+    assert h.events() == [TcpInboundConnected(0)]
 
 
 # ---------------------------------------------------------------------------
@@ -532,13 +541,13 @@ def test_host_closes_first_then_time_wait():
     h.recv(ack=IRS + 5)
     h.send(seq=IRS + 5, flags=ACK | FIN)
     h.recv(seq=ISS + 5, ack=IRS + 6)
-    assert h.events() == [("eof",)]
+    assert h.events() == [TcpShutdown(0)]
     assert h.conn.state == T.TIME_WAIT
     h.advance(1.0)
     h.send(seq=IRS + 5, flags=ACK | FIN)           # retransmitted FIN: re-ACK, restart
     h.recv(ack=IRS + 6)
     assert h.fire() == pytest.approx(T.TIME_WAIT_TIME)
-    assert h.events() == [("closed",)]
+    assert h.events() == [CLOSED]
     assert h.conn.state == T.CLOSED
 
 
@@ -546,7 +555,7 @@ def test_container_closes_first():
     h = established()
     h.send(payload=b"req", flags=ACK | PSH | FIN)
     h.recv(ack=IRS + 5)
-    assert h.events() == [("data", b"req"), ("eof",)]
+    assert h.events() == [TcpData(0, b"req"), TcpShutdown(0)]
     assert h.conn.state == T.CLOSE_WAIT
     h.conn.send(b"resp", h.now)
     h.recv(payload=b"resp", ack=IRS + 5)
@@ -556,7 +565,7 @@ def test_container_closes_first():
     h.seq = IRS + 5
     h.send(ack=ISS + 6)
     assert h.conn.state == T.CLOSED
-    assert h.events() == [("closed",)]
+    assert h.events() == [CLOSED]
     assert h.conn.get_timer() is None
 
 
@@ -570,7 +579,7 @@ def test_simultaneous_close():
     h.send(seq=IRS + 2, ack=ISS + 2)
     assert h.conn.state == T.TIME_WAIT
     h.fire()
-    assert h.events() == [("eof",), ("closed",)]
+    assert h.events() == [TcpShutdown(0), CLOSED]
 
 
 def test_fin_ack_and_fin_together_from_fin_wait_1():
@@ -598,7 +607,7 @@ def test_out_of_order_fin_waits_for_the_data():
     assert h.events() == []
     h.recv(ack=IRS + 1)
     h.send(payload=b"abc")
-    assert h.events() == [("data", b"abcdef"), ("eof",)]
+    assert h.events() == [TcpData(0, b"abcdef"), TcpShutdown(0)]
     h.recv(ack=IRS + 8)
     assert h.conn.state == T.CLOSE_WAIT
 
@@ -622,7 +631,7 @@ def test_host_eof_before_handshake_completes():
 def test_rst_exact_resets():
     h = established()
     h.send(flags=RST)
-    assert h.events() == [("reset",), ("closed",)]
+    assert h.events() == [TcpAbort(0), CLOSED]
     h.recv_nothing()
     assert h.conn.state == T.CLOSED
     h.send(payload=b"zombie")                      # after close: counted, ignored
@@ -656,7 +665,7 @@ def test_abort_sends_rst():
     h = established()
     h.conn.abort(h.now)
     h.recv(seq=ISS + 1, flags=RST | ACK)
-    assert h.events() == [("closed",)]
+    assert h.events() == [CLOSED]
     h.conn.abort(h.now)
     assert h.events() == []
 
@@ -672,7 +681,7 @@ def test_time_wait_ignores_rst_and_syn_reuse_closes():
     assert h.conn.state == T.TIME_WAIT
     h.send(seq=IRS + 100000, flags=SYN, ack=0)
     assert h.conn.state == T.CLOSED
-    assert h.events() == [("closed",)]
+    assert h.events() == [CLOSED]
     h.recv_nothing()
 
 
@@ -827,7 +836,7 @@ def test_zero_window_persist_probes_with_backoff():
     h.send()
     h.conn.send(b"p" * 100, h.now)
     h.recv_nothing()
-    assert h.events() == [("pause_reading",)]
+    assert h.events() == [TcpPause(0)]
     d1 = h.fire()
     h.recv(seq=ISS, ack=IRS + 1, flags=ACK, payload=b"")   # probe: snd_una - 1
     d2 = h.fire()
@@ -836,7 +845,7 @@ def test_zero_window_persist_probes_with_backoff():
     assert h.c["tcp_zero_window_probe"] == 2
     h.send(window=1000)                            # window opens (answer to the probe)
     h.recv(seq=ISS + 1, payload=b"p" * 100)
-    assert h.events() == [("resume_reading",)]
+    assert h.events() == [TcpResume(0)]
 
 
 def test_give_up_after_bounded_retries():
@@ -851,7 +860,7 @@ def test_give_up_after_bounded_retries():
     assert h.now <= T.GIVE_UP_AFTER + T.RTO_MAX + 1
     out = h.conn.segments_out
     assert out[-1].flags == RST | ACK
-    assert h.events() == [("aborted",), ("closed",)]
+    assert h.events() == [TcpAbort(0), CLOSED]
     assert h.c["tcp_give_up"] == 1
 
 
@@ -875,7 +884,7 @@ def test_backpressure_events_on_transitions():
     h = established(snd_buf=10000, timestamps=False)
     assert h.conn.send(b"a" * 6000, h.now) == 6000
     assert h.conn.send(b"b" * 6000, h.now) == 4000    # bounded by snd_buf
-    assert h.events() == [("pause_reading",)]
+    assert h.events() == [TcpPause(0)]
     assert h.conn.send(b"c", h.now) == 0
     assert h.events() == []
     sent = [h.recv() for _ in range(len(h.conn.segments_out))]
@@ -883,7 +892,7 @@ def test_backpressure_events_on_transitions():
     h.send(ack=ISS + 1 + 4000)                       # 6000 still queued: not below half
     assert h.events() == []
     h.send(ack=ISS + 1 + 6000)                       # 4000 < 5000: resume
-    assert h.events() == [("resume_reading",)]
+    assert h.events() == [TcpResume(0)]
 
 
 def test_host_backlog_closes_window_and_reopening_sends_update():
@@ -966,24 +975,26 @@ class Side:
 
     def drain(self):
         for ev in self.conn.events:
-            self.events.append(ev[0])
-            if ev[0] == "data":
-                self.received += ev[1]
-            elif ev[0] == "eof":
+            kind = type(ev)
+            self.events.append(kind.KIND)
+            if kind is TcpData:
+                self.received += ev.data
+            elif kind is TcpShutdown:
                 self.eof = True
-            elif ev[0] == "closed":
-                self.closed = True
-            elif ev[0] == "pause_reading":
+            elif kind is TcpPause:
                 self.paused = True
-            elif ev[0] == "resume_reading":
+            elif kind is TcpResume:
                 self.paused = False
         self.conn.events.clear()
+        if self.conn.closed and not self.closed:
+            self.closed = True
+            self.events.append("closed")
 
 
 def run_pair(seed, data_a, data_b, loss, dup, reorder, rcv_buf, mss, max_steps=60000):
     rng = random.Random(seed)
     now = 0.0
-    ca, cb = Counter(), Counter()
+    ca, cb = Counters(), Counters()
     a = Side(TcpConnection(now, rng.randrange(1 << 32), mss, ca, rcv_buf=rcv_buf,
                            snd_buf=rcv_buf * 2, timestamps=rng.random() < 0.5,
                            max_seg=rng.choice((None, 4 * mss))), data_a)
@@ -1074,12 +1085,12 @@ def test_two_endpoints_lossy_network_deliver_both_streams(seed, len_a, len_b, lo
     for side in (a, b):
         # A reset may only come from the harness's "gateway" after the peer
         # forgot a finished flow (our TIME-WAIT is short), never before EOF.
-        for bad in ("aborted", "reset"):
-            if bad in side.events:
-                assert "eof" in side.events[:side.events.index(bad)], side.events
+        if "tcp_abort" in side.events:
+            assert "tcp_shutdown" in side.events[:side.events.index("tcp_abort")], side.events
         assert side.events.count("closed") == 1
-    assert "connected" in b.events
-    assert "data" not in b.events or b.events.index("connected") < b.events.index("data")
+    assert "tcp_inbound_connected" in b.events
+    assert "tcp_data" not in b.events or (b.events.index("tcp_inbound_connected")
+                                          < b.events.index("tcp_data"))
 
 
 def test_two_endpoints_clean_network_bulk():

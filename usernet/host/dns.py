@@ -1,7 +1,7 @@
 """The DNS forwarder's upstream side.
 
 The gateway answers local names itself and hands every other query here
-(``EV_DNS_QUERY``); we send it to the upstream resolver over UDP from a fresh
+(``DnsQuery``); we send it to the upstream resolver over UDP from a fresh
 socket with a random source port (so an off-path attacker must guess both the
 port and the DNS id), and pass the answer back (``gw.dns_reply``). Upstreams
 are ``--dns-upstream`` when given, else the nameservers of the host's
@@ -24,7 +24,8 @@ import os
 import socket
 
 from ..stack.dns import parse_resolv_conf
-from ..stack.gateway import DNS_QUERY_TIMEOUT
+from ..stack.events import DnsQuery
+from ..stack.config import DNS_QUERY_TIMEOUT
 
 log = logging.getLogger("usernet")
 
@@ -66,8 +67,8 @@ class DnsForwarder:
         return ups[0] if ups else None
 
     # ---------------------------------------------------------------- queries
-    def handle_event(self, ev) -> None:
-        _kind, qid, query = ev
+    def query(self, ev: DnsQuery) -> None:
+        qid, query = ev.qid, ev.query
         ups = list(self.upstreams())
         if not ups:
             self.driver.gw.dns_failed(qid, self.driver.now(), "no_upstream")
@@ -81,7 +82,7 @@ class DnsForwarder:
         if ent is None:
             return
         self._close_sock(ent)
-        if qid not in d.gw.dns_pending:
+        if not d.gw.dns_is_pending(qid):
             # The gateway already answered (timeout): stop.
             self.inflight.pop(qid, None)
             return
@@ -159,8 +160,8 @@ class DnsForwarder:
 
     def expire(self) -> None:
         """Drop sockets of queries the gateway has already given up on."""
-        pending = self.driver.gw.dns_pending
-        for qid in [q for q in self.inflight if q not in pending]:
+        gw = self.driver.gw
+        for qid in [q for q in self.inflight if not gw.dns_is_pending(q)]:
             self._close_sock(self.inflight.pop(qid))
 
     def close(self) -> None:

@@ -10,16 +10,18 @@ One event loop (uvloop when installed) runs everything:
   :class:`~usernet.stack.gateway.Gateway` with ``now = loop.time()``.
 * After every batch or notification, :meth:`HostDriver.flush` runs the loop
   of the design: write ``gw.frames_out`` to the TAP, act on
-  ``gw.events_out`` (which may feed the gateway again, so it loops until both
-  are empty), and re-arm the one timer from ``gw.get_timer()``.
+  ``gw.events_out`` through one table (event type -> method of ``TcpHost``,
+  ``UdpHost``, ``IcmpHost``, ``DnsForwarder``; built once, at start), report
+  the write backlog of the TCP flows written to, and re-arm the one timer
+  from ``gw.get_timer()``.
 * Host sockets are asyncio Protocols (``host/tcp.py``, ``host/udp.py``):
   their callbacks turn into gateway notifications.
 
-Writes to the TAP: ``os.writev([vnet_hdr, frame])``. An entry of
-``gw.frames_out`` is either a frame (written behind an all-zero header: a
-plain, fully checksummed frame) or, with TAP offloads on, a ``(vnet_hdr,
-frame)`` pair the gateway built for an offloaded TCP frame (``NEEDS_CSUM``,
-maybe TSO: see ``usernet.wire.vnet``), written as it is. Reading, the header's
+Writes to the TAP: ``os.writev((vnet_hdr, frame))``. Every entry of
+``gw.frames_out`` is such a pair: the all-zero header for a plain, fully
+checksummed frame, or, with TAP offloads on, the header the gateway built
+for an offloaded TCP frame (``NEEDS_CSUM``, maybe TSO: see
+``usernet.wire.vnet``). Reading, the header's
 ``NEEDS_CSUM``/``DATA_VALID`` becomes the gateway's ``csum_ok``, and TSO
 super-frames from the container (up to 64 KiB, IPv4 total length = the whole
 frame) are fed whole (``rx_gso_frames`` counts them). A TUN/TAP write does not
@@ -38,7 +40,7 @@ import os
 import random
 from collections import deque
 
-from ..stack import gateway as gwmod
+from ..stack import events as ev
 from ..wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN
 from .tcp import TcpHost
 from .udp import UdpHost
@@ -54,8 +56,8 @@ assert RX_BUF >= VNET_HDR_LEN + 14 + 4 + 65535
 TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
 DRAIN_TIMEOUT = 5.0      # seconds at exit to let in-flight TCP data finish
 DRAIN_POLL = 0.02
+FLUSH_ROUNDS_MAX = 64    # write/dispatch rounds in one flush (normal cascades take 2-3)
 DEBUG_COUNTERS_EVERY = 2.0   # seconds between "counters moved" lines with --debug
-_ZERO_VNET = bytes(VNET_HDR_LEN)
 _CSUM_DONE = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
 
 
@@ -141,6 +143,13 @@ class HostDriver:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
         self.stopped = None
+        self._handlers: dict = {}      # event type -> method, built at start()
+
+    def attach_dns(self, dns) -> None:
+        """Serve the stack's DNS queries with ``dns`` (a ``DnsForwarder``)."""
+        self.dns = dns
+        if self._handlers:
+            self._handlers[ev.DnsQuery] = dns.query
 
     # ------------------------------------------------------------ lifecycle
     def start(self, loop=None) -> None:
@@ -151,6 +160,7 @@ class HostDriver:
         if self.icmp is None:
             from .icmp import IcmpHost
             self.icmp = IcmpHost(self)
+        self._handlers = self._build_handlers()
         if log.isEnabledFor(logging.DEBUG):
             # --debug: every few seconds, log the counters that moved (drops
             # included), so a trace shows what the stack decided and why.
@@ -253,17 +263,14 @@ class HostDriver:
         self.flush()
 
     # ------------------------------------------------------------------- tx
-    def _tap_write(self, frame) -> None:
-        """One frame to the TAP: a ``(vnet_hdr, frame)`` pair as it is, a
-        plain frame behind an all-zero virtio-net header (a fully checksummed
-        frame). Raises BlockingIOError/OSError."""
-        if type(frame) is tuple:
-            # Offloaded TCP (only ever made when the fd has a vnet header).
-            os.writev(self.fd, frame)
-        elif self.vnet_hdr:
-            os.writev(self.fd, (_ZERO_VNET, frame))
+    def _tap_write(self, entry) -> None:
+        """One ``(vnet_hdr, frame)`` entry to the TAP, the header dropped
+        when the fd has none (then the stack never offloads, so every
+        header is the all-zero one). Raises BlockingIOError/OSError."""
+        if self.vnet_hdr:
+            os.writev(self.fd, entry)
         else:
-            os.write(self.fd, frame)
+            os.write(self.fd, entry[1])
         self.counters["tx_frames"] += 1
 
     def _write(self, frame) -> None:
@@ -299,44 +306,68 @@ class HostDriver:
         self._writer_on = False
 
     # ---------------------------------------------------------------- flush
+    def _build_handlers(self) -> dict:
+        """The one event table: event type -> the host-side method that acts on it."""
+        tcp, udp, icmp, dns = self.tcp, self.udp, self.icmp, self.dns
+        table = {
+            ev.TcpConnect: tcp.connect, ev.TcpConnectDns: tcp.connect_dns,
+            ev.TcpCancel: tcp.cancel, ev.TcpData: tcp.data, ev.TcpShutdown: tcp.shutdown,
+            ev.TcpAbort: tcp.abort, ev.TcpClose: tcp.close_flow, ev.TcpPause: tcp.pause,
+            ev.TcpResume: tcp.resume, ev.TcpInboundConnected: tcp.inbound_connected,
+            ev.TcpInboundRefused: tcp.inbound_refused,
+            ev.UdpOpen: udp.open, ev.UdpSend: udp.send, ev.UdpClose: udp.close_flow,
+            ev.IcmpOpen: icmp.open, ev.IcmpSend: icmp.send, ev.IcmpClose: icmp.close_flow,
+        }
+        if dns is not None:
+            table[ev.DnsQuery] = dns.query
+        return table
+
     def flush(self) -> None:
-        """Write frames, act on events (which may produce more), re-arm the timer."""
+        """Write frames, act on events (which may produce more), report the
+        TCP backlog once they are done, re-arm the timer.
+
+        Events can feed the gateway again (a resumed flow offers its held
+        bytes, a refused UDP send becomes ICMP), so this runs until both
+        lists are empty; each round takes what is there and empties the
+        lists in place (the stack holds them)."""
         gw = self.gw
-        for _ in range(10000):
-            frames = gw.frames_out
+        frames = gw.frames_out
+        events = gw.events_out
+        handlers = self._handlers
+        c = self.counters
+        for _ in range(FLUSH_ROUNDS_MAX):
             if frames:
-                gw.frames_out = []
+                batch = frames[:]
+                frames.clear()
                 if self.tx_impair is None:
-                    for f in frames:
+                    for f in batch:
                         self._write(f)
                 else:
-                    for f0 in frames:
+                    for f0 in batch:
                         for f in self.tx_impair.apply(f0):
                             self._write(f)
-            events = gw.events_out
-            if not events:
+            if events:
+                batch = events[:]
+                events.clear()
+                for e in batch:
+                    h = handlers.get(type(e))
+                    if h is None:
+                        c["host_event_unhandled"] += 1
+                        continue
+                    try:
+                        h(e)
+                    except Exception:  # noqa: BLE001 - the rest of the events must run
+                        c["host_event_error_" + e.KIND] += 1
+                        log.debug("host event %s failed", e.KIND, exc_info=True)
+                continue
+            if not self.tcp.report_backlog(self.loop.time()):
                 break
-            gw.events_out = []
-            for ev in events:
-                try:
-                    self._dispatch(ev)
-                except Exception:  # noqa: BLE001 - the rest of the events must run
-                    self.counters["host_event_error_" + ev[0]] += 1
-                    log.debug("host event %s failed", ev[0], exc_info=True)
-        self._arm_timer()
-
-    def _dispatch(self, ev) -> None:
-        kind = ev[0]
-        if kind.startswith("tcp_"):
-            self.tcp.handle_event(ev)
-        elif kind.startswith("udp_"):
-            self.udp.handle_event(ev)
-        elif kind.startswith("icmp_"):
-            self.icmp.handle_event(ev)
-        elif kind == gwmod.EV_DNS_QUERY and self.dns is not None:
-            self.dns.handle_event(ev)
         else:
-            self.counters["host_event_unhandled_" + kind] += 1
+            # A cascade this deep is a bug; what is left waits for the next
+            # flush (the next read, timer or socket callback) instead of
+            # spinning here.
+            c["host_flush_rounds_exceeded"] += 1
+        self._arm_timer()
 
     def _arm_timer(self) -> None:
         d = self.gw.get_timer()

@@ -18,11 +18,13 @@ TCP, one accepted connection:
    ``gw.tcp_open_inbound`` sends the SYN into the container (retransmitted
    per RFC 6298 by the stack). The protocol is registered with
    ``TcpHost.adopt`` so data/close events find it like any other flow.
-2. ``EV_TCP_INBOUND_CONNECTED`` (the container's SYN-ACK): resume reading;
-   from here on the flow is an ordinary one.
-3. ``EV_TCP_INBOUND_REFUSED`` (the container answered RST: nothing listens),
-   or no answer within ``connect_timeout``: the host-side connection is
-   closed at once with an abortive reset (``SO_LINGER`` 0), so the client
+2. ``TcpInboundConnected`` (the container's SYN-ACK; ``TcpHost`` calls the
+   protocol's ``guest_connected``): resume reading; from here on the flow
+   is an ordinary one.
+3. ``TcpInboundRefused`` (the container answered RST: nothing listens, or
+   did not answer within the stack's connect timeout: ``timed_out``): the
+   host-side connection is closed at once with an abortive reset
+   (``SO_LINGER`` 0), so the client
    fails fast with ``ECONNRESET`` instead of hanging. The kernel had already
    completed the client's handshake (we only learn about the container after
    ``accept``), so a reset is the best a plain listener can say; with
@@ -33,18 +35,16 @@ UDP: one unconnected socket per forward. A datagram from a new client
 address opens a gateway flow (``gw.udp_inbound``); a :class:`_UdpReturn` is
 registered for that flow id with ``UdpHost.register`` so the container's
 replies go back with ``sendto(client)`` from the listener's socket. Idle
-expiry is the gateway's (``EV_UDP_CLOSE`` -> ``_UdpReturn.close``).
+expiry is the gateway's (``UdpClose`` -> ``_UdpReturn.close``).
 
 The client's address. By default the container sees the client's real
 address and port (like slirp4netns with ``--enable-sandbox`` off and pasta),
-so logs and access control inside work. Exceptions map to the gateway
-address, because the container could not answer them otherwise: host
-loopback (127.0.0.0/8: the container's own loopback would swallow the reply)
-and any address inside the virtual network (the guest's own, the gateway's,
-the DNS forwarder's). With ``real_client_addr=False`` everything comes from
-the gateway with a port usernet picks. If the chosen 4-tuple is already a
-flow (two loopback clients with the same port, a stale flow), a port is
-picked instead: the gateway refuses a clashing tuple.
+so logs and access control inside work; the stack's address policy maps
+the ones the container could not answer (host loopback, addresses of the
+virtual network) to the gateway's, and the stack picks a port when the
+4-tuple would clash with a flow (:meth:`Gateway.tcp_open_inbound`). With
+``real_client_addr=False`` everything comes from the gateway with a port
+the stack picks.
 
 ``only_when_bound``: every ``BIND_POLL`` seconds the container's
 ``/proc/PID/net/{tcp,tcp6,udp,udp6}`` (PID is any process in its network
@@ -52,17 +52,15 @@ namespace) says which ports are bound; a forward's host socket is open only
 while its guest port is bound on the guest address or the wildcard.
 
 Counters (``fwd_*``, in the gateway's shared Counter, so ``stats`` shows
-them) name every decision and drop.
+them) name every decision and drop. The slirp4netns API on top of this
+(``add_hostfwd`` ...) is the top layer's: ``usernet.api.ForwarderBackend``.
 """
 
 import ipaddress
 import logging
 import socket
-import struct
 
-from ..api import (DESC_ADD_FAILED, DESC_BAD_GUEST_ADDR, DESC_BAD_HOST_ADDR, DESC_REMOVE_BAD_ID,
-                   ApiError)
-from ..stack import gateway as gwmod
+from .procnet import read_bound_ports
 from .tcp import FlowProtocol, abort_with_rst
 
 log = logging.getLogger("usernet")
@@ -71,9 +69,6 @@ LISTEN_BACKLOG = 128
 UDP_RX_BATCH = 64            # datagrams drained per wake-up of a UDP listener
 UDP_RX_MAX = 65535
 BIND_POLL = 1.0              # seconds between /proc/PID/net reads (only_when_bound)
-PICK_PORTS = (49152, 65535)  # source ports usernet picks when the client's own cannot be used
-PICK_TRIES = 64
-_TCP_LISTEN = "0A"           # /proc/net/tcp st column: TCP_LISTEN
 
 
 class PublishError(OSError):
@@ -81,49 +76,6 @@ class PublishError(OSError):
 
     def __str__(self):
         return self.args[0] if self.args else "cannot publish"
-
-
-def _proc_addr(hexaddr: str) -> bytes:
-    """An address from /proc/net/{tcp,udp}[6]: 32-bit words in host byte order."""
-    words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
-    return struct.pack("=%dI" % len(words), *words)
-
-
-def read_bound_ports(pid: int) -> dict:
-    """``{"tcp": {port: {addr, ...}}, "udp": {...}}`` for the network namespace of ``pid``:
-    TCP sockets in LISTEN, unconnected UDP sockets. IPv6 addresses ``::`` and
-    ``::ffff:a.b.c.d`` are folded to IPv4 (a dual-stack socket takes IPv4 too);
-    other IPv6 addresses are left out. Raises OSError if ``pid`` is gone."""
-    out = {"tcp": {}, "udp": {}}
-    for proto in ("tcp", "udp"):
-        for suffix in ("", "6"):
-            try:
-                with open(f"/proc/{pid}/net/{proto}{suffix}") as f:
-                    lines = f.read().splitlines()[1:]
-            except FileNotFoundError:
-                if suffix:
-                    continue   # no IPv6 in this kernel
-                raise
-            for line in lines:
-                parts = line.split()
-                if len(parts) < 4:
-                    continue
-                local, remote, st = parts[1], parts[2], parts[3]
-                if proto == "tcp" and st != _TCP_LISTEN:
-                    continue
-                if proto == "udp" and not remote.endswith(":0000"):
-                    continue   # a connected UDP socket takes no forwarded datagrams
-                haddr, _, hport = local.rpartition(":")
-                addr = _proc_addr(haddr)
-                if len(addr) == 16:
-                    if addr == bytes(16):
-                        addr = bytes(4)
-                    elif addr[:12] == b"\0" * 10 + b"\xff\xff":
-                        addr = addr[12:]
-                    else:
-                        continue
-                out[proto].setdefault(int(hport, 16), set()).add(addr)
-    return out
 
 
 def _bind(proto: str, host_addr: str, host_port: int) -> socket.socket:
@@ -160,6 +112,26 @@ class ForwardProtocol(FlowProtocol):
         self.paused = True
         transport.pause_reading()
         self.fwd.owner._tcp_accepted(self.fwd, self)
+
+    def guest_connected(self) -> None:
+        """The container accepted (``TcpInboundConnected``): let the client's bytes flow."""
+        owner = self.fwd.owner
+        owner.connecting.discard(self.fid)
+        owner.counters["fwd_tcp_guest_connected"] += 1
+        self.resume()
+
+    def guest_refused(self, timed_out: bool) -> None:
+        """The container answered RST (nothing listens on the port) or never
+        answered: reset the client at once."""
+        owner = self.fwd.owner
+        owner.connecting.discard(self.fid)
+        owner.counters["fwd_tcp_guest_timeout" if timed_out else "fwd_tcp_guest_refused"] += 1
+        self.host.forget(self)
+        abort_with_rst(self.transport)
+
+    def connection_lost(self, exc):
+        self.fwd.owner.connecting.discard(self.fid)
+        super().connection_lost(exc)
 
 
 class _Forward:
@@ -302,17 +274,17 @@ class _UdpReturn:
 
 
 class Forwarder:
-    """All forwards of one usernet, and the API :class:`~usernet.api.Backend`.
+    """All forwards of one usernet: plain methods (``add``, ``remove``,
+    ``entries``, ``gauges``) and plain errors (:class:`PublishError`,
+    ValueError, KeyError); the top layer turns them into API replies.
 
     ``real_client_addr``: show the container the client's address (see the
     module docstring). ``only_when_bound``: keep host sockets open only while
     the container has the guest port bound (needs ``ns_pid``).
-    ``connect_timeout``: how long the container may leave our SYN unanswered
-    before the client is reset.
     """
 
     def __init__(self, driver, *, real_client_addr: bool = True, only_when_bound: bool = False,
-                 ns_pid: int | None = None, connect_timeout: float | None = None):
+                 ns_pid: int | None = None):
         self.driver = driver
         self.gw = driver.gw
         self.cfg = driver.gw.config
@@ -323,14 +295,11 @@ class Forwarder:
         if only_when_bound and ns_pid is None:
             raise ValueError("--publish-only-when-bound needs the container's PID "
                              "(usernet run, or attach by PID)")
-        self.connect_timeout = connect_timeout or self.cfg.tcp_connect_timeout
         self.forwards: dict[int, _Forward] = {}
         self._next_id = 1
-        self._pending: dict[int, tuple] = {}   # flow id -> (protocol, timeout handle)
-        self._next_pick = PICK_PORTS[0]
+        self.connecting: set[int] = set()       # flow ids waiting for the container's answer
         self._poll_handle = None
         self._bound = None                      # last read_bound_ports() result
-        driver.forwarder = self
         if only_when_bound:
             self._poll_handle = driver.loop.call_later(BIND_POLL, self._poll)
 
@@ -374,13 +343,12 @@ class Forwarder:
             ip = ipaddress.IPv4Address(guest_addr).packed
         except ValueError:
             raise ValueError(f"guest address {guest_addr!r} is not IPv4") from None
-        cfg = self.cfg
-        if not cfg.in_network(ip) or ip in (cfg.gateway_ip, cfg.dns_ip, cfg.broadcast_ip,
-                                           cfg.network.network_address.packed):
+        if not self.gw.nat.is_guest_addr(ip):
             raise ValueError(f"guest address {guest_addr} is not a container address in "
-                             f"{cfg.cidr}")
+                             f"{self.cfg.cidr}")
 
     def remove(self, fid: int) -> None:
+        """Stop forward ``fid``; KeyError if there is none."""
         fwd = self.forwards.pop(fid, None)
         if fwd is None:
             raise KeyError(fid)
@@ -388,97 +356,45 @@ class Forwarder:
         fwd.close()
         self.counters["fwd_removed"] += 1
 
+    def entries(self) -> list:
+        return [f.entry() for f in self.forwards.values()]
+
     def close(self) -> None:
         if self._poll_handle is not None:
             self._poll_handle.cancel()
             self._poll_handle = None
         for fid in list(self.forwards):
             self.remove(fid)
-        for proto, handle in self._pending.values():
-            handle.cancel()
-        self._pending.clear()
-        if getattr(self.driver, "forwarder", None) is self:
-            self.driver.forwarder = None
+        self.connecting.clear()
 
-    # ------------------------------------------------------ API backend
-    def add_hostfwd(self, proto, host_addr, host_port, guest_addr, guest_port) -> int:
-        if ":" in host_addr:
-            raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6: not supported (yet)
-        try:
-            return self.add(proto, host_addr, host_port, guest_addr, guest_port)
-        except PublishError as e:
-            log.info("add_hostfwd: %s", e)
-            raise ApiError(DESC_ADD_FAILED) from None
-        except ValueError as e:
-            log.info("add_hostfwd: %s", e)
-            raise ApiError(DESC_BAD_GUEST_ADDR) from None
-
-    def list_hostfwd(self) -> list:
-        return [f.entry() for f in self.forwards.values()]
-
-    def remove_hostfwd(self, id: int) -> None:  # noqa: A002 - the API's name
-        try:
-            self.remove(id)
-        except KeyError:
-            raise ApiError(DESC_REMOVE_BAD_ID) from None
-
-    def stats(self) -> dict:
-        s = self.gw.stats()
+    def gauges(self) -> dict:
+        """What the forwards hold right now (for stats)."""
         fwds = self.forwards.values()
-        s["fwd_count"] = len(self.forwards)
-        s["fwd_tcp_count"] = sum(1 for f in fwds if f.proto == "tcp")
-        s["fwd_udp_count"] = sum(1 for f in fwds if f.proto == "udp")
-        s["fwd_listening"] = sum(1 for f in fwds if f.listening)
-        s["fwd_tcp_connecting"] = len(self._pending)
-        s["fwd_udp_clients"] = sum(len(f.clients) for f in fwds if f.proto == "udp")
-        return s
+        return {"fwd_count": len(self.forwards),
+                "fwd_tcp_count": sum(1 for f in fwds if f.proto == "tcp"),
+                "fwd_udp_count": sum(1 for f in fwds if f.proto == "udp"),
+                "fwd_listening": sum(1 for f in fwds if f.listening),
+                "fwd_tcp_connecting": len(self.connecting),
+                "fwd_udp_clients": sum(len(f.clients) for f in fwds if f.proto == "udp")}
 
-    # -------------------------------------------------- client addresses
-    def _source_ip(self, client_ip: str) -> bytes:
-        """The address the container sees for a host-side client."""
-        cfg = self.cfg
+    def _client(self, addr: tuple) -> tuple:
+        """``(address bytes, port)`` of a host-side client to show the
+        container, or ``(None, None)``: the stack shows the gateway."""
         if not self.real_client_addr:
-            return cfg.gateway_ip
-        ip = ipaddress.IPv4Address(client_ip).packed
-        # The container must be able to answer the address through us:
-        # loopback would stay inside it, and addresses in the virtual network
-        # are on its own link (or are itself).
-        if ip[0] == 127 or ip[0] == 0 or ip[0] >= 224 or cfg.in_network(ip):
-            self.counters["fwd_client_addr_as_gateway"] += 1
-            return cfg.gateway_ip
-        return ip
-
-    def _pick_port(self, busy) -> int | None:
-        """A source port (on the gateway address) for which ``busy(port)`` is false."""
-        lo, hi = PICK_PORTS
-        for _ in range(PICK_TRIES):
-            p = self._next_pick
-            self._next_pick = lo if p >= hi else p + 1
-            if not busy(p):
-                return p
-        return None
+            return None, None
+        try:
+            return ipaddress.IPv4Address(addr[0]).packed, addr[1]
+        except ValueError:
+            return None, None
 
     # --------------------------------------------------------------- TCP
     def _tcp_accepted(self, fwd: _TcpForward, proto: ForwardProtocol) -> None:
         c = self.counters
         d = self.driver
-        gw = self.gw
-        now = d.now()
         c["fwd_tcp_accepted"] += 1
         peer = proto.transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        src_ip = self._source_ip(peer[0])
-        src_port = peer[1] if self.real_client_addr else None
-        gip, gport = fwd.guest_ip, fwd.guest_port
-        if src_port is None or (gip, gport, src_ip, src_port) in gw.tcp_flows:
-            if src_port is not None:
-                c["fwd_tcp_source_port_busy_picked"] += 1
-            # A tuple that is already a flow would be refused by the gateway;
-            # from the gateway address with a port of ours it is unique.
-            src_ip = self.cfg.gateway_ip
-            src_port = self._pick_port(lambda p: (gip, gport, src_ip, p) in gw.tcp_flows)
-        fid = None
-        if src_port is not None:
-            fid = gw.tcp_open_inbound(gip, gport, src_ip, src_port, now)
+        src_ip, src_port = self._client(peer)
+        fid = self.gw.tcp_open_inbound(fwd.guest_ip, fwd.guest_port, src_ip, src_port, d.now())
         if fid is None:
             # Flow limit (or no free port): refuse at once, as a reset.
             c["fwd_tcp_open_refused_rst"] += 1
@@ -488,50 +404,8 @@ class Forwarder:
             return
         proto.fid = fid
         d.tcp.adopt(fid, proto)
-        handle = d.loop.call_later(self.connect_timeout, self._tcp_connect_timeout, fid)
-        self._pending[fid] = (proto, handle)
+        self.connecting.add(fid)
         d.flush()
-
-    def handle_event(self, ev) -> None:
-        """``EV_TCP_INBOUND_CONNECTED`` / ``EV_TCP_INBOUND_REFUSED`` from TcpHost."""
-        kind, fid = ev[0], ev[1]
-        entry = self._pending.pop(fid, None)
-        if entry is None:
-            self.counters["fwd_tcp_event_no_pending_" + kind] += 1
-            return
-        proto, handle = entry
-        handle.cancel()
-        if kind == gwmod.EV_TCP_INBOUND_CONNECTED:
-            self.counters["fwd_tcp_guest_connected"] += 1
-            if not proto.closed:
-                proto.resume()    # let the client's bytes flow
-        else:
-            # The container answered RST (nothing listens on the port) or
-            # never answered within the stack's SYN retries.
-            self.counters["fwd_tcp_guest_refused"] += 1
-            self._reset_client(proto)
-
-    def _tcp_connect_timeout(self, fid: int) -> None:
-        entry = self._pending.pop(fid, None)
-        if entry is None:
-            return
-        proto = entry[0]
-        d = self.driver
-        self.counters["fwd_tcp_guest_timeout"] += 1
-        self._reset_client(proto)
-        # Forget the flow in the stack (no RST to the container: it never
-        # answered; a late SYN-ACK finds no flow and is reset by the gateway).
-        d.gw.tcp_host_reset(fid, d.now())
-        d.flush()
-
-    def _reset_client(self, proto: ForwardProtocol) -> None:
-        # Mark closed and unregister *before* the gateway's EV_TCP_CLOSE for
-        # the flow arrives, which would otherwise close gracefully (FIN).
-        if proto.closed:
-            return
-        proto.closed = True
-        self.driver.tcp.protocols.pop(proto.fid, None)
-        abort_with_rst(proto.transport)
 
     # --------------------------------------------------------------- UDP
     def _udp_readable(self, fwd: _UdpForward) -> None:
@@ -539,7 +413,6 @@ class Forwarder:
         gw = self.gw
         c = self.counters
         now = d.now()
-        gip, gport = fwd.guest_ip, fwd.guest_port
         for _ in range(UDP_RX_BATCH):
             sock = fwd.sock
             if sock is None:
@@ -554,47 +427,27 @@ class Forwarder:
                 break
             c["fwd_udp_rx_datagrams"] += 1
             ret = fwd.clients.get(client)
-            src = ret.src if ret is not None else self._udp_source(fwd, client)
-            if src is None:
+            if ret is not None and gw.udp_forward(ret.fid, data, now):
                 continue
-            fid = gw.udp_inbound(src[0], src[1], gip, gport, data, now)
-            if fid is None:
+            # A new client, or the gateway expired the old flow before its
+            # UdpClose reached us: open a flow and (re)register the way back.
+            src_ip, src_port = self._client(client)
+            opened = gw.udp_inbound(src_ip, src_port, fwd.guest_ip, fwd.guest_port, data, now)
+            if opened is None:
                 c["fwd_udp_drop_flow_limit"] += 1
                 continue
-            if ret is None or ret.fid != fid:
-                # A new client, or the gateway expired the old flow and made
-                # a new one before its EV_UDP_CLOSE reached us: (re)register
-                # the way back under the flow's id.
-                if ret is None:
-                    c["fwd_udp_client_new"] += 1
-                    ret = _UdpReturn(fwd, client, fid, src)
-                    fwd.clients[client] = ret
-                else:
-                    # Unregister the stale id without closing (that would
-                    # forget the client we are still serving).
-                    d.udp.socks.pop(ret.fid, None)
-                ret.fid = fid
-                d.udp.register(fid, ret)
+            fid, src = opened
+            if ret is None:
+                c["fwd_udp_client_new"] += 1
+                ret = _UdpReturn(fwd, client, fid, src)
+                fwd.clients[client] = ret
+            else:
+                # Unregister the stale id without closing (that would
+                # forget the client we are still serving).
+                d.udp.unregister(ret.fid)
+                ret.fid, ret.src = fid, src
+            d.udp.register(fid, ret)
         d.flush()
-
-    def _udp_source(self, fwd: _UdpForward, client: tuple):
-        """(address, port) the container sees for a new UDP client, or None."""
-        gw = self.gw
-        gip, gport = fwd.guest_ip, fwd.guest_port
-        src_ip = self._source_ip(client[0])
-        src_port = client[1] if self.real_client_addr else None
-        if src_port is not None and (gip, gport, src_ip, src_port) not in gw.udp_flows:
-            return src_ip, src_port
-        if src_port is not None:
-            # Another client already maps to this tuple (two loopback
-            # clients with the same port): replies would go to the wrong one.
-            self.counters["fwd_udp_source_port_busy_picked"] += 1
-        gw_ip = self.cfg.gateway_ip
-        port = self._pick_port(lambda p: (gip, gport, gw_ip, p) in gw.udp_flows)
-        if port is None:
-            self.counters["fwd_udp_drop_no_source_port"] += 1
-            return None
-        return gw_ip, port
 
     # --------------------------------------------------- only_when_bound
     def _poll(self) -> None:

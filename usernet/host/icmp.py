@@ -18,9 +18,10 @@ with ICMP "communication administratively prohibited", never silence.
 import logging
 import socket
 
-from ..stack import gateway as gwmod
+from ..stack.events import IcmpClose, IcmpOpen, IcmpSend
 from ..wire.checksum import checksum
 from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
+from .udp import recv_batch
 
 log = logging.getLogger("usernet")
 
@@ -64,78 +65,72 @@ class IcmpHost:
                         "Echo requests will be answered with 'administratively prohibited'.",
                         why, e2.strerror)
 
-    def handle_event(self, ev) -> None:
-        kind, fid = ev[0], ev[1]
+    def open(self, ev: IcmpOpen) -> None:
         d = self.driver
         if self.mode is None:
             self._decide()
-        if kind == gwmod.EV_ICMP_OPEN:
-            host = ev[2]
-            flow = d.gw.icmp_by_id.get(fid)
-            ident = flow.guest_port if flow is not None else 0
-            self.flows[fid] = (host, ident)
-            if self.mode == "ping":
-                try:
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-                    s.setblocking(False)
-                    s.connect((host, 0))
-                except OSError as e:
-                    # No socket for this flow: its echoes are answered with
-                    # "administratively prohibited" (EV_ICMP_SEND below).
-                    d.counters["icmp_host_socket_error"] += 1
-                    log.debug("ping socket to %s: %s", host, e)
-                    return
-                self.socks[fid] = s
-                d.loop.add_reader(s.fileno(), self._on_ping, fid, s)
-            elif self.mode == "raw":
-                # Two containers' flows with the same (address, identifier)
-                # would share replies; the newest owns the key.
-                self.raw_index[(host, ident)] = fid
-        elif kind == gwmod.EV_ICMP_SEND:
-            seq, data = ev[2], ev[3]
-            info = self.flows.get(fid)
-            if info is None:
-                d.counters["drop_icmp_no_host_socket"] += 1
-                return
-            host, ident = info
+        fid, host, ident = ev.fid, ev.host, ev.ident
+        self.flows[fid] = (host, ident)
+        if self.mode == "ping":
             try:
-                if self.mode == "ping":
-                    s = self.socks.get(fid)
-                    if s is None:
-                        d.gw.icmp_host_unavailable(fid, seq, data, d.now())
-                        return
-                    # The kernel fills in identifier and checksum of what a
-                    # ping socket sends.
-                    s.send(ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, 0, seq) + data)
-                elif self.mode == "raw":
-                    self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
-                else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                s.setblocking(False)
+                s.connect((host, 0))
+            except OSError as e:
+                # No socket for this flow: its echoes are answered with
+                # "administratively prohibited" (see send).
+                d.counters["icmp_host_socket_error"] += 1
+                log.debug("ping socket to %s: %s", host, e)
+                return
+            self.socks[fid] = s
+            d.loop.add_reader(s.fileno(), self._on_ping, fid, s)
+        elif self.mode == "raw":
+            # Two containers' flows with the same (address, identifier)
+            # would share replies; the newest owns the key.
+            self.raw_index[(host, ident)] = fid
+
+    def send(self, ev: IcmpSend) -> None:
+        d = self.driver
+        fid, seq, data = ev.fid, ev.seq, ev.data
+        info = self.flows.get(fid)
+        if info is None:
+            d.counters["drop_icmp_no_host_socket"] += 1
+            return
+        host, ident = info
+        try:
+            if self.mode == "ping":
+                s = self.socks.get(fid)
+                if s is None:
                     d.gw.icmp_host_unavailable(fid, seq, data, d.now())
                     return
-                d.counters["icmp_echo_host_tx"] += 1
-            except OSError as e:
-                d.counters["drop_icmp_host_send_error"] += 1
-                log.debug("echo to %s: %s", host, e)
-        elif kind == gwmod.EV_ICMP_CLOSE:
-            info = self.flows.pop(fid, None)
-            if info is not None and self.raw_index.get(info) == fid:
-                del self.raw_index[info]
-            s = self.socks.pop(fid, None)
-            if s is not None:
-                d.loop.remove_reader(s.fileno())
-                s.close()
+                # The kernel fills in identifier and checksum of what a
+                # ping socket sends.
+                s.send(ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, 0, seq) + data)
+            elif self.mode == "raw":
+                self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
+            else:
+                d.gw.icmp_host_unavailable(fid, seq, data, d.now())
+                return
+            d.counters["icmp_echo_host_tx"] += 1
+        except OSError as e:
+            d.counters["drop_icmp_host_send_error"] += 1
+            log.debug("echo to %s: %s", host, e)
+
+    def close_flow(self, ev: IcmpClose) -> None:
+        d = self.driver
+        fid = ev.fid
+        info = self.flows.pop(fid, None)
+        if info is not None and self.raw_index.get(info) == fid:
+            del self.raw_index[info]
+        s = self.socks.pop(fid, None)
+        if s is not None:
+            d.loop.remove_reader(s.fileno())
+            s.close()
 
     def _on_ping(self, fid, s) -> None:
         d = self.driver
-        for _ in range(RX_BATCH):
-            try:
-                pkt = s.recv(65535)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                d.counters["icmp_host_recv_error"] += 1
-                log.debug("ping socket recv: %s", e)
-                break
+        for pkt in recv_batch(lambda: s.recv(65535), d.counters, "icmp_host_recv_error",
+                              "ping socket recv", RX_BATCH):
             # A ping socket hands us the ICMP message without the IP header.
             if len(pkt) < ICMP_LEN:
                 continue
@@ -146,15 +141,8 @@ class IcmpHost:
 
     def _on_raw(self) -> None:
         d = self.driver
-        for _ in range(RX_BATCH):
-            try:
-                pkt, (src, _) = self.raw.recvfrom(65535)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                d.counters["icmp_host_recv_error"] += 1
-                log.debug("raw ICMP recv: %s", e)
-                break
+        for pkt, (src, _) in recv_batch(lambda: self.raw.recvfrom(65535), d.counters,
+                                        "icmp_host_recv_error", "raw ICMP recv", RX_BATCH):
             # A raw socket includes the IP header.
             ihl = (pkt[0] & 15) * 4 if pkt else 0
             if len(pkt) < ihl + ICMP_LEN:

@@ -3,11 +3,11 @@
 One :class:`FlowProtocol` per flow. Data read from the host socket goes to
 ``gw.tcp_host_data``, which answers how much the flow's send queue took; the
 rest waits in ``pending`` (at most one read's worth) with the transport's
-reading paused until the gateway says ``tcp_resume``. Data from the container
+reading paused until the gateway says ``TcpResume``. Data from the container
 is written with ``transport.write``; the transport's write buffer size is
-reported back (``gw.tcp_host_backlog``) so the window advertised to the
-container shrinks when the host side is slow, and reopens on
-``resume_writing``. Memory per flow is therefore bounded by the stack's
+reported back (``gw.tcp_host_backlog``, once per driver flush for every flow
+written to) so the window advertised to the container shrinks when the host
+side is slow, and reopens on ``resume_writing``. Memory per flow is therefore bounded by the stack's
 buffers plus one read (``READ_MAX``) plus the transport's high-water mark.
 
 Half-close: ``eof_received`` returns True so the transport stays open for
@@ -22,7 +22,9 @@ import logging
 import socket
 import struct
 
-from ..stack import gateway as gwmod
+from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
+                            TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
+                            TcpShutdown)
 from ..stack.tcp import RCV_BUF
 
 log = logging.getLogger("usernet")
@@ -125,10 +127,14 @@ class FlowProtocol(asyncio.Protocol):
         d.flush()
 
     def pause_writing(self):
-        d = self.host.driver
-        d.gw.tcp_host_backlog(self.fid, self.transport.get_write_buffer_size(), d.now())
+        # Called from inside transport.write (the buffer crossed the
+        # high-water mark): mark the flow; the driver reports its backlog
+        # once the events in hand are done, not in the middle of them.
+        self.host.written.add(self.fid)
 
     def resume_writing(self):
+        # The buffer drained below the low-water mark, from the event loop:
+        # report at once, or the window stays shut.
         d = self.host.driver
         d.gw.tcp_host_backlog(self.fid, self.transport.get_write_buffer_size(), d.now())
         d.flush()
@@ -150,68 +156,118 @@ class FlowProtocol(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    def write(self, data):
-        # Report the backlog after every write, zero included: the flow
-        # counts delivered bytes against its window until told they left.
-        t = self.transport
-        t.write(data)
-        d = self.host.driver
-        d.gw.tcp_host_backlog(self.fid, t.get_write_buffer_size(), d.now())
-
 
 class TcpHost:
-    """Owns the host side of every TCP flow: connects, protocols, closes."""
+    """Owns the host side of every TCP flow: connects, protocols, closes.
+
+    One method per event kind (the driver's table maps each event type to
+    one of them). Data from the container is written at once; the backlog
+    of every flow written to is reported to the gateway once per flush
+    (:meth:`report_backlog`), zero included: the flow counts delivered bytes
+    against its window until told they left."""
 
     def __init__(self, driver):
         self.driver = driver
         self.protocols: dict[int, FlowProtocol] = {}
         self.connecting: dict[int, asyncio.Task] = {}
+        self.written: set[int] = set()      # flows whose backlog is due to be reported
 
-    def handle_event(self, ev) -> None:
-        kind, fid = ev[0], ev[1]
-        if kind == gwmod.EV_TCP_CONNECT:
-            self.connecting[fid] = self.driver.loop.create_task(self._connect(fid, ev[2], ev[3]))
+    # ------------------------------------------------------------ events
+    def connect(self, ev: TcpConnect) -> None:
+        self.connecting[ev.fid] = self.driver.loop.create_task(
+            self._connect(ev.fid, ev.host, ev.port))
+
+    def connect_dns(self, ev: TcpConnectDns) -> None:
+        # TCP DNS to the forwarder address: splice to the first upstream
+        # resolver over TCP (local names are answered over UDP only).
+        d = self.driver
+        target = d.dns.tcp_upstream() if d.dns is not None else None
+        if target is None:
+            d.gw.tcp_refused(ev.fid, d.now(), "refused")
             return
-        if kind == gwmod.EV_TCP_CANCEL:
-            t = self.connecting.pop(fid, None)
-            if t is not None:
-                t.cancel()
-            return
+        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, *target))
+
+    def cancel(self, ev: TcpCancel) -> None:
+        t = self.connecting.pop(ev.fid, None)
+        if t is not None:
+            t.cancel()
+
+    def _open(self, fid: int):
         proto = self.protocols.get(fid)
-        if kind == gwmod.EV_TCP_DATA:
+        return proto if proto is not None and not proto.closed else None
+
+    def data(self, ev: TcpData) -> None:
+        proto = self._open(ev.fid)
+        if proto is None:
+            self.driver.counters["tcp_host_data_after_close"] += 1
+            return
+        proto.transport.write(ev.data)
+        self.written.add(ev.fid)
+
+    def shutdown(self, ev: TcpShutdown) -> None:
+        proto = self._open(ev.fid)
+        if proto is not None and proto.transport.can_write_eof():
+            proto.transport.write_eof()
+
+    def abort(self, ev: TcpAbort) -> None:
+        proto = self._open(ev.fid)
+        if proto is not None:
+            self.forget(proto)
+            abort_with_rst(proto.transport)
+
+    def close_flow(self, ev: TcpClose) -> None:
+        t = self.connecting.pop(ev.fid, None)
+        if t is not None:
+            t.cancel()
+        proto = self.protocols.pop(ev.fid, None)
+        if proto is not None and not proto.closed:
+            proto.closed = True
+            proto.transport.close()   # flushes what is buffered, then FIN
+
+    def pause(self, ev: TcpPause) -> None:
+        proto = self._open(ev.fid)
+        if proto is not None and not proto.paused:
+            proto.paused = True
+            proto.transport.pause_reading()
+
+    def resume(self, ev: TcpResume) -> None:
+        proto = self._open(ev.fid)
+        if proto is not None:
+            proto.resume()
+
+    def inbound_connected(self, ev: TcpInboundConnected) -> None:
+        # Only a port forward's protocol (host/forward.py) opens inbound flows.
+        proto = self._open(ev.fid)
+        if proto is not None:
+            proto.guest_connected()
+
+    def inbound_refused(self, ev: TcpInboundRefused) -> None:
+        proto = self._open(ev.fid)
+        if proto is not None:
+            proto.guest_refused(ev.timed_out)
+
+    # ---------------------------------------------------------- plumbing
+    def report_backlog(self, now: float) -> bool:
+        """Tell the gateway the write backlog of every flow written to since
+        the last report. True if there was anything to report."""
+        written = self.written
+        if not written:
+            return False
+        self.written = set()
+        gw = self.driver.gw
+        protocols = self.protocols
+        for fid in written:
+            proto = protocols.get(fid)
             if proto is not None and not proto.closed:
-                proto.write(ev[2])
-            else:
-                self.driver.counters["tcp_host_data_after_close"] += 1
-        elif kind == gwmod.EV_TCP_SHUTDOWN:
-            if proto is not None and not proto.closed and proto.transport.can_write_eof():
-                proto.transport.write_eof()
-        elif kind == gwmod.EV_TCP_ABORT:
-            if proto is not None and not proto.closed:
-                proto.closed = True
-                self.protocols.pop(fid, None)
-                abort_with_rst(proto.transport)
-        elif kind == gwmod.EV_TCP_CLOSE:
-            t = self.connecting.pop(fid, None)
-            if t is not None:
-                t.cancel()
-            proto = self.protocols.pop(fid, None)
-            if proto is not None and not proto.closed:
-                proto.closed = True
-                proto.transport.close()   # flushes what is buffered, then FIN
-        elif kind == gwmod.EV_TCP_PAUSE:
-            if proto is not None and not proto.closed and not proto.paused:
-                proto.paused = True
-                proto.transport.pause_reading()
-        elif kind == gwmod.EV_TCP_RESUME:
-            if proto is not None and not proto.closed:
-                proto.resume()
-        elif kind in (gwmod.EV_TCP_INBOUND_CONNECTED, gwmod.EV_TCP_INBOUND_REFUSED):
-            fwd = getattr(self.driver, "forwarder", None)
-            if fwd is not None:
-                fwd.handle_event(ev)
-        else:
-            self.driver.counters["host_event_unhandled_" + kind] += 1
+                gw.tcp_host_backlog(fid, proto.transport.get_write_buffer_size(), now)
+        return True
+
+    def forget(self, proto: FlowProtocol) -> None:
+        """Mark a protocol closed and drop it, before the flow's ``TcpClose``
+        arrives (which would close gracefully, with a FIN)."""
+        proto.closed = True
+        if self.protocols.get(proto.fid) is proto:
+            del self.protocols[proto.fid]
 
     def backlog(self) -> int:
         """Bytes still waiting in host sockets' write buffers."""
@@ -225,15 +281,6 @@ class TcpHost:
     async def _connect(self, fid: int, host: str, port: int) -> None:
         d = self.driver
         loop = d.loop
-        if host == "dns":
-            # TCP DNS to the forwarder address: splice to the first upstream
-            # resolver over TCP (local names are answered over UDP only).
-            target = d.dns.tcp_upstream() if d.dns is not None else None
-            if target is None:
-                d.gw.tcp_refused(fid, d.now(), "refused")
-                d.flush()
-                return
-            host, port = target
         try:
             _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port)
         except asyncio.CancelledError:
@@ -245,8 +292,7 @@ class TcpHost:
             d.gw.tcp_refused(fid, d.now(), reason)
             d.flush()
             return
-        self.connecting.pop(fid, None)
-        if fid not in d.gw.tcp_by_id:
+        if self.connecting.pop(fid, None) is None:
             # The flow died while we were connecting (container gave up).
             abort_with_rst(proto.transport)
             return

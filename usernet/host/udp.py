@@ -13,12 +13,27 @@ counter, as a router would. Reads drain up to ``RX_BATCH`` datagrams a wake-up.
 import logging
 import socket
 
-from ..stack import gateway as gwmod
+from ..stack.events import UdpClose, UdpOpen, UdpSend
 
 log = logging.getLogger("usernet")
 
 RX_BATCH = 64
 RX_MAX = 65535
+
+
+def recv_batch(recv, counters, counter: str, what: str, batch: int):
+    """Up to ``batch`` results of ``recv()`` (one datagram each), stopping
+    when the socket has nothing more (EAGAIN); any other OSError is counted
+    as ``counter``, logged as ``what`` and ends the batch."""
+    for _ in range(batch):
+        try:
+            yield recv()
+        except BlockingIOError:
+            return
+        except OSError as e:
+            counters[counter] += 1
+            log.debug("%s: %s", what, e)
+            return
 
 
 class _UdpFlowSocket:
@@ -58,34 +73,39 @@ class UdpHost:
         self.driver = driver
         self.socks: dict[int, _UdpFlowSocket] = {}
 
-    def handle_event(self, ev) -> None:
-        kind, fid = ev[0], ev[1]
+    def open(self, ev: UdpOpen) -> None:
         d = self.driver
-        c = d.counters
-        if kind == gwmod.EV_UDP_OPEN:
-            host, port = ev[2], ev[3]
-            try:
-                fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sock = socket.socket(fam, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                sock.connect((host, port))
-            except OSError as e:
-                c["udp_host_socket_error"] += 1
-                log.debug("UDP flow to %s:%d: %s", host, port, e)
-                sock = None
-            if sock is None:
-                return
-            fs = _UdpFlowSocket(self, fid, sock)
-            self.socks[fid] = fs
-            d.loop.add_reader(sock.fileno(), self._on_readable, fs)
-        elif kind == gwmod.EV_UDP_SEND:
-            fs = self.socks.get(fid)
-            if fs is None:
-                c["drop_udp_no_host_socket"] += 1
-                return
-            fs.send(ev[2])
-        elif kind == gwmod.EV_UDP_CLOSE:
-            self._close(fid)
+        host, port = ev.host, ev.port
+        try:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+        except OSError as e:
+            d.counters["udp_host_socket_error"] += 1
+            log.debug("UDP flow to %s:%d: %s", host, port, e)
+            return
+        try:
+            sock.setblocking(False)
+            sock.connect((host, port))
+        except OSError as e:
+            sock.close()
+            d.counters["udp_host_socket_error"] += 1
+            log.debug("UDP flow to %s:%d: %s", host, port, e)
+            return
+        fs = _UdpFlowSocket(self, ev.fid, sock)
+        self.socks[ev.fid] = fs
+        d.loop.add_reader(sock.fileno(), self._on_readable, fs)
+
+    def send(self, ev: UdpSend) -> None:
+        fs = self.socks.get(ev.fid)
+        if fs is None:
+            self.driver.counters["drop_udp_no_host_socket"] += 1
+            return
+        fs.send(ev.data)
+
+    def close_flow(self, ev: UdpClose) -> None:
+        fs = self.socks.pop(ev.fid, None)
+        if fs is not None:
+            fs.close()
 
     def _on_readable(self, fs: _UdpFlowSocket) -> None:
         d = self.driver
@@ -111,11 +131,11 @@ class UdpHost:
         side created itself (a UDP port forward)."""
         self.socks[fid] = sender
 
-    def _close(self, fid: int) -> None:
-        fs = self.socks.pop(fid, None)
-        if fs is not None:
-            fs.close()
+    def unregister(self, fid: int) -> None:
+        """Detach a registered sender without closing it (a forward's client
+        moved to a new flow id)."""
+        self.socks.pop(fid, None)
 
     def close_all(self) -> None:
         for fid in list(self.socks):
-            self._close(fid)
+            self.socks.pop(fid).close()

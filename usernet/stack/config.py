@@ -25,6 +25,8 @@ ICMP_IDLE_TIMEOUT = 10.0
 FRAG_TIMEOUT = 5.0
 FRAG_MAX_DATAGRAMS = 64
 FRAG_MAX_BYTES = 1 << 20
+DNS_QUERY_TIMEOUT = 5.0           # upstream silence this long -> SERVFAIL to the container
+DNS_MAX_PENDING = 256             # queries waiting for upstream; past it -> SERVFAIL at once
 
 GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
 

@@ -9,11 +9,13 @@ gateway owns addresses, frames and flow lookup; it hands this object parsed
 after every call:
 
 * ``segments_out`` -- segments to frame toward the container;
-* ``events`` -- tuples for the host side: ``("data", bytes)``, ``("eof",)``,
-  ``("reset",)``, ``("pause_reading",)``, ``("resume_reading",)``,
-  ``("connected",)`` / ``("refused",)`` (active open only), ``("aborted",)``
-  (we gave up) and ``("closed",)`` -- emitted exactly once, when the gateway
-  may forget the flow.
+* ``events`` -- host-side records from :mod:`usernet.stack.events`, tagged
+  with the flow id (``fid``) and appended straight to the list the gateway
+  passed in (its ``events_out``): ``TcpData``, ``TcpShutdown`` (container
+  FIN), ``TcpAbort`` (container RST, or we gave up), ``TcpPause`` /
+  ``TcpResume``, ``TcpInboundConnected`` / ``TcpInboundRefused`` (active
+  open only). ``closed`` turns True exactly once, when the gateway may
+  forget the flow (it then emits ``TcpClose`` itself).
 
 Nothing here reads a clock or draws a random number: every mutating call
 takes ``now`` (float seconds, monotonic) and the ISS is a constructor
@@ -30,7 +32,7 @@ backoff up to :data:`SYN_RETRIES` times.
 States are the RFC 9293 names as strings (``state`` attribute): LISTEN (fresh
 object), SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2,
 CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT, CLOSED. "Host EOF" is our CLOSE
-call; the container's FIN becomes the ``("eof",)`` event.
+call; the container's FIN becomes the ``TcpShutdown`` event.
 
 Sequence numbers. Internally ``snd_*``/``rcv_*``/``iss``/``irs`` are
 *unwrapped* integers (they start at the 32-bit value and grow without
@@ -61,10 +63,10 @@ sent again, RACK/TLP-like, instead of waiting out the RTO. A closed peer window
 starts the persist timer (zero-window probes, Linux style: an ACK with
 ``seq = snd_una - 1``, which the peer must answer). After
 :data:`MAX_RETRIES` timeouts or :data:`GIVE_UP_AFTER` seconds without
-progress we send RST and emit ``("aborted",)``, ``("closed",)``.
+progress we send RST, emit ``TcpAbort`` and close.
 
 Receiving (container -> host). In-order data is handed out at once as
-``("data", bytes)``; the gateway writes it to the host socket and reports what
+``TcpData``; the host side writes it to the host socket and reports what
 is stuck there with ``set_host_backlog`` (ideally after every batch of
 events; bytes handed out during the current call count as stuck until then,
 and if the gateway never reports, the window simply reopens on the next
@@ -92,7 +94,7 @@ Timers are data: ``get_timer()`` returns the earliest of the retransmission
 ``handle_timer(now)`` runs what is due. TIME-WAIT lasts
 :data:`TIME_WAIT_TIME` (we are a proxy on a virtual link); retransmitted
 FINs are re-ACKed meanwhile. A SYN arriving in TIME-WAIT closes the
-connection at once without an answer: the gateway, seeing ``("closed",)`` and
+connection at once without an answer: the gateway, seeing ``closed`` and
 the SYN, may treat it as a new flow (RFC 6191 style reuse).
 
 Limits: no urgent data, no TCP Fast Open, no SACK-based retransmission, no
@@ -108,6 +110,9 @@ from typing import NamedTuple
 
 from usernet.wire.tcp import (ACK, FIN, NO_OPTIONS, O_MSS, O_SACK_BLOCKS, O_SACK_PERM, O_TS_VAL,
                                O_WSCALE, PSH, RST, SYN, TcpOptions)
+
+from .events import (TcpAbort, TcpData, TcpInboundConnected, TcpInboundRefused, TcpPause,
+                     TcpResume, TcpShutdown)
 
 # --- states (RFC 9293 names) ------------------------------------------------
 LISTEN = "LISTEN"
@@ -173,7 +178,8 @@ class TcpConnection:
     """The container side of one TCP flow. See the module docstring."""
 
     def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
-                 wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None):
+                 wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None, fid=0,
+                 events=None):
         self.state = LISTEN
         self.counters = counters
         self.mss = mss
@@ -185,7 +191,10 @@ class TcpConnection:
         self.timestamps = timestamps
         self.ts_clock = ts_clock
         self.segments_out: list[Segment] = []
-        self.events: list[tuple] = []
+        # The flow id the host side knows, and the list host events go to
+        # (the gateway passes its own ``events_out``: emitted once, here).
+        self.fid = fid
+        self.events: list = events if events is not None else []
 
         # Send sequence space (RFC 9293 3.3.1), unwrapped.
         self.iss = iss & _M
@@ -247,17 +256,14 @@ class TcpConnection:
         self._rprobe_backoff = 0
 
         # Timers (absolute deadlines or None).
-        self._rto_at = None
-        self._persist_at = None
-        self._delack_at = None
-        self._tw_at = None
+        self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
         self._persist_backoff = 0
         self._probes = 0
 
         self._answered = False                # passive open: SYN-ACK sent
         self._active = False                  # we opened (port forward)
         self._paused = False
-        self._closed_emitted = False
+        self.closed = False                   # CLOSED: the owner may forget the flow
 
     # ------------------------------------------------------------------
     # opening
@@ -471,7 +477,7 @@ class TcpConnection:
             if self._retries > SYN_RETRIES:
                 if st == SYN_SENT:
                     self.counters["tcp_syn_timeout"] += 1
-                    self.events.append(("refused",))
+                    self.events.append(TcpInboundRefused(self.fid, False))
                     self._close()
                 else:
                     self._give_up(now)
@@ -534,7 +540,7 @@ class TcpConnection:
         self.counters["tcp_give_up"] += 1
         self.segments_out.append(Segment(self.snd_nxt & _M, self.rcv_nxt & _M, RST | ACK, 0,
                                          NO_OPTIONS, b""))
-        self.events.append(("aborted",))
+        self.events.append(TcpAbort(self.fid))
         self._close()
 
     def _close(self) -> None:
@@ -544,9 +550,8 @@ class TcpConnection:
         self._sndbuf = bytearray()
         self._ooo = []
         self._ooo_bytes = 0
-        if not self._closed_emitted:
-            self._closed_emitted = True
-            self.events.append(("closed",))
+        # The owner sees ``closed`` after the call and forgets the flow.
+        self.closed = True
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = TIME_WAIT
@@ -569,7 +574,7 @@ class TcpConnection:
             if seg.flags & RST:
                 if (seg.seq & _M) == (self.rcv_nxt & _M):
                     self.counters["tcp_rst_rx"] += 1
-                    self.events.append(("reset",))
+                    self.events.append(TcpAbort(self.fid))
                     self._close()
                 else:
                     self.counters["tcp_drop_rst_out_of_window"] += 1
@@ -598,7 +603,7 @@ class TcpConnection:
             # connection reset", drop the segment, enter CLOSED state"
             if flags & ACK:
                 self.counters["tcp_rst_rx"] += 1
-                self.events.append(("refused",))
+                self.events.append(TcpInboundRefused(self.fid, False))
                 self._close()
             else:
                 self.counters["tcp_drop_rst_no_ack"] += 1
@@ -639,7 +644,7 @@ class TcpConnection:
     def _established(self, now: float) -> None:
         self.state = ESTABLISHED
         if self._active:
-            self.events.append(("connected",))
+            self.events.append(TcpInboundConnected(self.fid))
         if self._fin_queued:
             self.state = FIN_WAIT_1
 
@@ -737,7 +742,7 @@ class TcpConnection:
                     self.counters["tcp_rst_rx_time_wait_ignored"] += 1
                     return
                 self.counters["tcp_rst_rx"] += 1
-                self.events.append(("reset",))
+                self.events.append(TcpAbort(self.fid))
                 self._close()
             else:
                 # "Otherwise ... TCP MUST send an ACK (challenge ACK)"
@@ -863,7 +868,7 @@ class TcpConnection:
                     data = b"".join(chunks)
                     self._ack_now = True    # RFC 5681 4.2: ACK at once when a hole fills
                 self.rcv_nxt = rcv_nxt
-                self.events.append(("data", data))
+                self.events.append(TcpData(self.fid, data))
                 self._unacked_rx += len(data)
                 self._delivered += len(data)
                 if self._unacked_rx >= 2 * self.mss or flags & PSH:
@@ -888,7 +893,7 @@ class TcpConnection:
         self._ooo_bytes = 0
         self._ack_now = True
         self.counters["tcp_fin_rx"] += 1
-        self.events.append(("eof",))
+        self.events.append(TcpShutdown(self.fid))
         st = self.state
         if st == ESTABLISHED:
             self.state = CLOSE_WAIT
@@ -1259,13 +1264,13 @@ class TcpConnection:
             if queued < self.snd_buf // 2 and not closed:
                 self._paused = False
                 self.counters["tcp_resume_reading"] += 1
-                self.events.append(("resume_reading",))
+                self.events.append(TcpResume(self.fid))
         elif queued >= self.snd_buf or closed:
             if self.state == CLOSED:
                 return
             self._paused = True
             self.counters["tcp_pause_reading"] += 1
-            self.events.append(("pause_reading",))
+            self.events.append(TcpPause(self.fid))
 
     # ------------------------------------------------------------------
     def __repr__(self) -> str:

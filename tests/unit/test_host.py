@@ -1,0 +1,306 @@
+"""host/ in process: HostDriver, TcpHost, UdpHost and Forwarder against a
+socketpair standing in for the TAP and real loopback sockets.
+
+No root, no namespaces: a SOCK_DGRAM socketpair carries one frame per
+datagram, like a TAP fd (each with the 10-byte virtio-net header the driver
+expects with ``vnet_hdr=True``). The test plays the container on the other
+end with scapy-built frames; the host side is ordinary loopback servers and
+clients. Time is the event loop's (real, but short).
+"""
+
+import asyncio
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
+
+from usernet.host.driver import HostDriver
+from usernet.host.forward import Forwarder
+from usernet.stack.config import NetConfig
+from usernet.stack.gateway import Gateway
+from usernet.wire.vnet import VNET_HDR_LEN, VNET_HDR_NONE
+
+GUEST_MAC = "02:00:00:00:00:64"
+GW_MAC = "52:55:00:00:02:02"
+GUEST = "10.0.2.100"
+GW = "10.0.2.2"
+TIMEOUT = 5.0
+
+
+class Guest:
+    """The container's end of the fake TAP."""
+
+    def __init__(self, sock: socket.socket, loop):
+        self.sock = sock
+        self.loop = loop
+
+    def send(self, pkt) -> None:
+        self.sock.send(VNET_HDR_NONE + bytes(pkt))
+
+    async def recv(self, want=None, timeout: float = TIMEOUT) -> Ether:
+        """The next frame from usernet (for which ``want(frame)`` holds, if given)."""
+        deadline = self.loop.time() + timeout
+        while True:
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise AssertionError("no frame from usernet")
+            data = await asyncio.wait_for(self.loop.sock_recv(self.sock, 70000), left)
+            assert data[:VNET_HDR_LEN] == VNET_HDR_NONE     # offloads off: plain frames
+            f = Ether(data[VNET_HDR_LEN:])
+            if want is None or want(f):
+                return f
+
+    def tcp(self, sport, dport, flags, seq, ack=0, payload=b"", dst=GW):
+        pkt = Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=dst) / TCP(
+            sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=65535,
+            options=[("MSS", 1460)] if "S" in flags else [])
+        self.send(pkt / Raw(payload) if payload else pkt)
+
+
+def run(coro_fn, **cfg):
+    """Run ``coro_fn(driver, guest)`` with a fresh stack on a socketpair TAP."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        tap, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours.setblocking(False)
+        gw = Gateway(NetConfig(guest_mac=bytes.fromhex("020000000064"), **cfg), seed=1)
+        driver = HostDriver(gw, tap.fileno(), vnet_hdr=True)
+        driver.start(loop)
+        try:
+            return await coro_fn(driver, Guest(ours, loop))
+        finally:
+            driver.close()
+            tap.close()
+            ours.close()
+    return asyncio.run(main())
+
+
+def is_tcp(f, flags=None):
+    return TCP in f and (flags is None or f[TCP].flags == flags)
+
+
+async def connect_out(guest, sport: int, serve):
+    """Start a loopback server running ``serve``; the guest connects to it
+    through usernet (SYN, SYN-ACK, ACK). Returns (server, port, our next seq)."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    guest.tcp(sport, port, "S", 1000)
+    synack = await guest.recv(lambda f: is_tcp(f, "SA"))
+    ours = synack[TCP].seq + 1
+    guest.tcp(sport, port, "A", 1001, ours)
+    return server, port, ours
+
+
+def test_driver_answers_arp_through_the_fake_tap():
+    """A frame read from the TAP fd reaches the stack; its answer is written
+    back behind the all-zero virtio-net header (one frame per datagram)."""
+    async def body(driver, guest):
+        guest.send(Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst=GW))
+        f = await guest.recv()
+        assert f[ARP].op == 2 and f[ARP].psrc == GW and f.dst == GUEST_MAC
+        assert driver.counters["tx_frames"] == 1 and driver.counters["arp_reply_tx"] == 1
+    run(body)
+
+
+def test_tcp_flow_to_a_loopback_server_both_ways():
+    """Guest SYN -> host connect -> SYN-ACK; guest data reaches the server's
+    socket; the server's reply comes back as a segment; the host backlog is
+    reported (the window stays open); the server's close becomes a FIN."""
+    async def body(driver, guest):
+        got = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            got.set_result(await reader.readexactly(5))
+            writer.write(b"world")
+            await writer.drain()
+            writer.close()
+
+        server, port, ours = await connect_out(guest, 40000, serve)
+        guest.tcp(40000, port, "PA", 1001, ours, b"hello")
+        assert await asyncio.wait_for(got, TIMEOUT) == b"hello"
+        reply = await guest.recv(lambda f: is_tcp(f) and bytes(f[TCP].payload))
+        assert bytes(reply[TCP].payload) == b"world" and reply[TCP].seq == ours
+        fin = reply if reply[TCP].flags.F else await guest.recv(lambda f: is_tcp(f)
+                                                                and f[TCP].flags.F)
+        assert fin[TCP].flags.F
+        c = driver.counters
+        assert c["tcp_syn_connect"] == 1 and c["tcp_host_connected"] == 1
+        assert c["host_event_unhandled"] == 0
+        # The container's 5 bytes were written and their backlog (0) reported:
+        # the advertised window is the whole buffer again.
+        (flow,) = driver.gw.flows.tcp.by_id.values()
+        assert flow.conn._backlog == 0 and flow.conn._delivered == 0
+        server.close()
+    run(body)
+
+
+def test_tcp_connect_refused_by_the_host_is_a_reset():
+    async def body(driver, guest):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()                                  # nothing listens there now
+        guest.tcp(40001, port, "S", 1000)
+        rst = await guest.recv(lambda f: is_tcp(f))
+        assert rst[TCP].flags == "RA" and rst[TCP].ack == 1001
+        assert driver.counters["tcp_host_connect_failed_refused"] == 1
+    run(body)
+
+
+def test_udp_flow_to_a_loopback_server_and_back():
+    async def body(driver, guest):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        srv.bind(("127.0.0.1", 0))
+        srv.setblocking(False)
+        port = srv.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        guest.send(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / UDP(
+            sport=5000, dport=port) / Raw(b"ping"))
+        data, addr = await asyncio.wait_for(loop.sock_recvfrom(srv, 100), TIMEOUT)
+        assert data == b"ping"
+        await loop.sock_sendto(srv, b"pong", addr)
+        f = await guest.recv(lambda f: UDP in f)
+        assert (f[IP].src, f[UDP].sport, f[UDP].dport, bytes(f[UDP].payload)) == (
+            GW, port, 5000, b"pong")
+        assert driver.counters["udp_tx_datagrams"] == 1 and driver.counters["udp_rx_datagrams"] == 1
+        srv.close()
+    run(body)
+
+
+async def _forward(driver, guest):
+    fwd = Forwarder(driver)
+    fid = fwd.add("tcp", "127.0.0.1", 0, "", 80)
+    await asyncio.sleep(0)                       # the listener starts serving
+    port = fwd.forwards[fid]._sock.getsockname()[1] if fwd.forwards[fid]._sock else \
+        fwd.forwards[fid].server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    syn = await guest.recv(lambda f: is_tcp(f, "S"))
+    return fwd, reader, writer, syn
+
+
+def test_forward_reaches_the_guest_and_carries_bytes():
+    """A client of a forwarded port: the stack's SYN reaches the guest (from
+    the gateway address, loopback being unanswerable inside); once the guest
+    answers, the client's bytes flow."""
+    async def body(driver, guest):
+        fwd, reader, writer, syn = await _forward(driver, guest)
+        assert syn[IP].src == GW and syn[IP].dst == GUEST and syn[TCP].dport == 80
+        assert fwd.gauges()["fwd_tcp_connecting"] == 1
+        writer.write(b"GET")
+        await writer.drain()
+        sp, theirs = syn[TCP].sport, syn[TCP].seq + 1
+        guest.tcp(80, sp, "SA", 7000, theirs, dst=GW)
+        seg = await guest.recv(lambda f: is_tcp(f) and bytes(f[TCP].payload))
+        assert bytes(seg[TCP].payload) == b"GET"
+        assert driver.counters["fwd_tcp_guest_connected"] == 1
+        assert fwd.gauges()["fwd_tcp_connecting"] == 0
+        assert driver.counters["fwd_client_addr_as_gateway"] == 1
+        writer.close()
+        fwd.close()
+    run(body)
+
+
+def test_forward_refused_by_the_guest_resets_the_client():
+    async def body(driver, guest):
+        fwd, reader, writer, syn = await _forward(driver, guest)
+        guest.tcp(80, syn[TCP].sport, "RA", 0, syn[TCP].seq + 1)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(10), TIMEOUT)
+        assert driver.counters["fwd_tcp_guest_refused"] == 1
+        assert fwd.gauges()["fwd_tcp_connecting"] == 0
+        writer.close()
+        fwd.close()
+    run(body)
+
+
+def test_forward_unanswered_times_out_in_the_stack():
+    """The container never answers: the stack's connect timeout (not a timer
+    of the forwarder's) resets the client and forgets the flow."""
+    async def body(driver, guest):
+        fwd, reader, writer, syn = await _forward(driver, guest)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(10), TIMEOUT)
+        c = driver.counters
+        assert c["tcp_inbound_connect_timeout"] == 1 and c["fwd_tcp_guest_timeout"] == 1
+        assert not driver.gw.flows.tcp.by_id
+        writer.close()
+        fwd.close()
+    run(body, tcp_connect_timeout=0.3)
+
+
+def test_udp_forward_round_trip():
+    async def body(driver, guest):
+        loop = asyncio.get_running_loop()
+        fwd = Forwarder(driver)
+        fid = fwd.add("udp", "127.0.0.1", 0, "", 53)
+        port = fwd.forwards[fid].sock.getsockname()[1]
+        cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        cli.setblocking(False)
+        cli.connect(("127.0.0.1", port))
+        await loop.sock_sendall(cli, b"q1")
+        f = await guest.recv(lambda f: UDP in f)
+        assert bytes(f[UDP].payload) == b"q1" and f[UDP].dport == 53 and f[IP].src == GW
+        guest.send(Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst=GW) / UDP(
+            sport=53, dport=f[UDP].sport) / Raw(b"a1"))
+        assert await asyncio.wait_for(loop.sock_recv(cli, 100), TIMEOUT) == b"a1"
+        await loop.sock_sendall(cli, b"q2")              # same client, same flow
+        f2 = await guest.recv(lambda f: UDP in f)
+        assert bytes(f2[UDP].payload) == b"q2" and f2[UDP].sport == f[UDP].sport
+        c = driver.counters
+        assert c["fwd_udp_client_new"] == 1 and c["fwd_udp_reply_tx"] == 1
+        cli.close()
+        fwd.close()
+    run(body)
+
+
+def test_backlog_is_reported_once_per_flush_not_per_write():
+    """Three data segments read in one TAP wake-up are three writes to the
+    host socket and one backlog report for the flow, made after the events
+    (FlowProtocol.write used to report from inside every write)."""
+    async def body(driver, guest):
+        got = bytearray()
+        done = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            while len(got) < 9:
+                got.extend(await reader.read(100))
+            done.set_result(None)
+
+        server, port, ours = await connect_out(guest, 40002, serve)
+        await asyncio.sleep(0.05)
+        reports = []
+        real = driver.gw.tcp_host_backlog
+
+        def counting(fid, nbytes, now):
+            reports.append((fid, nbytes))
+            real(fid, nbytes, now)
+        driver.gw.tcp_host_backlog = counting
+        for i, chunk in enumerate((b"abc", b"def", b"ghi")):   # one batch for the driver
+            guest.tcp(40002, port, "PA", 1001 + 3 * i, ours, chunk)
+        await asyncio.wait_for(done, TIMEOUT)
+        assert bytes(got) == b"abcdefghi"
+        assert len(reports) == 1 and reports[0][1] == 0
+        server.close()
+    run(body)
+
+
+def test_read_bound_ports_sees_our_own_listener_and_udp_socket():
+    """--publish-only-when-bound reads /proc/PID/net: here PID is ourselves."""
+    import os
+
+    from usernet.host.procnet import read_bound_ports
+    t = socket.socket()
+    t.bind(("127.0.0.1", 0))
+    t.listen(1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 0))
+    try:
+        b = read_bound_ports(os.getpid())
+        assert bytes([127, 0, 0, 1]) in b["tcp"][t.getsockname()[1]]
+        assert bytes(4) in b["udp"][u.getsockname()[1]]
+    finally:
+        t.close()
+        u.close()

@@ -1,0 +1,95 @@
+"""The services around a running driver, wired by the command line: the DNS
+forwarder, port forwards (``-p``), the slirp4netns JSON API socket, and the
+whole-stack stats the API and SIGUSR1 report.
+
+Top layer (with ``cli``, ``api``): host/ offers plain objects and plain
+errors; this module chooses them from the options and hands the API its
+backend (:class:`usernet.api.ForwarderBackend`). Each service started here
+is closed by :meth:`Services.close`, in reverse order.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from .api import ApiServer, ForwarderBackend
+from .host.dns import DnsForwarder
+from .host.forward import Forwarder
+from .stack.counters import snapshot
+
+log = logging.getLogger("usernet")
+
+
+@dataclass
+class ServiceOptions:
+    """What the services need from the command line."""
+    dns_upstream: list = field(default_factory=list)   # [(addr, port)]; empty: resolv.conf
+    publish: list = field(default_factory=list)        # [[PublishSpec, ...], ...] from -p
+    publish_from_gateway: bool = False
+    publish_only_when_bound: bool = False
+    api_socket: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "ServiceOptions":
+        """From an argparse Namespace; a front end without an option leaves its default."""
+        d = cls()
+        return cls(**{k: getattr(args, k, getattr(d, k)) or getattr(d, k)
+                      for k in cls.__dataclass_fields__})
+
+
+def stack_stats(driver, forwarder=None) -> dict:
+    """Every declared counter (zero or not), what the stack holds, and the forwards."""
+    s = snapshot(driver.counters)
+    s.update(driver.gw.gauges())
+    if forwarder is not None:
+        s.update(forwarder.gauges())
+    return s
+
+
+class Services:
+    def __init__(self, driver):
+        self.driver = driver
+        self.closers = []
+        self.forwarder = None
+        self.api = None
+
+    def stats(self) -> dict:
+        return stack_stats(self.driver, self.forwarder)
+
+    async def close(self):
+        for c in reversed(self.closers):
+            try:
+                r = c()
+                if hasattr(r, "__await__"):
+                    await r
+            except Exception as e:  # noqa: BLE001 - shutdown must finish
+                log.debug("closing a service: %s", e)
+        self.closers.clear()
+
+
+async def setup_services(driver, opts: ServiceOptions, *, ns_pid: int | None = None) -> Services:
+    """Start what ``opts`` asks for. ``ns_pid`` is a process in the
+    container's network namespace (``run``: the child; ``attach``: the target
+    PID), needed by ``--publish-only-when-bound``. A port that cannot be
+    published raises :class:`~usernet.host.forward.PublishError` (an OSError
+    with a one-line message) after closing whatever was already started."""
+    s = Services(driver)
+    if driver.gw.config.enable_dns:
+        driver.attach_dns(DnsForwarder(driver, opts.dns_upstream or None))
+    # The forwarder is always there (the API may add forwards later).
+    fwd = Forwarder(driver, real_client_addr=not opts.publish_from_gateway,
+                    only_when_bound=opts.publish_only_when_bound, ns_pid=ns_pid)
+    s.forwarder = fwd
+    s.closers.append(fwd.close)
+    try:
+        for group in opts.publish:
+            for f in group:
+                fwd.add(f.proto, f.host_addr, f.host_port, "", f.guest_port)
+        if opts.api_socket:
+            api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats))
+            s.api = api
+            s.closers.append(api.wait_closed)   # closers run in reverse: close, then wait
+            s.closers.append(api.close)
+    except BaseException:
+        await s.close()
+        raise
+    return s

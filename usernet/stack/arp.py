@@ -1,0 +1,115 @@
+"""The neighbour cache: guest address -> MAC, and frames held while it resolves.
+
+Theory of operation
+-------------------
+Frames toward the container need its MAC. :class:`NeighbourCache` maps an
+address to a MAC, learned from ARP (RFC 826's "merge" step: any ARP packet
+from inside the network teaches its sender) and from the source of the
+guest's IP traffic. A frame for an address not yet known is *held* (at most
+``hold_max`` per address) and a solicitation goes out; it is retried every
+``retry`` seconds, ``tries`` times in all, and then the held frames are
+dropped (``drop_arp_unresolved``). When the address is learned, the held
+frames get the MAC written in and go out in order.
+
+The cache knows nothing of ARP's packet format: the owner passes
+``solicit(ip) -> frame``, which builds the request. IPv6's NDP is the same
+structure with a Neighbor Solicitation builder (RFC 4861 7.2); the counters
+then want their own prefix.
+
+Entries are queued as ``(vnet_hdr, frame)`` pairs, the one shape of
+``frames_out``. The cache is bounded (``max_entries``): a container cannot
+grow it by spoofing sources.
+
+Timers: one per held address (the retry), through :class:`usernet.stack.timers.Timers`.
+"""
+
+from .timers import Timers
+
+HOLD_MAX = 64           # frames held for one address while its MAC is unknown
+RETRY = 1.0             # seconds between solicitations for a held address
+TRIES = 3               # solicitations before the held frames are dropped
+TABLE_MAX = 256         # addresses learned; a spoofing container cannot grow it further
+UNRESOLVED = bytes(6)   # destination MAC of a frame built before its neighbour is known
+
+
+class _Hold:
+    """Frames waiting for one address, and the solicitation state."""
+
+    __slots__ = ("frames", "tries", "deadline")
+
+    def __init__(self):
+        self.frames: list = []
+        self.tries = 0
+        self.deadline = None
+
+
+class NeighbourCache:
+    def __init__(self, counters, frames_out: list, timers: Timers, solicit, vnet_plain: bytes, *,
+                 max_entries: int = TABLE_MAX, hold_max: int = HOLD_MAX, retry: float = RETRY,
+                 tries: int = TRIES):
+        self.counters = counters
+        self.frames_out = frames_out
+        self.table: dict[bytes, bytes] = {}
+        self.held: dict[bytes, _Hold] = {}
+        self._timers = timers
+        self._solicit = solicit
+        self._plain = vnet_plain
+        self.max_entries = max_entries
+        self.hold_max = hold_max
+        self.retry = retry
+        self.tries = tries
+        self._kind = timers.kind(self._live, self._fire)
+
+    def lookup(self, ip: bytes) -> bytes | None:
+        return self.table.get(ip)
+
+    def learn(self, ip: bytes, mac: bytes) -> None:
+        """Record ``ip -> mac`` (bounded) and release the frames waiting for it."""
+        known = self.table.get(ip)
+        if known == mac:
+            return
+        if known is None and len(self.table) >= self.max_entries:
+            self.counters["arp_table_full"] += 1
+            return
+        self.counters["arp_learned"] += 1
+        self.table[ip] = mac
+        hold = self.held.pop(ip, None)
+        if hold is not None:
+            out = self.frames_out
+            for entry in hold.frames:
+                entry[1][0:6] = mac      # the one place a frame's MAC is written late
+                out.append(entry)
+
+    def output(self, ip: bytes, mac: bytes | None, entry: tuple, now: float) -> None:
+        """Queue ``entry`` (a ``(vnet_hdr, frame)`` pair built for ``mac``,
+        the result of :meth:`lookup`), or hold it until ``ip`` resolves."""
+        if mac is not None:
+            self.frames_out.append(entry)
+            return
+        hold = self.held.get(ip)
+        if hold is None:
+            hold = self.held[ip] = _Hold()
+            self._send_solicit(ip, hold, now)
+        if len(hold.frames) >= self.hold_max:
+            self.counters["drop_arp_hold_full"] += 1
+            return
+        hold.frames.append(entry)
+
+    def _send_solicit(self, ip: bytes, hold: _Hold, now: float) -> None:
+        hold.tries += 1
+        self.counters["arp_request_tx"] += 1
+        self.frames_out.append((self._plain, self._solicit(ip)))
+        hold.deadline = now + self.retry
+        self._timers.push(hold.deadline, self._kind, ip)
+
+    def _live(self, ip: bytes, deadline: float) -> bool:
+        hold = self.held.get(ip)
+        return hold is not None and hold.deadline == deadline
+
+    def _fire(self, ip: bytes, deadline: float, now: float) -> None:
+        hold = self.held[ip]
+        if hold.tries < self.tries:
+            self._send_solicit(ip, hold, now)
+            return
+        del self.held[ip]
+        self.counters["drop_arp_unresolved"] += len(hold.frames)

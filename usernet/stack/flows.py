@@ -1,0 +1,189 @@
+"""The flow tables: TCP, UDP and ICMP echo flows, one id space, one way to open.
+
+Theory of operation
+-------------------
+A flow is the stack's half of one NAT mapping. Its *key* is the container's
+view, ``(guest_ip, guest_port, remote_ip, remote_port)`` (for ICMP echo:
+``(guest_ip, ident, remote_ip, 0)``, the identifier standing for the port);
+its *id* is what the host side knows it by (every event carries it). Ids come
+from one counter for all kinds, so an id never names two live flows.
+
+:class:`FlowTable` holds one kind, by key and by id, with a limit; past the
+limit :meth:`Flows.open_datagram` refuses with the kind's counter and TCP
+refuses at its SYN. Every datagram flow is opened through
+:meth:`Flows.open_datagram`, every TCP flow through :meth:`Flows.add_tcp`:
+one path each.
+
+:class:`UdpFlow` and :class:`IcmpFlow` are separate types over one base
+(:class:`DatagramFlow`: an idle deadline pushed out by traffic); each names
+its table's event and counters as class attributes, so nothing is patched
+after construction. :class:`TcpFlow` wraps a
+:class:`~usernet.stack.tcp.TcpConnection` with the gateway's bookkeeping:
+the host connect in progress (outbound) or the container's answer awaited
+(``inbound``, a port forward), each with a ``connect_deadline``.
+
+Source ports. A port forward's client is shown to the container as itself
+when the address policy (:mod:`usernet.stack.nat`) lets the container answer
+it and the 4-tuple is free; else from the gateway address, with a port
+picked round-robin from ``PICK_PORTS`` when needed, skipping any that would
+clash with a live flow of that table (:meth:`Flows.inbound_key`).
+
+IPv6 flows will share these tables (a 16-byte key address is a different
+key), and so this code.
+"""
+
+from .events import IcmpClose, UdpClose
+
+PICK_PORTS = (49152, 65535)  # source ports the stack picks when the client's own cannot be used
+PICK_TRIES = 64
+
+
+class TcpFlow:
+    """One TCP flow's gateway-side bookkeeping; the protocol lives in ``conn``."""
+
+    __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
+                 "connecting", "connect_deadline", "armed", "inbound")
+
+    def __init__(self, fid, key, conn, inbound: bool):
+        self.id = fid
+        self.key = key
+        self.conn = conn
+        self.guest_ip, self.guest_port, self.remote_ip, self.remote_port = key
+        self.connecting = False       # outbound: host connect in progress (counted)
+        self.connect_deadline = None  # host connect (outbound) / guest answer (inbound) due
+        self.armed = None
+        self.inbound = inbound        # a port forward: we opened toward the container
+
+    def deadline(self):
+        t = self.conn.get_timer()
+        d = self.connect_deadline
+        if d is not None and (t is None or d < t):
+            return d
+        return t
+
+
+class DatagramFlow:
+    """A flow with an idle deadline that traffic pushes out."""
+
+    __slots__ = ("id", "key", "guest_ip", "guest_port", "remote_ip", "remote_port", "deadline",
+                 "armed", "idle")
+    CLOSE = None            # the event the host side gets when the flow expires
+    OPENED = EXPIRED = LIMIT = ""   # counter names
+
+    def __init__(self, fid, key, idle: float):
+        self.id = fid
+        self.key = key
+        self.guest_ip, self.guest_port, self.remote_ip, self.remote_port = key
+        self.idle = idle
+        self.deadline = None
+        self.armed = None
+
+
+class UdpFlow(DatagramFlow):
+    __slots__ = ()
+    CLOSE = UdpClose
+    OPENED, EXPIRED, LIMIT = "udp_flow_open", "udp_flow_expired", "drop_udp_flow_limit"
+
+
+class IcmpFlow(DatagramFlow):
+    """An echo flow; ``guest_port`` is the container's echo identifier."""
+    __slots__ = ()
+    CLOSE = IcmpClose
+    OPENED, EXPIRED, LIMIT = "icmp_flow_open", "icmp_flow_expired", "drop_icmp_flow_limit"
+
+
+class FlowTable:
+    """Flows of one kind by key and by id, with a limit."""
+
+    __slots__ = ("by_key", "by_id", "limit", "picked_counter", "no_port_counter")
+
+    def __init__(self, limit: int, picked_counter: str = "", no_port_counter: str = ""):
+        self.by_key: dict = {}
+        self.by_id: dict = {}
+        self.limit = limit
+        # Port forwards (Flows.inbound_key): a port picked for a client, none free.
+        self.picked_counter = picked_counter
+        self.no_port_counter = no_port_counter
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def full(self) -> bool:
+        return len(self.by_id) >= self.limit
+
+    def add(self, flow) -> None:
+        self.by_key[flow.key] = flow
+        self.by_id[flow.id] = flow
+
+    def remove(self, flow) -> bool:
+        """Forget ``flow``; False if it was already gone."""
+        if self.by_id.pop(flow.id, None) is None:
+            return False
+        self.by_key.pop(flow.key, None)
+        return True
+
+
+class Flows:
+    """The three tables and the id space."""
+
+    def __init__(self, cfg, counters, nat):
+        self.counters = counters
+        self.nat = nat
+        self.gateway_ip = cfg.gateway_ip
+        self.tcp = FlowTable(cfg.max_tcp_flows, "tcp_inbound_source_port_picked",
+                             "tcp_inbound_no_source_port")
+        self.udp = FlowTable(cfg.max_udp_flows, "udp_inbound_source_port_picked",
+                             "udp_inbound_no_source_port")
+        self.icmp = FlowTable(cfg.max_icmp_flows)
+        self.tcp_connecting = 0          # outbound flows waiting for their host connect
+        self._next_id = 1
+        self._next_pick = PICK_PORTS[0]
+
+    def new_id(self) -> int:
+        fid = self._next_id
+        self._next_id += 1
+        return fid
+
+    def open_datagram(self, cls, table: FlowTable, key: tuple, idle: float):
+        """Register a new UDP or ICMP echo flow, or count the drop and return
+        None at the table's limit."""
+        if table.full():
+            self.counters[cls.LIMIT] += 1
+            return None
+        flow = cls(self.new_id(), key, idle)
+        table.add(flow)
+        self.counters[cls.OPENED] += 1
+        return flow
+
+    def inbound_key(self, table: FlowTable, guest_ip: bytes, guest_port: int,
+                    src_ip: bytes | None, src_port: int | None) -> tuple | None:
+        """The key of a new port-forward flow: the client's own address and
+        port when the address policy lets the container answer it and the
+        tuple is free; else the gateway's address (with the client's port
+        while it is free) or a port picked from ``PICK_PORTS``; ``src_ip``
+        None asks for the gateway and a picked port. None when no port is
+        free. Counted as ``<kind>_inbound_source_port_picked`` /
+        ``<kind>_inbound_no_source_port``."""
+        c = self.counters
+        gw_ip = self.gateway_ip
+        if src_ip is None:
+            src_port = None
+        elif self.nat.inbound_source(src_ip) is None:
+            c["fwd_client_addr_as_gateway"] += 1
+            src_ip = gw_ip
+        if src_port is not None:
+            key = (guest_ip, guest_port, src_ip, src_port)
+            if key not in table.by_key:
+                return key
+            # Two loopback clients with the same port, a stale flow: the
+            # tuple would mix them up.
+            c[table.picked_counter] += 1
+        lo, hi = PICK_PORTS
+        by_key = table.by_key
+        for _ in range(PICK_TRIES):
+            p = self._next_pick
+            self._next_pick = lo if p >= hi else p + 1
+            if (guest_ip, guest_port, gw_ip, p) not in by_key:
+                return (guest_ip, guest_port, gw_ip, p)
+        c[table.no_port_counter] += 1
+        return None
