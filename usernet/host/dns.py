@@ -25,6 +25,7 @@ import socket
 
 from ..stack.dns import parse_resolv_conf
 from ..stack.gateway import DNS_QUERY_TIMEOUT
+from .outbound import bind_outbound
 
 log = logging.getLogger("usernet")
 
@@ -91,6 +92,7 @@ class DnsForwarder:
             try:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
+                bind_outbound(d, sock)
                 sock.setblocking(False)
                 sock.connect((host, port))
                 sock.send(ent[1])

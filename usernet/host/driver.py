@@ -141,6 +141,8 @@ class HostDriver:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
         self.stopped = None
+        # --outbound-addr[6]: family -> source address of outbound sockets (host/outbound.py).
+        self.outbound = {}
 
     # ------------------------------------------------------------ lifecycle
     def start(self, loop=None) -> None:

@@ -19,6 +19,7 @@ import logging
 import socket
 
 from ..stack import gateway as gwmod
+from .outbound import bind_outbound
 from ..wire.checksum import checksum
 from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
 
@@ -53,6 +54,7 @@ class IcmpHost:
             why = e.strerror
         try:
             self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            bind_outbound(self.driver, self.raw)
             self.raw.setblocking(False)
             self.driver.loop.add_reader(self.raw.fileno(), self._on_raw)
             self.mode = "raw"
@@ -77,6 +79,7 @@ class IcmpHost:
             if self.mode == "ping":
                 try:
                     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                    bind_outbound(d, s)
                     s.setblocking(False)
                     s.connect((host, 0))
                 except OSError as e:

@@ -24,6 +24,7 @@ import struct
 
 from ..stack import gateway as gwmod
 from ..stack.tcp import RCV_BUF
+from .outbound import local_addr
 
 log = logging.getLogger("usernet")
 
@@ -235,7 +236,8 @@ class TcpHost:
                 return
             host, port = target
         try:
-            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port)
+            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port,
+                                                    local_addr=local_addr(d, host))
         except asyncio.CancelledError:
             return
         except OSError as e:

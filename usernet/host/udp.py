@@ -14,6 +14,7 @@ import logging
 import socket
 
 from ..stack import gateway as gwmod
+from .outbound import bind_outbound
 
 log = logging.getLogger("usernet")
 
@@ -67,6 +68,7 @@ class UdpHost:
             try:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
+                bind_outbound(d, sock)
                 sock.setblocking(False)
                 sock.connect((host, port))
             except OSError as e:
