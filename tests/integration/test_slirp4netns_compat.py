@@ -328,3 +328,21 @@ def test_ready_only_after_api_socket_listens(tmp_path):
         assert h.wait() == 0
         h.cleanup()
         _drop_netns(netns)
+
+
+def test_usernet_run_reads_dns_upstream_env():
+    """$USERNET_DNS_UPSTREAM works for `usernet run` (and attach) too, not only for Podman."""
+    from conftest import usernet_run
+    from test_podman import _DnsServer
+    dns = _DnsServer("10.0.2.77")
+    try:
+        r = usernet_run([], ["busybox", "nslookup", "env-upstream.example", "10.0.2.3"],
+                        env={"USERNET_DNS_UPSTREAM": f"127.0.0.1:{dns.port}"}, check=True)
+    finally:
+        dns.close()
+    assert "env-upstream.example" in dns.names
+    assert "10.0.2.77" in r.stdout, r.stdout
+    bad = usernet_run([], ["true"], env={"USERNET_DNS_UPSTREAM": "not-an-address"})
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "usernet: USERNET_DNS_UPSTREAM: bad address 'not-an-address' (want ADDR[:PORT])"]
