@@ -117,6 +117,11 @@ class PodmanUser:
             e.update(extra)
         return e
 
+    def cmd(self, argv, timeout=T, env=None):
+        return subprocess.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
+                               "--init-groups", *argv], capture_output=True, text=True,
+                              timeout=timeout, env=self.env(env), cwd=self.home)
+
     def run(self, *args, timeout=T, env=None, check=False):
         # /dev/net/tun may have been put back to 0600 by a concurrent test session.
         with contextlib.suppress(OSError):
@@ -229,6 +234,7 @@ def podman():
         os.chmod(tar, 0o644)
         os.chmod(TUN, 0o666)
         u = PodmanUser(USER, pw.pw_uid, pw.pw_gid, home, runtime)
+        u.entry = entry
         u.run("import", "--change", "CMD=/bin/sh", tar, IMAGE, timeout=300, check=True)
         yield u
     finally:
@@ -406,3 +412,28 @@ def test_publish_serves_from_inside(podman, handler):
     assert _wait_gone(podman.uid, podman.runtime), "a usernet process or API socket outlived podman rm -f"
     # No TAP left: the container's netns is gone with it, and no helper holds a TAP fd.
     assert not _usernet_procs(podman.uid)
+
+
+def test_recipe_script_points_podman_at_usernet_and_undoes_it(podman):
+    conf = os.path.join(podman.home, ".config", "containers", "containers.conf")
+    with open(conf) as f:
+        original = f.read()
+    script = os.path.join(REPO, "tools", "podman-usernet.sh")
+    fmt = "{{.Host.Slirp4NetNS.Executable}}"
+    try:
+        with open(conf, "w") as f:
+            f.write("".join(ln for ln in original.splitlines(True) if "network_cmd_path" not in ln))
+        before = podman.run("info", "--format", fmt, check=True).stdout.strip()
+        assert "usernet" not in before
+        r = podman.cmd([script, "install"], env={"USERNET_SLIRP4NETNS": podman.entry})
+        assert r.returncode == 0, r.stderr
+        assert podman.run("info", "--format", fmt, check=True).stdout.strip() == podman.entry
+        r = podman.cmd([script, "undo"])
+        assert r.returncode == 0, r.stderr
+        assert podman.run("info", "--format", fmt, check=True).stdout.strip() == before
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+        for leftover in (conf + ".usernet-backup", conf + ".usernet-backup.absent"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
