@@ -134,7 +134,8 @@ def _common(p):
     g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")
     g.add_argument("--disable-dns", action="store_true", help="no DNS forwarder at network+3")
     g.add_argument("--dns-upstream", type=_hostport, action="append", default=[],
-                   metavar="ADDR[:PORT]", help="upstream resolver (repeatable; default: resolv.conf)")
+                   metavar="ADDR[:PORT]", help="upstream resolver (repeatable; default: $USERNET_DNS_UPSTREAM, "
+                        "comma-separated, else resolv.conf)")
     g.add_argument("--disable-dhcp", action="store_true", help="no DHCP server")
     g.add_argument("-p", "--publish", type=_publish, action="append", default=[],
                    metavar="[ADDR:]PORT[-END]:PORT[-END][/tcp|/udp]", help="forward a host port inward")
