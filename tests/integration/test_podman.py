@@ -437,3 +437,38 @@ def test_recipe_script_points_podman_at_usernet_and_undoes_it(podman):
         for leftover in (conf + ".usernet-backup", conf + ".usernet-backup.absent"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
+
+
+def test_network_options_cidr_mtu_outbound_addr(podman):
+    """cidr, mtu and outbound_addr of `--network slirp4netns:...` reach usernet and take effect:
+    the container gets network+100 and the MTU, and the host server sees the outbound address."""
+    peers = []
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(60)
+    port = srv.getsockname()[1]
+
+    def serve():
+        with contextlib.suppress(OSError):
+            conn, peer = srv.accept()
+            peers.append(peer[0])
+            with conn:
+                conn.settimeout(10)
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        opts = "allow_host_loopback=true,cidr=10.0.5.0/24,mtu=1400,outbound_addr=127.0.0.2"
+        r = podman.run("run", "--rm", "--network", f"slirp4netns:{opts}", IMAGE, "sh", "-c",
+                       f"ip -4 addr show tap0; cat /sys/class/net/tap0/mtu; ip route; "
+                       f"grep nameserver /etc/resolv.conf; wget -qO- http://10.0.5.2:{port}/",
+                       check=True)
+    finally:
+        srv.close()
+        t.join(5)
+    assert "inet 10.0.5.100/24" in r.stdout and "\n1400\n" in r.stdout, r.stdout
+    assert "default via 10.0.5.2" in r.stdout and "nameserver 10.0.5.3" in r.stdout, r.stdout
+    assert r.stdout.rstrip().endswith("ok"), r.stdout
+    assert peers == ["127.0.0.2"], peers
