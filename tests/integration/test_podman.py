@@ -472,3 +472,43 @@ def test_network_options_cidr_mtu_outbound_addr(podman):
     assert "default via 10.0.5.2" in r.stdout and "nameserver 10.0.5.3" in r.stdout, r.stdout
     assert r.stdout.rstrip().endswith("ok"), r.stdout
     assert peers == ["127.0.0.2"], peers
+
+
+def test_rootless_bridge_network_helper_stops_on_sigterm(podman):
+    """`--network podman` (netavark) runs inside Podman's rootless network namespace, whose
+    network helper Podman starts the same way and stops with SIGTERM when the last container
+    is gone: usernet must be that helper, carry the traffic, and then leave nothing behind."""
+    name = "usernet-bridge"
+    conf = os.path.join(podman.home, ".config", "containers", "containers.conf")
+    with open(conf) as f:
+        original = f.read()
+    # The rootless netns's helper takes its options from containers.conf only (Podman passes
+    # --disable-host-loopback otherwise, and usernet then refuses 10.0.2.2, as slirp4netns does).
+    with open(conf, "w") as f:
+        f.write(original.replace("[engine]\n", '[engine]\nnetwork_cmd_options = ["allow_host_loopback=true"]\n'))
+    try:
+        _bridge_run(podman, name)
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+
+
+def _bridge_run(podman, name):
+    r = podman.run("run", "-d", "--name", name, "--network", "podman", IMAGE, "sleep", "600")
+    if r.returncode != 0 and ("netavark" in r.stderr or "iptables" in r.stderr or "CNI" in r.stderr):
+        pytest.skip(f"bridge networking unavailable here: {r.stderr.strip()[-200:]}")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert len(_usernet_procs(podman.uid)) == 1, "usernet is not the rootless netns's helper"
+        # Out through the bridge, netavark's NAT in the rootless netns, its tap0 and usernet.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "page"), "w") as f:
+                f.write("through the bridge\n")
+            os.chmod(d, 0o755)
+            with http_server(d) as port:
+                e = podman.run("exec", name, "wget", "-qO-", f"http://10.0.2.2:{port}/page")
+        assert "through the bridge" in e.stdout, (e.stdout, e.stderr)
+    finally:
+        rm = podman.run("rm", "-f", "-t", "0", name)
+    assert rm.returncode == 0, rm.stderr
+    assert _wait_gone(podman.uid, podman.runtime), "the rootless netns helper outlived its last container"
