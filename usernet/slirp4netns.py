@@ -252,7 +252,7 @@ def parse(argv, prog: str = "slirp4netns") -> Options:
         elif name == "netns-type":
             o.netns_type = val
         elif name == "userns-path":
-            if not os.path.lexists(val):
+            if not os.path.exists(val):  # slirp4netns: access(F_OK)
                 raise Exit(1, usage, f"userns path doesn't exist: {val}\n")
             o.userns_path = val
         elif name in ("enable-sandbox", "create-sandbox"):

@@ -19,6 +19,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -195,6 +196,7 @@ def podman():
     old_tun = os.stat(TUN).st_mode & 0o777
     subprocess.run(["userdel", "-f", USER], capture_output=True)  # a leftover of a killed run
     made_user = False
+    start = 1 << 31  # the subordinate range, once chosen
     try:
         subprocess.run(["useradd", "--no-create-home", "--home-dir", home, "--shell", "/bin/sh",
                         "--no-user-group", "--gid", "nogroup", USER], check=True, capture_output=True)
@@ -245,9 +247,15 @@ def podman():
                             "--init-groups", "podman", "system", "reset", "--force"],
                            capture_output=True, timeout=T, cwd="/",
                            env={"HOME": home, "XDG_RUNTIME_DIR": runtime, "PATH": os.environ["PATH"]})
-            subprocess.run(["pkill", "-KILL", "-U", str(pw.pw_uid)], capture_output=True)
+            # What is left of it (the rootless pause process, a conmon): each by its pid, only
+            # processes of the test user and of its subordinate ids.
+            for pid in _pids_of(lambda uid: uid == pw.pw_uid or start <= uid < start + 65536):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
             subprocess.run(["userdel", "-f", USER], capture_output=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/libpod_rootless_lock_{pw.pw_uid}")
         for path, text in saved.items():
             if text is None:
                 with contextlib.suppress(FileNotFoundError):
@@ -258,6 +266,17 @@ def podman():
         os.chmod(TUN, old_tun)
         # vfs layers hold files owned by subordinate ids; rm as root takes them all.
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _pids_of(owner):
+    """pids of processes whose owner uid satisfies ``owner(uid)``."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                if owner(os.stat(f"/proc/{pid}").st_uid):
+                    out.append(int(pid))
+    return out
 
 
 def _usernet_procs(uid):
