@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO, need_root, need_tun
+from conftest import REPO, free_port, need_root, need_tun
 
 ENTRY = os.path.join(REPO, ".venv", "bin", "usernet-slirp4netns")
 SLIRP = shutil.which("slirp4netns") or "/usr/bin/slirp4netns"
@@ -235,7 +235,13 @@ def test_same_network_and_fd_protocol(tmp_path, argv, e, r):
             inside = _inside(netns)
             replies = None
             if "--api-socket" in argv:
+                hp = free_port()
+                add = ('{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1",'
+                       '"host_port":%d,"guest_addr":"","guest_port":80}}' % hp).encode()
                 replies = [
+                    _api(api, add),
+                    _api(api, add),  # the same port again: "add_hostfwd failed"
+                    _api(api, b'{"execute":"remove_hostfwd","arguments":{"id":1}}'),
                     _api(api, b'{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1",'
                               b'"host_port":0,"guest_addr":"","guest_port":80}}'),
                     _api(api, b'{"execute":"remove_hostfwd","arguments":{"id":42}}'),
