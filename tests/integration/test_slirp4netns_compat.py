@@ -306,10 +306,15 @@ def test_outbound_addr_binds_tcp_and_udp_like_slirp4netns(tmp_path, flag, want):
     assert seen["usernet"] == seen["slirp4netns"] == (want, want)
 
 
-def test_sigterm_is_a_clean_exit(tmp_path):
+READY_ONLY = ["-c", "-r", "{r}", "--api-socket", "{api}", "--netns-type=path", "{netns}", "tap0"]
+
+
+@pytest.mark.parametrize("argv,e", [(PODMAN_43, 3), (READY_ONLY, None)], ids=["exit-fd", "ready-only"])
+def test_sigterm_is_a_clean_exit(tmp_path, argv, e):
+    """Podman 4.6+ may pass only -r and stop the helper (of its rootless netns) with SIGTERM."""
     netns = _netns(tmp_path, "ns")
     api = str(tmp_path / "u.sock")
-    h = Helper("usernet", PODMAN_43, netns, 3, 4, api)
+    h = Helper("usernet", argv, netns, e, 4 if e == 3 else 3, api)
     try:
         assert h.ready() == b"1"
         assert os.path.exists(api)
