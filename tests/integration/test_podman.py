@@ -187,7 +187,9 @@ def podman():
     os.chmod(base, 0o755)
     home, runtime = os.path.join(base, "home"), os.path.join(base, "r")
     saved = {}
-    for path in ("/etc/subuid", "/etc/subgid"):
+    # The id files, and the "-" backups useradd/userdel leave beside them.
+    for path in ("/etc/subuid", "/etc/subgid", "/etc/subuid-", "/etc/subgid-", "/etc/passwd-",
+                 "/etc/shadow-", "/etc/group-", "/etc/gshadow-"):
         try:
             with open(path) as f:
                 saved[path] = f.read()
@@ -210,6 +212,7 @@ def podman():
                 text += "\n"
             with open(path, "w") as f:
                 f.write(text + f"{USER}:{start}:65536\n")
+            os.chmod(path, 0o644)
         conf = os.path.join(home, ".config", "containers")
         os.makedirs(conf)
         os.makedirs(runtime)
@@ -261,7 +264,7 @@ def podman():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             else:
-                with open(path, "w") as f:
+                with open(path, "w") as f:  # an existing file keeps its owner and mode
                     f.write(text)
         os.chmod(TUN, old_tun)
         # vfs layers hold files owned by subordinate ids; rm as root takes them all.
