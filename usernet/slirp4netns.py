@@ -40,7 +40,6 @@ DNS upstream (Podman passes no such flag, but its environment).
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import ipaddress
 import logging
