@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox procps slirp4netns passt ncat)
+# busybox-static (not busybox, which it replaces): the Podman test's image is made of it.
+# podman runc: the real rootless Podman test (tests/integration/test_podman.py).
+APT_PACKAGES=(iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox-static procps slirp4netns passt ncat
+              podman runc)
 
 need_apt=()
 for pkg in "${APT_PACKAGES[@]}"; do

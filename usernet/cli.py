@@ -3,6 +3,8 @@
     usernet run [OPTIONS] -- CMD [ARGS...]     new user+net+mount namespace for CMD
     usernet attach [OPTIONS] PID|PATH [TAP]    join an existing namespace (like slirp4netns)
     usernet fwd add|list|rm --api-socket PATH  talk to a running usernet's API socket
+    usernet slirp4netns [OPTION]... PID|PATH TAPNAME   slirp4netns 1.2's command line
+                                                (also the usernet-slirp4netns script)
 
 Every bad value is one line on stderr naming the flag, and exit status 1;
 never a traceback. A fatal error at run time is one clear line and a non-zero
@@ -87,6 +89,23 @@ def _hostport(text):
     return host, port
 
 
+DNS_UPSTREAM_ENV = "USERNET_DNS_UPSTREAM"
+
+
+def dns_upstream_from_env(environ=None):
+    """``$USERNET_DNS_UPSTREAM``: upstream resolvers (ADDR[:PORT], comma- or space-separated)
+    for when no ``--dns-upstream`` is given: Podman starts its network helper with no upstream
+    flag, but with its own environment. Empty or unset: [] (resolv.conf). Raises UsageError."""
+    text = (os.environ if environ is None else environ).get(DNS_UPSTREAM_ENV, "")
+    out = []
+    for item in text.replace(",", " ").split():
+        try:
+            out.append(_hostport(item))
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"{DNS_UPSTREAM_ENV}: {e}") from None
+    return out
+
+
 def _publish(text):
     from .publish import parse_publish
     try:
@@ -115,7 +134,8 @@ def _common(p):
     g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")
     g.add_argument("--disable-dns", action="store_true", help="no DNS forwarder at network+3")
     g.add_argument("--dns-upstream", type=_hostport, action="append", default=[],
-                   metavar="ADDR[:PORT]", help="upstream resolver (repeatable; default: resolv.conf)")
+                   metavar="ADDR[:PORT]", help="upstream resolver (repeatable; default: $USERNET_DNS_UPSTREAM, "
+                        "comma-separated, else resolv.conf)")
     g.add_argument("--disable-dhcp", action="store_true", help="no DHCP server")
     g.add_argument("-p", "--publish", type=_publish, action="append", default=[],
                    metavar="[ADDR:]PORT[-END]:PORT[-END][/tcp|/udp]", help="forward a host port inward")
@@ -142,7 +162,7 @@ def build_parser():
     p = _Parser(prog="usernet", description="userspace network for rootless containers")
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,slirp4netns}", parser_class=_Parser)
     sub.required = True
 
     r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
@@ -185,21 +205,24 @@ def _new_loop():
         return asyncio.new_event_loop()
 
 
-async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=None) -> int:
+async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=None,
+                on_ready=None) -> int:
     """Run the stack on ``tap_fd`` until the child exits, the watched process
     is gone, or SIGINT/SIGTERM. Returns the exit status.
 
     ``child`` (a RunNamespace) is released to exec its command only once the
     signal handlers are in place, so a SIGTERM is always passed on to it.
     ``watch_pidfd`` is a pidfd opened before attaching (a pid may be gone by
-    now; the pidfd still reports its exit); ``watch_pid`` opens one here."""
+    now; the pidfd still reports its exit); ``watch_pid`` opens one here.
+    ``on_ready(finish)`` is called once everything listens (the slirp4netns
+    ready fd); ``finish(status)`` ends the run (its exit fd)."""
     from .host.driver import DRAIN_TIMEOUT, HostDriver
     from .stack.gateway import Gateway
     from .services import ServiceOptions, setup_services
 
     loop = asyncio.get_running_loop()
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
-    driver = HostDriver(gw, tap_fd, impair=args.impair)
+    driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
     driver.start(loop)
     try:
         services = await setup_services(driver, ServiceOptions.from_args(args),
@@ -255,6 +278,8 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             finish(0)
 
     driver.stopped.add_done_callback(tap_gone)
+    if on_ready is not None:
+        on_ready(finish)
     try:
         status = await done
     finally:
@@ -431,6 +456,12 @@ def _raise_fd_limit() -> None:
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["slirp4netns"]:
+        # slirp4netns's own getopt dialect (usernet/slirp4netns.py), not argparse's.
+        from .slirp4netns import main as s4main
+        return s4main(argv[1:], prog="usernet slirp4netns")
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -441,6 +472,8 @@ def main(argv=None) -> int:
             args.spec, extra = extra[0], []
         if extra:
             parser.error("unrecognized arguments: " + " ".join(extra))
+        if args.command in ("run", "attach") and not args.dns_upstream:
+            args.dns_upstream = dns_upstream_from_env()
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)
         return 1

@@ -378,7 +378,8 @@ def configure_interface(ifname: str, cfg: IfConfig) -> None:
             step = f"{ifname} address {cfg.address}/{cfg.prefixlen}"
             ipr.addr("add", index=idx, address=cfg.address, prefixlen=cfg.prefixlen)
             step = f"default route via {cfg.gateway}"
-            ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway, oif=idx)
+            # proto boot, as ip(8) and slirp4netns leave it (pyroute2 defaults to static).
+            ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway, oif=idx, proto="boot")
     except NetlinkError as exc:
         raise NetnsError(f"configure {step}: {os.strerror(exc.code) if exc.code else exc}") from None
 

@@ -26,6 +26,7 @@ import socket
 from ..stack.dns import parse_resolv_conf
 from ..stack.events import DnsQuery
 from ..stack.config import DNS_QUERY_TIMEOUT
+from .outbound import bind_outbound
 
 log = logging.getLogger("usernet")
 
@@ -92,6 +93,7 @@ class DnsForwarder:
             try:
                 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(fam, socket.SOCK_DGRAM)
+                bind_outbound(d.outbound, sock)
                 sock.setblocking(False)
                 sock.connect((host, port))
                 sock.send(ent[1])

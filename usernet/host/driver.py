@@ -121,7 +121,7 @@ class Impairment:
 
 class HostDriver:
     def __init__(self, gateway, tap_fd: int, *, vnet_hdr: bool = True, impair: str | None = None,
-                 dns=None):
+                 dns=None, outbound: dict | None = None):
         self.gw = gateway
         self.counters = gateway.counters
         self.fd = tap_fd
@@ -144,6 +144,9 @@ class HostDriver:
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
         self.stopped = None
         self._handlers: dict = {}      # event type -> method, built at start()
+        # --outbound-addr[6]: address family -> source address of outbound
+        # sockets (host/outbound.py); empty: the kernel chooses.
+        self.outbound = dict(outbound or {})
 
     def attach_dns(self, dns) -> None:
         """Serve the stack's DNS queries with ``dns`` (a ``DnsForwarder``)."""

@@ -21,6 +21,7 @@ import socket
 from ..stack.events import IcmpClose, IcmpOpen, IcmpSend
 from ..wire.checksum import checksum
 from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
+from .outbound import bind_outbound
 from .udp import recv_batch
 
 log = logging.getLogger("usernet")
@@ -54,6 +55,7 @@ class IcmpHost:
             why = e.strerror
         try:
             self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            bind_outbound(self.driver.outbound, self.raw)
             self.raw.setblocking(False)
             self.driver.loop.add_reader(self.raw.fileno(), self._on_raw)
             self.mode = "raw"
@@ -72,13 +74,17 @@ class IcmpHost:
         fid, host, ident = ev.fid, ev.host, ev.ident
         self.flows[fid] = (host, ident)
         if self.mode == "ping":
+            s = None
             try:
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                bind_outbound(d.outbound, s)
                 s.setblocking(False)
                 s.connect((host, 0))
             except OSError as e:
                 # No socket for this flow: its echoes are answered with
                 # "administratively prohibited" (see send).
+                if s is not None:
+                    s.close()
                 d.counters["icmp_host_socket_error"] += 1
                 log.debug("ping socket to %s: %s", host, e)
                 return

@@ -26,6 +26,7 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
+from .outbound import local_addr
 
 log = logging.getLogger("usernet")
 
@@ -282,7 +283,8 @@ class TcpHost:
         d = self.driver
         loop = d.loop
         try:
-            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port)
+            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port,
+                                                    local_addr=local_addr(d.outbound, host))
         except asyncio.CancelledError:
             return
         except OSError as e:

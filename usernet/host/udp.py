@@ -14,6 +14,7 @@ import logging
 import socket
 
 from ..stack.events import UdpClose, UdpOpen, UdpSend
+from .outbound import bind_outbound
 
 log = logging.getLogger("usernet")
 
@@ -84,6 +85,7 @@ class UdpHost:
             log.debug("UDP flow to %s:%d: %s", host, port, e)
             return
         try:
+            bind_outbound(d.outbound, sock)
             sock.setblocking(False)
             sock.connect((host, port))
         except OSError as e:

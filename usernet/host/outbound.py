@@ -1,0 +1,31 @@
+"""The source address of every outbound host socket (``--outbound-addr``/``--outbound-addr6``).
+
+slirp4netns (libslirp's ``outbound_addr``/``outbound_addr6``) binds each socket it opens toward
+the outside -- TCP connects, UDP flows (which include the DNS redirect to the host's resolvers),
+ICMP echo sockets -- to one local address before connecting. usernet does the same at each
+socket-creation site in host/ with one call:
+
+* :func:`bind_outbound` for a socket made by hand (UDP flows, DNS upstream queries, ping sockets);
+* :func:`local_addr` for ``loop.create_connection(..., local_addr=...)`` (TCP).
+
+``outbound`` is ``HostDriver.outbound``: a mapping of address family to the address (a plain
+string), empty when no flag was given (then nothing is bound and the kernel picks the source, as
+before). Interface names are resolved to an address by the top layer, not here:
+SO_BINDTODEVICE needs CAP_NET_RAW, which an unprivileged user lacks, so slirp4netns resolves the
+name too.
+"""
+
+import socket
+
+
+def local_addr(outbound: dict, host: str):
+    """The ``local_addr`` for a connection to ``host`` (an address literal), or None."""
+    addr = outbound.get(socket.AF_INET6 if ":" in host else socket.AF_INET) if outbound else None
+    return (addr, 0) if addr else None
+
+
+def bind_outbound(outbound: dict, sock: socket.socket) -> None:
+    """Bind ``sock`` to the outbound address of its family, if one is set. Raises OSError."""
+    addr = outbound.get(sock.family) if outbound else None
+    if addr:
+        sock.bind((addr, 0))

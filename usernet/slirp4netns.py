@@ -1,0 +1,514 @@
+"""``usernet-slirp4netns``: usernet behind slirp4netns 1.2's command line and fd protocol.
+
+Rootless Podman (4.x, 5.x) and RootlessKit start whatever ``network_cmd_path`` names exactly as
+they start slirp4netns, so at that boundary usernet must be indistinguishable from it. This module
+is that dialect and nothing else; the work is done by :func:`usernet.netns.attach` (the TAP, made
+and configured inside the namespace) and :func:`usernet.cli.serve` (the stack, the API socket).
+
+Theory of operation
+===================
+
+1. **Parse** (:func:`parse`): a small getopt_long clone, because slirp4netns is plain
+   ``getopt_long`` and its callers rely on its edges: GNU argument permutation, ``--opt=val`` and
+   ``--opt val``, ``-cm1500`` clusters, unique prefixes of long options (``--conf``), glibc's own
+   error texts (``unrecognized option '--x'``, ``invalid option -- 'x'``, ``option '--mtu'
+   requires an argument``, ``... is ambiguous; possibilities: ...``). As in slirp4netns, an option
+   is acted on when met (``-h --bogus`` is help and status 0; ``-m 0`` is refused before a later
+   unknown option is seen); errors found then, and in the checks right after the loop (PID, path,
+   ``--macaddress`` without ``-c``, too few arguments), print the usage on stdout and exit 1. The
+   checks slirp4netns makes later (``--cidr``, the MAC's syntax, ``--outbound-addr``) print one
+   line and exit 1 without the usage. Texts are slirp4netns's, typos included (``iterface``).
+2. **Run** (:func:`run`): attach to the namespace (by PID or path, joining ``--userns-path`` or the
+   netns's owner first), configure the TAP when ``-c``, then serve. When the TAP is configured and
+   the API socket listens, write the byte ``1`` to the ready fd and close it. The exit fd (the read
+   end of a pipe whose write end Podman holds) becoming readable -- HUP when Podman closes it or
+   dies, or an error -- ends the run with status 0; so does SIGTERM (Podman stops the helper of
+   its rootless network namespace that way). The API socket is removed on the way out.
+
+Which fd is which is only known from ``-e``/``-r``: Podman 4.0-4.5 passes ``-e 3 -r 4`` and 4.6+
+``-r 3 [-e 4]``. Both are made close-on-exec at once, and no other inherited fd is touched.
+
+Where usernet differs, on purpose: ``--enable-sandbox``/``--create-sandbox``/``--enable-seccomp``
+are accepted with one warning (not applied yet); ``-6`` is accepted with one warning (IPv4 only
+for now); ``--target-type=bess`` is refused; the MTU must also suit usernet's stack (68..65520,
+slirp4netns takes 1..65521); an ``--api-socket`` path of 108 bytes or more is refused before
+attaching (slirp4netns fails later, at bind); the process also stops when the ``PID`` target
+exits; SIGTERM is a clean exit 0 (slirp4netns dies of it). ``$USERNET_DNS_UPSTREAM`` names the
+DNS upstream (Podman passes no such flag, but its environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+log = logging.getLogger("usernet")
+
+#: The slirp4netns release whose command line this is; Podman and RootlessKit want >= 1.2 for
+#: the features they probe (--netns-type, --cidr, --enable-seccomp, --outbound-addr, --mtu).
+SLIRP4NETNS_VERSION = "1.2.0"
+
+#: sizeof(sun_path): an AF_UNIX path must be shorter than this.
+SUN_PATH_MAX = 108
+
+# Verbatim from slirp4netns 1.2.0's usage() (Podman and RootlessKit grep this text for the flag
+# names), with usernet's notes after it.
+USAGE = """\
+Usage: {prog} [OPTION]... PID|PATH [TAPNAME]
+User-mode networking for unprivileged network namespaces.
+
+-c, --configure          bring up the interface
+-e, --exit-fd=FD         specify the FD for terminating slirp4netns
+-r, --ready-fd=FD        specify the FD to write to when the network is configured
+-m, --mtu=MTU            specify MTU (default=1500, max=65521)
+-6, --enable-ipv6        enable IPv6 (experimental)
+-a, --api-socket=PATH    specify API socket path
+--cidr=CIDR              specify network address CIDR (default=10.0.2.0/24)
+--disable-host-loopback  prohibit connecting to 127.0.0.1:* on the host namespace
+--netns-type=TYPE 	 specify network namespace type ([path|pid], default=pid)
+--userns-path=PATH	 specify user namespace path
+--enable-sandbox         create a new mount namespace (and drop all caps except CAP_NET_BIND_SERVICE if running as the root)
+--enable-seccomp         enable seccomp to limit syscalls (experimental)
+--outbound-addr=IPv4     sets outbound ipv4 address to bound to (experimental)
+--outbound-addr6=IPv6    sets outbound ipv6 address to bound to (experimental)
+--disable-dns            disables 10.0.2.3 (or configured internal ip) to host dns redirect (experimental)
+--macaddress=MAC         specify the MAC address of the TAP (only valid with -c)
+--target-type=TYPE       specify the target type ([netns|bess], default=netns)
+-h, --help               show this help and exit
+-v, --version            show version and exit
+
+usernet: a userspace TCP/IP stack in slirp4netns's place (same options, fds and API socket).
+Not applied yet: --enable-sandbox, --enable-seccomp, --enable-ipv6 (accepted, with a warning);
+--target-type=bess is not supported. MTU 68..65520.
+Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
+(default: the nameservers of /etc/resolv.conf).
+"""
+
+# (long name, short letter or None, takes an argument)
+_OPTIONS = [
+    ("help", "h", False), ("version", "v", False), ("configure", "c", False),
+    ("exit-fd", "e", True), ("ready-fd", "r", True), ("mtu", "m", True),
+    ("enable-ipv6", "6", False), ("api-socket", "a", True), ("cidr", None, True),
+    ("disable-host-loopback", None, False), ("netns-type", None, True),
+    ("userns-path", None, True), ("create-sandbox", None, False),
+    ("enable-sandbox", None, False), ("enable-seccomp", None, False),
+    ("outbound-addr", None, True), ("outbound-addr6", None, True),
+    ("disable-dns", None, False), ("macaddress", None, True), ("target-type", None, True),
+]
+_SHORT = {s: (name, arg) for name, s, arg in _OPTIONS if s}
+_LONG = {name: arg for name, _s, arg in _OPTIONS}
+
+
+class Exit(Exception):
+    """Stop with ``status`` after printing ``out`` (stdout) and ``err`` (stderr)."""
+
+    def __init__(self, status: int, out: str = "", err: str = ""):
+        super().__init__(err or out)
+        self.status, self.out, self.err = status, out, err
+
+
+@dataclass
+class Options:
+    configure: bool = False
+    exit_fd: int = -1
+    ready_fd: int = -1
+    mtu: int = 1500
+    enable_ipv6: bool = False
+    api_socket: str | None = None
+    cidr: str | None = None
+    disable_host_loopback: bool = False
+    netns_type: str = "pid"
+    userns_path: str | None = None
+    enable_sandbox: bool = False
+    create_sandbox: bool = False
+    enable_seccomp: bool = False
+    outbound_addr: str | None = None
+    outbound_addr6: str | None = None
+    disable_dns: bool = False
+    macaddress: str | None = None
+    target_type: str = "netns"
+    target_pid: int | None = None
+    netns_path: str | None = None
+    tapname: str = ""
+    warnings: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ getopt_long
+def _getopt(argv, prog):
+    """Yield ``(name, value)`` for each option in order, then ``(None, positionals)``.
+    Raises Exit with glibc's message and the usage, as slirp4netns's ``goto error``."""
+    usage = USAGE.format(prog=prog)
+    pos = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a == "--":
+            pos.extend(argv[i:])
+            break
+        if a.startswith("--"):
+            name, eq, val = a[2:].partition("=")
+            if name in _LONG:
+                matches = [name]
+            else:
+                matches = [n for n, _s, _a in _OPTIONS if n.startswith(name)]
+            if not matches:
+                raise Exit(1, usage, f"{prog}: unrecognized option '--{name}'\n")
+            if len(matches) > 1:
+                poss = " ".join(f"'--{m}'" for m in matches)
+                raise Exit(1, usage, f"{prog}: option '--{name}' is ambiguous; possibilities: {poss}\n")
+            name = matches[0]
+            if _LONG[name]:
+                if not eq:
+                    if i >= len(argv):
+                        raise Exit(1, usage, f"{prog}: option '--{name}' requires an argument\n")
+                    val = argv[i]
+                    i += 1
+                yield name, val
+            else:
+                if eq:
+                    raise Exit(1, usage, f"{prog}: option '--{name}' doesn't allow an argument\n")
+                yield name, None
+        elif a.startswith("-") and a != "-":
+            j = 1
+            while j < len(a):
+                c = a[j]
+                j += 1
+                if c not in _SHORT:
+                    raise Exit(1, usage, f"{prog}: invalid option -- '{c}'\n")
+                name, takes = _SHORT[c]
+                if takes:
+                    if j < len(a):
+                        val = a[j:]
+                    elif i < len(argv):
+                        val = argv[i]
+                        i += 1
+                    else:
+                        raise Exit(1, usage, f"{prog}: option requires an argument -- '{c}'\n")
+                    yield name, val
+                    break
+                yield name, None
+        else:
+            pos.append(a)  # GNU getopt permutes: operands may come before options
+    yield None, pos
+
+
+def _strtol(text):
+    """C strtol(text, &end, 10) with ``*end == '\\0'`` and no ERANGE, else None."""
+    t = text.lstrip(" \t\n\v\f\r")
+    if not re.fullmatch(r"[+-]?[0-9]+", t):
+        return None
+    v = int(t, 10)
+    return v if -(1 << 63) <= v < (1 << 63) else None
+
+
+def version_text() -> str:
+    from . import __version__
+    return (f"slirp4netns version {SLIRP4NETNS_VERSION}\n"
+            f"usernet version {__version__} (slirp4netns {SLIRP4NETNS_VERSION}-compatible; no libslirp)\n")
+
+
+def parse(argv, prog: str = "slirp4netns") -> Options:
+    """slirp4netns 1.2's ``parse_args`` and the checks ``main`` makes after it. Raises Exit."""
+    usage = USAGE.format(prog=prog)
+    o = Options()
+    for name, val in _getopt(list(argv), prog):
+        if name is None:
+            pos = val
+            break
+        if name == "help":
+            raise Exit(0, usage)
+        if name == "version":
+            raise Exit(0, version_text())
+        if name == "configure":
+            o.configure = True
+        elif name in ("exit-fd", "ready-fd"):
+            fd = _strtol(val)
+            if fd is None or fd < 0:
+                raise Exit(1, usage, f"{name} must be a non-negative integer\n")
+            setattr(o, name.replace("-", "_"), fd)
+        elif name == "mtu":
+            mtu = _strtol(val)
+            if mtu is None or mtu <= 0 or mtu > 65521:
+                raise Exit(1, usage, "MTU must be a positive integer (< 65522)\n")
+            o.mtu = mtu
+        elif name == "enable-ipv6":
+            o.enable_ipv6 = True
+        elif name == "api-socket":
+            o.api_socket = val
+        elif name == "cidr":
+            o.cidr = val
+        elif name == "disable-host-loopback":
+            o.disable_host_loopback = True
+        elif name == "netns-type":
+            o.netns_type = val
+        elif name == "userns-path":
+            if not os.path.exists(val):  # slirp4netns: access(F_OK)
+                raise Exit(1, usage, f"userns path doesn't exist: {val}\n")
+            o.userns_path = val
+        elif name in ("enable-sandbox", "create-sandbox"):
+            o.enable_sandbox = True
+            o.create_sandbox = o.create_sandbox or name == "create-sandbox"
+        elif name == "enable-seccomp":
+            o.enable_seccomp = True
+        elif name == "outbound-addr":
+            o.outbound_addr = val
+        elif name == "outbound-addr6":
+            o.outbound_addr6 = val
+        elif name == "disable-dns":
+            o.disable_dns = True
+        elif name == "macaddress":
+            o.macaddress = val
+        elif name == "target-type":
+            if val not in ("netns", "bess"):
+                raise Exit(1, usage, '--target-type must be either "netns" or "bess"\n')
+            o.target_type = val
+    if o.macaddress is not None and not o.configure:
+        raise Exit(1, usage, "--macaddr cannot be specified when --configure or -c is not specified\n")
+    if o.target_type == "bess":
+        raise Exit(1, "", "--target-type=bess is not supported by usernet\n")
+    if len(pos) < 2:
+        raise Exit(1, usage)
+    if len(pos) > 2:
+        o.warnings.append("WARNING: too many arguments")
+    # slirp4netns: anything but "pid" is a path (it compares with "pid" only).
+    if o.netns_type == "pid":
+        pid = _strtol(pos[0])
+        if pid is None or pid <= 0:
+            raise Exit(1, usage, "PID must be a positive integer\n")
+        o.target_pid = pid
+    else:
+        if not os.path.exists(pos[0]):
+            raise Exit(1, usage, "existing path expected when --netns-type=path: No such file or directory\n")
+        o.netns_path = pos[0]
+    o.tapname = pos[1]
+    return o
+
+
+# ------------------------------------------------------------ later checks
+def network_config(o: Options):
+    """The NetConfig for ``o``; the CIDR and MAC checks slirp4netns makes after parsing."""
+    from .stack.config import MAX_MTU, MIN_MTU, NetConfig
+    cidr = "10.0.2.0/24"
+    if o.cidr is not None:
+        try:
+            iface = ipaddress.IPv4Interface(o.cidr) if "/" in o.cidr else None
+        except ValueError:
+            iface = None
+        if iface is None:
+            raise Exit(1, "", f"invalid CIDR: {o.cidr}\n")
+        if not 1 <= iface.network.prefixlen <= 25:
+            raise Exit(1, "", "prefix length needs to be 1-25\n")
+        if iface.ip != iface.network.network_address:
+            raise Exit(1, "", "CIDR needs to be a network address like 10.0.2.0/24, not like 10.0.2.100/24\n")
+        cidr = str(iface.network)
+    mac = None
+    if o.macaddress is not None:
+        from .wire.ether import mac_parse
+        try:
+            mac = mac_parse(o.macaddress)
+        except ValueError:
+            raise Exit(1, "", f'"{o.macaddress}" is an invalid MAC address.\n'
+                              "macaddress has to be a valid MAC address (hex string, 6 bytes, "
+                              "each byte separated by a ':').\n") from None
+    if not MIN_MTU <= o.mtu <= MAX_MTU:
+        raise Exit(1, "", f"usernet: MTU {o.mtu} is outside usernet's range {MIN_MTU}..{MAX_MTU}\n")
+    return NetConfig(cidr=cidr, mtu=o.mtu, host_loopback=not o.disable_host_loopback,
+                     guest_mac=mac, enable_dns=not o.disable_dns)
+
+
+def _interface_address(name: str, family: int) -> str | None:
+    """The first ``family`` address of interface ``name`` (slirp4netns uses getifaddrs)."""
+    from pyroute2 import IPRoute
+    try:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                return None
+            for msg in ipr.get_addr(family=family, index=idx[0]):
+                addr = msg.get_attr("IFA_ADDRESS")
+                if addr:
+                    return addr
+    except Exception as e:  # noqa: BLE001 - netlink trouble reads as "no such interface"
+        log.debug("resolving interface %s: %s", name, e)
+    return None
+
+
+def outbound_addresses(o: Options) -> dict:
+    """``--outbound-addr``/``--outbound-addr6`` as {family: address}; an interface name is
+    resolved to its address (SO_BINDTODEVICE would need CAP_NET_RAW; slirp4netns resolves too)."""
+    out = {}
+    # slirp4netns's texts, including the second's copy-paste ("ipv4", "iterface").
+    for val, fam, cls, text in (
+            (o.outbound_addr, socket.AF_INET, ipaddress.IPv4Address,
+             "outbound-addr has to be valid ipv4 address or interface name.\n"),
+            (o.outbound_addr6, socket.AF_INET6, ipaddress.IPv6Address,
+             "outbound-addr has to be valid ipv4 address or iterface name.\n")):
+        if val is None:
+            continue
+        try:
+            addr = str(cls(val))
+        except ValueError:
+            addr = _interface_address(val, fam)
+        if addr is None:
+            raise Exit(1, "", text)
+        out[fam] = addr
+    return out
+
+
+# -------------------------------------------------------------------- run
+def _cloexec(fd: int) -> bool:
+    """Keep ``fd`` from leaking into anything we exec; False if it is not open."""
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+        return True
+    except OSError:
+        return False
+
+
+def run(o: Options) -> int:
+    """Attach, serve, and speak the fd protocol. Returns the exit status; raises Exit,
+    NetnsError, TapError or OSError for the caller to print as one line."""
+    from . import netns
+    from .cli import _describe, _ifconfig, _new_loop, dns_upstream_from_env, serve
+
+    cfg = network_config(o)
+    outbound = outbound_addresses(o)
+    if o.api_socket is not None and len(os.fsencode(o.api_socket)) >= SUN_PATH_MAX:
+        raise Exit(1, "", f"usernet: API socket path too long ({len(os.fsencode(o.api_socket))} "
+                          f"bytes; the limit is {SUN_PATH_MAX - 1}): {o.api_socket}\n")
+    for fd in (o.exit_fd, o.ready_fd):
+        if fd >= 0 and not _cloexec(fd):
+            raise Exit(1, "", f"usernet: fd {fd} (given with -e/-r) is not open\n")
+    for w in o.warnings:
+        print(w, flush=True)
+    if o.enable_sandbox or o.enable_seccomp:
+        given = [f for f, on in (("--enable-sandbox", o.enable_sandbox and not o.create_sandbox),
+                                 ("--create-sandbox", o.create_sandbox),
+                                 ("--enable-seccomp", o.enable_seccomp)) if on]
+        log.warning("usernet: %s: accepted but not applied yet (no sandbox, no seccomp filter)",
+                    ", ".join(given))
+    if o.enable_ipv6:
+        log.warning("usernet: --enable-ipv6: accepted but not applied yet (IPv4 only)")
+    args = SimpleNamespace(
+        offload=True, impair=None, dns_upstream=dns_upstream_from_env(), publish=[],
+        publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,
+        outbound=outbound)
+
+    ifc = _ifconfig(cfg) if o.configure else None
+    pidfd = None
+    if o.target_pid is not None:
+        try:
+            pidfd = netns.pidfd_open(o.target_pid)
+        except ProcessLookupError:
+            raise netns.NetnsError(f"no such process: {o.target_pid}") from None
+        except OSError:
+            pidfd = None
+        try:
+            fd = netns.attach(pid=o.target_pid, userns_path=o.userns_path, tap_name=o.tapname,
+                              configure=ifc)
+        except BaseException:
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        where = f"pid {o.target_pid}"
+    else:
+        fd = netns.attach(netns_path=o.netns_path, userns_path=o.userns_path, tap_name=o.tapname,
+                          configure=ifc)
+        where = o.netns_path
+    log.info("%s", _describe(cfg, where, o.tapname))
+
+    def on_ready(finish):
+        loop = asyncio.get_running_loop()
+        if o.ready_fd >= 0:
+            # slirp4netns: write(ready_fd, "1", 1), then close. Podman reads one byte and
+            # fails the start if it is not '1'.
+            try:
+                os.write(o.ready_fd, b"1")
+            except OSError as e:
+                log.error("usernet: cannot write to the ready fd %d: %s", o.ready_fd, e.strerror)
+                finish(1)
+            finally:
+                try:
+                    os.close(o.ready_fd)
+                except OSError:
+                    pass
+        if o.exit_fd >= 0:
+            # HUP (Podman closed its end, or died), an error, or data: all mean "stop".
+            def exit_fd_ready():
+                loop.remove_reader(o.exit_fd)
+                log.debug("exit fd %d: stopping", o.exit_fd)
+                finish(0)
+            try:
+                loop.add_reader(o.exit_fd, exit_fd_ready)
+            except (OSError, ValueError) as e:
+                log.error("usernet: cannot watch the exit fd %d: %s", o.exit_fd, e)
+                finish(1)
+
+    loop = _new_loop()
+    try:
+        return loop.run_until_complete(serve(cfg, fd, args, watch_pid=o.target_pid,
+                                             watch_pidfd=pidfd, on_ready=on_ready))
+    finally:
+        loop.close()
+        os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
+        if o.exit_fd >= 0:
+            try:
+                os.close(o.exit_fd)
+            except OSError:
+                pass
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    """The ``usernet-slirp4netns`` console script (and ``usernet slirp4netns``)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if prog is None:
+        prog = sys.argv[0] if sys.argv and sys.argv[0] else "usernet-slirp4netns"
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if os.environ.get("USERNET_DEBUG"):
+        log.setLevel(logging.DEBUG)
+    try:
+        o = parse(argv, prog)
+        from .cli import _raise_fd_limit
+        _raise_fd_limit()
+        return run(o)
+    except Exit as e:
+        if e.err:
+            sys.stderr.write(e.err)
+            sys.stderr.flush()
+        if e.out:
+            sys.stdout.write(e.out)
+            sys.stdout.flush()
+        return e.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place a fatal error becomes one line
+        from .cli import UsageError
+        from .netns import NetnsError
+        from .tap import TapError
+        if isinstance(e, (NetnsError, TapError, OSError, ValueError, UsageError)):
+            print(f"usernet: {e}", file=sys.stderr)
+        else:
+            log.debug("fatal", exc_info=True)
+            print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
