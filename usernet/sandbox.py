@@ -82,8 +82,9 @@ modules imported lazily at run time (stdlib ones included, e.g. the ``idna``
 codec that ``getaddrinfo`` uses) and warms the ICMP path's one lazy socket.
 
 ``USERNET_TEST_SANDBOX_PROBE`` (tests only): when set, after the sandbox is
-applied usernet tries to open the file it names ("1": /etc/passwd) and to
-execve /bin/true, and logs ``sandbox-probe: open=... exec=...``.
+applied usernet tries to open the file it names ("1": /etc/passwd), to
+execve /bin/true and to read resolv.conf, and logs
+``sandbox-probe: open=ERRNO|ok exec=ERRNO|ok resolv=ERRNO|ok path=...``.
 """
 
 from __future__ import annotations
@@ -538,6 +539,13 @@ def probe(path: str) -> str:
         executed = "ok"  # not reached
     except OSError as e:
         executed = errno.errorcode.get(e.errno, str(e.errno))
-    line = f"sandbox-probe: open={opened} exec={executed} path={target}"
+    try:
+        from .host.dns import RESOLV_CONF
+        with open(RESOLV_CONF, "rb") as f:
+            f.read()
+        resolv = "ok"
+    except OSError as e:
+        resolv = errno.errorcode.get(e.errno, str(e.errno))
+    line = f"sandbox-probe: open={opened} exec={executed} resolv={resolv} path={target}"
     log.warning("%s", line)
     return line
