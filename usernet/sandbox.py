@@ -407,6 +407,9 @@ ALLOWED_SYSCALLS = (
     # files still reachable in the sandbox (resolv.conf, /proc/PID/net, the API socket)
     "openat", "newfstatat", "fstat", "stat", "lstat", "statx", "getdents64", "readlink",
     "unlink", "unlinkat",
+    # an import that was missed still fails plainly (ENOENT) rather than on
+    # the getcwd that importlib does first for sys.path's "" entry
+    "getcwd",
     # memory
     "mmap", "munmap", "mremap", "mprotect", "brk", "madvise",
     # threads, time, signals
@@ -461,7 +464,8 @@ PRELOAD = (
     "encodings.raw_unicode_escape", "unicodedata", "stringprep",
     "concurrent.futures.thread", "asyncio.unix_events", "asyncio.selector_events",
     "json.decoder", "json.encoder", "traceback", "linecache", "tokenize",
-    "usernet.api", "usernet.publish", "usernet.host.icmp", "usernet.host.dns",
+    "usernet.api", "usernet.publish", "usernet.host.driver", "usernet.host.services",
+    "usernet.host.icmp", "usernet.host.dns",
     "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether",
 )
 
