@@ -45,7 +45,7 @@ def test_filter_allows_the_list_and_refuses_the_rest():
                  "chmod", "setuid", "capset", "seccomp", "init_module", "kexec_load"):
         assert name not in allowed, name
     # Everything else: EPERM (errno 1), not a kill.
-    assert "# default action\n    action ERRNO(1);" in pfc, pfc[-300:]
+    assert "# default action\n  action ERRNO(1);" in pfc, pfc[-300:]
     # clone only for threads (CLONE_THREAD = 0x10000), clone3 "not implemented".
     clone = pfc[pfc.index('syscall "clone" '):].split("filter for syscall", 1)[0]
     assert "if ($a0.lo32 & 0x00010000 == 65536)" in clone, clone
