@@ -477,7 +477,6 @@ def preload(driver=None) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
-    import pyseccomp  # noqa: F401 - libseccomp is dlopen'ed on import
     icmp = getattr(driver, "icmp", None)
     # The ICMP path decides on first use between ping sockets and a raw
     # socket; a raw socket needs CAP_NET_RAW, gone once the sandbox is in.
@@ -498,10 +497,11 @@ def apply(args, *, driver=None, ns_pid: int | None = None) -> dict:
     want_sc = getattr(args, "enable_seccomp", False)
     if not (want_sb or want_sc):
         return done
-    try:
-        preload(driver)
-    except (ImportError, RuntimeError) as e:
-        if want_sc:
+    preload(driver)
+    if want_sc:
+        try:
+            import pyseccomp  # noqa: F401 - dlopens libseccomp.so.2: before the sandbox
+        except (ImportError, RuntimeError) as e:
             log.warning("usernet: --enable-seccomp not applied: libseccomp unavailable (%s)", e)
             want_sc = False
     if want_sb:
