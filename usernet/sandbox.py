@@ -283,7 +283,7 @@ def enter_sandbox(plan: Plan) -> list[str]:
     privileged = bool(_cap_eff() & (1 << CAP_SYS_ADMIN))
     euid, egid = os.geteuid(), os.getegid()
     srcs = []
-    entered = False
+    entered = staged = pivoted = False
     try:
         try:
             netns.unshare(netns.CLONE_NEWNS if privileged
@@ -308,6 +308,7 @@ def enter_sandbox(plan: Plan) -> list[str]:
                 warnings.append(f"{k.path} not kept ({e.strerror})")
         netns.mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                     f"size={TMPFS_SIZE},mode=755")
+        staged = True
         for k, fd in srcs:
             dst = STAGE + k.path
             is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
@@ -333,6 +334,7 @@ def enter_sandbox(plan: Plan) -> list[str]:
                 _mkdirs(os.path.dirname(link))
                 os.symlink(text, link)
         os.chdir(STAGE)
+        pivoted = True  # from here on, undoing would expose more than going on
         if _libc.pivot_root(b".", b".") == 0:
             # The old root is now stacked under the new one at "/": detach it.
             _check(_libc.umount2(b".", MNT_DETACH), "umount old root")
@@ -354,10 +356,16 @@ def enter_sandbox(plan: Plan) -> list[str]:
         # Past unshare there is no way back: say what is missing, and still
         # take what can be taken.
         warnings.append(f"filesystem not confined ({e.strerror or e})")
+        if staged and not pivoted:
+            # Our tmpfs would hide the real /tmp (an API socket there, say).
+            _libc.umount2(STAGE.encode(), MNT_DETACH)
     finally:
         for _k, fd in srcs:
             os.close(fd)
-    drop_privileges(last_cap)
+    try:
+        drop_privileges(last_cap)
+    except SandboxError as e:
+        warnings.append(f"capabilities not dropped ({e.strerror})")
     return warnings
 
 
