@@ -156,6 +156,15 @@ def _common(p):
     off.add_argument("--no-offload", dest="offload", action="store_false",
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
     g.add_argument("--debug", action="store_true", help="log at debug level")
+    h = p.add_argument_group("hardening")
+    h.add_argument("--enable-sandbox", "--create-sandbox", dest="enable_sandbox",
+                   action="store_true",
+                   help="once set up, pivot_root into an empty read-only tmpfs keeping only "
+                        "resolv.conf and the API socket's directory, and drop every "
+                        "capability but CAP_NET_BIND_SERVICE")
+    h.add_argument("--enable-seccomp", action="store_true",
+                   help="once set up, refuse (EPERM) every syscall a running usernet does "
+                        "not need: no exec, no fork, no mount")
 
 
 def build_parser():
@@ -249,6 +258,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     # SIGUSR1: print every counter (drops included) without stopping.
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
         "usernet counters: %s", json.dumps(services.stats(), sort_keys=True)))
+    # Everything is open and listening: shut usernet in before CMD starts.
+    from . import sandbox
+    sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
     pfd = watch_pidfd
     if child is not None:
         loop.add_reader(child.pidfd, lambda: finish(child.wait()))

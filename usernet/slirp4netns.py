@@ -28,8 +28,11 @@ Theory of operation
 Which fd is which is only known from ``-e``/``-r``: Podman 4.0-4.5 passes ``-e 3 -r 4`` and 4.6+
 ``-r 3 [-e 4]``. Both are made close-on-exec at once, and no other inherited fd is touched.
 
-Where usernet differs, on purpose: ``--enable-sandbox``/``--create-sandbox``/``--enable-seccomp``
-are accepted with one warning (not applied yet); ``-6`` is accepted with one warning (IPv4 only
+``--enable-sandbox``/``--create-sandbox`` and ``--enable-seccomp`` are applied by
+:mod:`usernet.sandbox` once everything listens (a read-only pivot_root into a tmpfs, capabilities
+dropped but CAP_NET_BIND_SERVICE, an allow-list seccomp filter).
+
+Where usernet differs, on purpose: ``-6`` is accepted with one warning (IPv4 only
 for now); ``--target-type=bess`` is refused; the MTU must also suit usernet's stack (68..65520,
 slirp4netns takes 1..65521); an ``--api-socket`` path of 108 bytes or more is refused before
 attaching (slirp4netns fails later, at bind); the process also stops when the ``PID`` target
@@ -391,18 +394,14 @@ def run(o: Options) -> int:
             raise Exit(1, "", f"usernet: fd {fd} (given with -e/-r) is not open\n")
     for w in o.warnings:
         print(w, flush=True)
-    if o.enable_sandbox or o.enable_seccomp:
-        given = [f for f, on in (("--enable-sandbox", o.enable_sandbox and not o.create_sandbox),
-                                 ("--create-sandbox", o.create_sandbox),
-                                 ("--enable-seccomp", o.enable_seccomp)) if on]
-        log.warning("usernet: %s: accepted but not applied yet (no sandbox, no seccomp filter)",
-                    ", ".join(given))
     if o.enable_ipv6:
         log.warning("usernet: --enable-ipv6: accepted but not applied yet (IPv4 only)")
     args = SimpleNamespace(
         offload=True, impair=None, dns_upstream=dns_upstream_from_env(), publish=[],
         publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,
-        outbound=outbound)
+        outbound=outbound,
+        # Applied by serve() once everything listens (usernet/sandbox.py), as slirp4netns does.
+        enable_sandbox=o.enable_sandbox, enable_seccomp=o.enable_seccomp)
 
     ifc = _ifconfig(cfg) if o.configure else None
     pidfd = None

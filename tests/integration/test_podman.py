@@ -437,7 +437,16 @@ def test_publish_serves_from_inside(podman, handler):
             time.sleep(0.3)
         assert got is not None and b"served from inside the container" in got, (got, err)
         assert not _helper_warnings(r.stderr), r.stderr
-        assert len(_usernet_procs(podman.uid)) == 1
+        (helper,) = _usernet_procs(podman.uid)
+        # Podman always passes --enable-sandbox --enable-seccomp: both are in force, and
+        # the published port (the API socket under port_handler=slirp4netns) still works.
+        with open(f"/proc/{helper}/status") as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1", status
+        with open(f"/proc/{helper}/mountinfo") as f:
+            # Its root is the sandbox's read-only tmpfs, not the host's file system.
+            roots = [ln for ln in f.read().splitlines() if ln.split()[4] == "/"]
+        assert roots and all(" - tmpfs " in ln and " ro" in ln.split(" - ")[0] for ln in roots), roots
     finally:
         rm = podman.run("rm", "-f", name)
     assert rm.returncode == 0, rm.stderr

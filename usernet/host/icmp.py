@@ -45,7 +45,12 @@ class IcmpHost:
         self.raw = None
         self.raw_index = {}       # (host_addr, ident) -> flow id
 
-    def _decide(self) -> None:
+    def prepare(self) -> None:
+        """Choose between ping sockets and a raw socket now, if not yet
+        chosen (a raw socket needs CAP_NET_RAW at creation: the sandbox
+        calls this before dropping it)."""
+        if self.mode is not None:
+            return
         try:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             s.close()
@@ -69,8 +74,7 @@ class IcmpHost:
 
     def open(self, ev: IcmpOpen) -> None:
         d = self.driver
-        if self.mode is None:
-            self._decide()
+        self.prepare()
         fid, host, ident = ev.fid, ev.host, ev.ident
         self.flows[fid] = (host, ident)
         if self.mode == "ping":
