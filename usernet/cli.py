@@ -33,38 +33,43 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------ options
-def _mtu(text):
+def _arg_type(parse, name):
+    """An argparse type from ``parse(text)``, which raises ValueError with a
+    message for the user (the checks live beside what they protect)."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = name        # argparse names the type in its messages
+    return convert
+
+
+def _parse_mtu(text):
+    from .stack.config import check_mtu
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    from .stack.config import MAX_MTU, MIN_MTU
-    if not MIN_MTU <= v <= MAX_MTU:
-        raise argparse.ArgumentTypeError(f"must be {MIN_MTU}..{MAX_MTU}, got {v}")
-    return v
+        raise ValueError(f"not a number: {text!r}") from None
+    return check_mtu(v)
 
 
-def _cidr(text):
-    try:
-        net = ipaddress.IPv4Network(text, strict=True)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-    if "/" not in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a prefix length, e.g. 10.0.2.0/24")
-    if not 1 <= net.prefixlen <= 25:
-        raise argparse.ArgumentTypeError(f"{text!r}: prefix length must be 1..25")
-    return str(net)
+def _parse_cidr(text):
+    from .stack.config import parse_cidr
+    return str(parse_cidr(text))
 
 
-def _mac(text):
+def _parse_mac(text):
     from .wire.ether import mac_parse
-    try:
-        mac = mac_parse(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a MAC address: {text!r}") from None
+    mac = mac_parse(text)
     if mac[0] & 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is a multicast address")
+        raise ValueError(f"{text!r} is a multicast address")
     return mac
+
+
+_mtu = _arg_type(_parse_mtu, "mtu")
+_cidr = _arg_type(_parse_cidr, "cidr")
+_mac = _arg_type(_parse_mac, "mac")
 
 
 def _hostport(text):
@@ -106,29 +111,29 @@ def dns_upstream_from_env(environ=None):
     return out
 
 
-def _publish(text):
+def _parse_publish(text):
     from .publish import parse_publish
-    try:
-        return parse_publish(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    return parse_publish(text)
 
 
-def _impair(text):
+def _check_impair(text):
     from .host.driver import Impairment
     from collections import Counter
-    try:
-        Impairment.parse(text, Counter(), "check")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    Impairment.parse(text, Counter(), "check")
     return text
+
+
+_publish = _arg_type(_parse_publish, "publish")
+_impair = _arg_type(_check_impair, "impair")
 
 
 def _common(p):
     g = p.add_argument_group("network")
-    g.add_argument("--mtu", type=_mtu, default=1500, help="MTU of the TAP (68..65520, default 1500)")
-    g.add_argument("--cidr", type=_cidr, default="10.0.2.0/24",
-                   help="virtual network (default 10.0.2.0/24; prefix 1..25)")
+    from .stack.config import DEFAULT_CIDR, DEFAULT_MTU, MAX_MTU, MIN_MTU
+    g.add_argument("--mtu", type=_mtu, default=DEFAULT_MTU,
+                   help=f"MTU of the TAP ({MIN_MTU}..{MAX_MTU}, default {DEFAULT_MTU})")
+    g.add_argument("--cidr", type=_cidr, default=DEFAULT_CIDR,
+                   help=f"virtual network (default {DEFAULT_CIDR}; prefix 1..25)")
     g.add_argument("--disable-host-loopback", action="store_true",
                    help="refuse connections to the gateway address and 127.0.0.0/8")
     g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")

@@ -219,6 +219,14 @@ def version_text() -> str:
             f"usernet version {__version__} (slirp4netns {SLIRP4NETNS_VERSION}-compatible; no libslirp)\n")
 
 
+# Options that only switch something on, and options whose value is kept as given (checked
+# later, where slirp4netns checks them); the attribute is the name with "_" for "-".
+_SWITCHES = frozenset(("configure", "enable-ipv6", "disable-host-loopback", "enable-seccomp",
+                       "disable-dns"))
+_PLAIN_VALUES = frozenset(("api-socket", "cidr", "netns-type", "outbound-addr", "outbound-addr6",
+                           "macaddress"))
+
+
 def parse(argv, prog: str = "slirp4netns") -> Options:
     """slirp4netns 1.2's ``parse_args`` and the checks ``main`` makes after it. Raises Exit."""
     usage = USAGE.format(prog=prog)
@@ -231,28 +239,21 @@ def parse(argv, prog: str = "slirp4netns") -> Options:
             raise Exit(0, usage)
         if name == "version":
             raise Exit(0, version_text())
-        if name == "configure":
-            o.configure = True
+        attr = name.replace("-", "_")
+        if name in _SWITCHES:
+            setattr(o, attr, True)
+        elif name in _PLAIN_VALUES:
+            setattr(o, attr, val)
         elif name in ("exit-fd", "ready-fd"):
             fd = _strtol(val)
             if fd is None or fd < 0:
                 raise Exit(1, usage, f"{name} must be a non-negative integer\n")
-            setattr(o, name.replace("-", "_"), fd)
+            setattr(o, attr, fd)
         elif name == "mtu":
             mtu = _strtol(val)
             if mtu is None or mtu <= 0 or mtu > 65521:
                 raise Exit(1, usage, "MTU must be a positive integer (< 65522)\n")
             o.mtu = mtu
-        elif name == "enable-ipv6":
-            o.enable_ipv6 = True
-        elif name == "api-socket":
-            o.api_socket = val
-        elif name == "cidr":
-            o.cidr = val
-        elif name == "disable-host-loopback":
-            o.disable_host_loopback = True
-        elif name == "netns-type":
-            o.netns_type = val
         elif name == "userns-path":
             if not os.path.exists(val):  # slirp4netns: access(F_OK)
                 raise Exit(1, usage, f"userns path doesn't exist: {val}\n")
@@ -260,16 +261,6 @@ def parse(argv, prog: str = "slirp4netns") -> Options:
         elif name in ("enable-sandbox", "create-sandbox"):
             o.enable_sandbox = True
             o.create_sandbox = o.create_sandbox or name == "create-sandbox"
-        elif name == "enable-seccomp":
-            o.enable_seccomp = True
-        elif name == "outbound-addr":
-            o.outbound_addr = val
-        elif name == "outbound-addr6":
-            o.outbound_addr6 = val
-        elif name == "disable-dns":
-            o.disable_dns = True
-        elif name == "macaddress":
-            o.macaddress = val
         elif name == "target-type":
             if val not in ("netns", "bess"):
                 raise Exit(1, usage, '--target-type must be either "netns" or "bess"\n')

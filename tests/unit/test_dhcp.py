@@ -5,7 +5,7 @@ the server is driven with an explicit ``now`` like a packet trace.
 """
 
 from usernet.stack.counters import Counters
-from types import SimpleNamespace
+from usernet.stack.config import NetConfig
 
 import dpkt
 import pytest
@@ -328,18 +328,18 @@ def test_drops_are_counted():
     assert srv.handle_payload(no_addr, 0.0) is None and c["dhcp_drop_bad_request"] == 1
 
 
-def test_netconfig_duck_typing_and_pool_clipping():
-    # A NetConfig-like object: netmask bytes instead of a pool/lease config.
-    cfg = SimpleNamespace(gateway_ip=ip("192.168.7.1"), dns_ip=ip("192.168.7.1"),
-                          guest_ip=ip("192.168.7.12"), prefixlen=28, netmask=ip("255.255.255.240"),
-                          mtu=65520)
-    srv = DhcpServer(cfg, Counters(), lease_time=3600)
-    # 192.168.7.0/28: the pool stops before the broadcast address .15.
-    assert srv.pool == [0xC0A8070C, 0xC0A8070D, 0xC0A8070E]
+def test_config_from_the_stack_config_and_pool_clipping():
+    net = NetConfig(cidr="192.168.7.0/25", mtu=65520)
+    cfg = DhcpConfig.from_net(net)._replace(guest_ip=ip("192.168.7.124"), lease_time=3600)
+    assert (cfg.gateway_ip, cfg.dns_ip, cfg.prefixlen, cfg.mtu) == (
+        ip("192.168.7.2"), ip("192.168.7.3"), 25, 65520)
+    srv = DhcpServer(cfg, Counters())
+    # 192.168.7.0/25: the pool stops before the broadcast address .127.
+    assert srv.pool == [0xC0A8077C, 0xC0A8077D, 0xC0A8077E]
     m = parse_dhcp(srv.handle_payload(req(MAC1, "discover"), 0.0).payload)
-    assert m.yiaddr == ip("192.168.7.12")
+    assert m.yiaddr == ip("192.168.7.124")
     assert m.options[wd.OPT_MTU] == (65520).to_bytes(2, "big")
-    assert m.options[wd.OPT_BROADCAST] == ip("192.168.7.15")
+    assert m.options[wd.OPT_BROADCAST] == ip("192.168.7.127")
     assert m.options[wd.OPT_LEASE_TIME] == (3600).to_bytes(4, "big")
 
 

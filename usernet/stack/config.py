@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 # Limits with named defaults (DESIGN.md section 2: past a limit new flows are
 # refused cleanly, old ones keep working).
+DEFAULT_CIDR = "10.0.2.0/24"
 DEFAULT_MTU = 1500
 MIN_MTU = 68
 MAX_MTU = 65520
@@ -35,11 +36,32 @@ def _ip4(addr) -> bytes:
     return ipaddress.IPv4Address(addr).packed
 
 
+def parse_cidr(text: str) -> ipaddress.IPv4Network:
+    """The virtual network: a network address with its prefix, /1../25 (room for
+    .2, .3 and .100). Raises ValueError with a message for the user."""
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    if "/" not in text:
+        raise ValueError(f"{text!r}: give a prefix length, e.g. {DEFAULT_CIDR}")
+    if not 1 <= net.prefixlen <= 25:
+        raise ValueError(f"{text!r}: prefix length must be 1..25")
+    return net
+
+
+def check_mtu(mtu: int) -> int:
+    """``mtu`` if the stack can run a link of that MTU; else ValueError."""
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ValueError(f"MTU must be {MIN_MTU}..{MAX_MTU}, got {mtu}")
+    return mtu
+
+
 @dataclass
 class NetConfig:
     """Addresses are 4-byte ``bytes`` (what the parser returns), strings via ``*_str``."""
 
-    cidr: str = "10.0.2.0/24"
+    cidr: str = DEFAULT_CIDR
     mtu: int = DEFAULT_MTU
     host_loopback: bool = True
     gateway_mac: bytes = GATEWAY_MAC
@@ -56,11 +78,8 @@ class NetConfig:
     network: ipaddress.IPv4Network = field(init=False)
 
     def __post_init__(self):
-        net = ipaddress.IPv4Network(self.cidr, strict=True)
-        if not 1 <= net.prefixlen <= 25:
-            raise ValueError(f"prefix length must be 1..25, got /{net.prefixlen}")
-        if not MIN_MTU <= self.mtu <= MAX_MTU:
-            raise ValueError(f"MTU must be {MIN_MTU}..{MAX_MTU}, got {self.mtu}")
+        net = parse_cidr(self.cidr)
+        check_mtu(self.mtu)
         self.network = net
         base = int(net.network_address)
         self.gateway_ip = _ip4(base + 2)

@@ -67,10 +67,8 @@ DECLINED = "declined"
 
 
 class DhcpConfig(NamedTuple):
-    """Plain values for :class:`DhcpServer`; any object with these attribute
-    names will do (``stack.config.NetConfig`` has the first five). ``netmask``
-    (4 bytes) is read instead of ``prefixlen`` when an object has it.
-    """
+    """What :class:`DhcpServer` serves; :meth:`from_net` derives it from the
+    stack's ``NetConfig``."""
     gateway_ip: bytes
     dns_ip: bytes
     guest_ip: bytes
@@ -79,6 +77,10 @@ class DhcpConfig(NamedTuple):
     pool_size: int = DEFAULT_POOL_SIZE
     lease_time: int = DEFAULT_LEASE_TIME
     dns_search: tuple = ()
+
+    @classmethod
+    def from_net(cls, net) -> "DhcpConfig":
+        return cls(net.gateway_ip, net.dns_ip, net.guest_ip, net.prefixlen, net.mtu)
 
 
 class Lease(NamedTuple):
@@ -128,23 +130,16 @@ def reply_destination(request: DhcpMessage, reply: bytes) -> tuple[bytes, bytes]
 
 
 class DhcpServer:
-    def __init__(self, config, counters: Counter | None = None, *, pool_size: int | None = None,
-                 lease_time: int | None = None, dns_search=None):
+    def __init__(self, config: DhcpConfig, counters: Counter | None = None):
         self.counters = counters if counters is not None else Counter()
         self.server_ip = bytes(config.gateway_ip)
         self.dns_ip = bytes(config.dns_ip)
-        netmask = getattr(config, "netmask", None)
-        if netmask is not None:
-            mask = int.from_bytes(netmask, "big")
-        else:
-            mask = (0xFFFFFFFF << (32 - config.prefixlen)) & 0xFFFFFFFF
+        mask = (0xFFFFFFFF << (32 - config.prefixlen)) & 0xFFFFFFFF
         self.netmask = _ip(mask)
-        self.mtu = getattr(config, "mtu", 1500)
-        self.lease_time = int(lease_time if lease_time is not None
-                              else getattr(config, "lease_time", DEFAULT_LEASE_TIME))
-        self.dns_search = tuple(dns_search if dns_search is not None
-                                else getattr(config, "dns_search", ()) or ())
-        size = pool_size if pool_size is not None else getattr(config, "pool_size", DEFAULT_POOL_SIZE)
+        self.mtu = config.mtu
+        self.lease_time = int(config.lease_time)
+        self.dns_search = tuple(config.dns_search)
+        size = config.pool_size
 
         gateway = int.from_bytes(self.server_ip, "big")
         network = gateway & mask

@@ -75,7 +75,7 @@ from .config import (DNS_MAX_PENDING, DNS_QUERY_TIMEOUT, FRAG_MAX_BYTES, FRAG_MA
                      FRAG_TIMEOUT, NetConfig)
 from .counters import Counters
 from .datagrams import ICMP_QUOTE_MAX, DatagramNat
-from .dhcp import DhcpServer
+from .dhcp import DhcpConfig, DhcpServer
 from .dns import LocalNames
 from .events import DnsQuery
 from .flows import Flows
@@ -138,7 +138,7 @@ class Gateway:
         # port): callable(parsed, frame, now).
         self.udp_local_handlers: dict[tuple, object] = {}
         if cfg.enable_dhcp:
-            self.dhcp = DhcpServer(cfg, self.counters)
+            self.dhcp = DhcpServer(DhcpConfig.from_net(cfg), self.counters)
             self.udp_local_handlers[(b"\xff\xff\xff\xff", 67)] = self._dhcp_input
             self.udp_local_handlers[(cfg.gateway_ip, 67)] = self._dhcp_input
         if cfg.enable_dns:
