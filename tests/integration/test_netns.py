@@ -26,6 +26,7 @@ import pytest
 
 from usernet import netns, tap
 from usernet.wire import arp, ether, vnet
+from usernet.wire.frame import P_DST_MAC, P_ETHERTYPE, P_PAYLOAD, P_SRC_MAC, parse_frame
 
 pytestmark = pytest.mark.integration
 
@@ -133,10 +134,11 @@ def test_attach_pid_configures_and_passes_frames(target):
             for frame in read_frames(fd, 5):
                 flags, gso_type, *_ = vnet.VNET_HDR.unpack_from(frame, 0)
                 eth = memoryview(frame)[vnet.VNET_HDR_LEN:]
-                dst, src, etype, off = ether.parse_ether(eth)
+                p = parse_frame(eth)
+                dst, src, etype = p[P_DST_MAC], p[P_SRC_MAC], p[P_ETHERTYPE]
                 seen.append(hex(etype))
                 if etype == ether.ETH_P_ARP:
-                    a = arp.parse_arp(eth, off)
+                    a = arp.parse_arp(p[P_PAYLOAD])
                     assert a.oper == arp.ARP_REQUEST
                     assert a.tpa == bytes([10, 0, 2, 2]) and a.spa == bytes([10, 0, 2, 100])
                     assert src == bytes.fromhex("02000a000264") and dst == ether.BROADCAST

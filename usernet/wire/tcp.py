@@ -158,21 +158,3 @@ def build_tcp_options(mss: int | None = None, wscale: int | None = None, sack_pe
     while len(out) & 3:
         out.append(OPT_NOP)
     return bytes(out)
-
-
-def parse_tcp(buf, off: int, end: int) -> tuple:
-    """Return ``(sport, dport, seq, ack, flags, window, csum, options, data_start)``."""
-    if end - off < TCP_LEN:
-        raise ParseError("tcp_truncated")
-    sport, dport, seq, ack, offflags, win, csum, _urg = TCP.unpack_from(buf, off)
-    hl = (offflags >> 10) & 0x3C
-    if hl < TCP_LEN or off + hl > end:
-        raise ParseError("tcp_bad_offset")
-    opts = parse_tcp_options(buf[off + TCP_LEN:off + hl]) if hl > TCP_LEN else NO_OPTIONS
-    return sport, dport, seq, ack, offflags & 0xFF, win, csum, opts, off + hl
-
-
-def flags_str(flags: int) -> str:
-    return "".join(ch for bit, ch in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
-                                      (ACK, "."), (URG, "U"), (ECE, "E"), (CWR, "C"))
-                   if flags & bit) or "-"
