@@ -506,21 +506,28 @@ def options_from_scapy(opts) -> TcpOptions:
     return TcpOptions(**o)
 
 
-def options_from_dpkt(opts) -> TcpOptions:
+def options_from_bodies(pairs) -> TcpOptions:
+    """TcpOptions from ``(kind, body)`` pairs -- each option's bytes after its kind
+    and length -- decoded plainly (RFC 9293 3.2, RFC 7323, RFC 2018); other kinds
+    are ignored. Also the decoding half of test_wire_fuzz's reference option walk."""
     o = {}
-    for kind, data in dpkt.tcp.parse_opts(opts):
+    for kind, body in pairs:
         if kind == 2:
-            o["mss"] = struct.unpack("!H", data)[0]
+            o["mss"] = int.from_bytes(body, "big")
         elif kind == 3:
-            o["wscale"] = data[0]
+            o["wscale"] = min(body[0], 14)  # RFC 7323 2.3
         elif kind == 4:
             o["sack_perm"] = True
         elif kind == 5:
-            words = struct.unpack(f"!{len(data) // 4}I", data)
+            words = struct.unpack(f"!{len(body) // 4}I", body)
             o["sack_blocks"] = tuple(zip(words[::2], words[1::2]))
         elif kind == 8:
-            o["ts_val"], o["ts_ecr"] = struct.unpack("!II", data)
+            o["ts_val"], o["ts_ecr"] = struct.unpack("!II", body)
     return TcpOptions(**o)
+
+
+def options_from_dpkt(opts) -> TcpOptions:
+    return options_from_bodies(dpkt.tcp.parse_opts(opts))
 
 
 KEYS = ("dst_mac", "src_mac", "ethertype", "src", "dst", "proto", "ttl", "sport", "dport", "seq",

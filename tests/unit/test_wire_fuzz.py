@@ -23,6 +23,7 @@ from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from test_wire import options_from_bodies
 from usernet.wire import ParseError
 from usernet.wire.arp import parse_arp
 from usernet.wire.ether import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
@@ -307,7 +308,7 @@ def test_fast_paths_equal_general_path_arbitrary(buf):
 def reference_tcp_options(buf) -> TcpOptions:
     """RFC 9293 3.2's option walk, written plainly (no fast paths), with
     parse_tcp_options' documented rules for bad lengths."""
-    o = {}
+    pairs = []
     i = 0
     while i < len(buf):
         kind = buf[i]
@@ -322,19 +323,9 @@ def reference_tcp_options(buf) -> TcpOptions:
         want = {2: (4,), 3: (3,), 4: (2,), 5: (10, 18, 26, 34), 8: (10,)}.get(kind)
         if want is not None and length not in want:
             raise ParseError("tcp_opt_bad_length")
-        if kind == 2:
-            o["mss"] = int.from_bytes(body, "big")
-        elif kind == 3:
-            o["wscale"] = min(body[0], 14)
-        elif kind == 4:
-            o["sack_perm"] = True
-        elif kind == 5:
-            words = struct.unpack(f"!{len(body) // 4}I", body)
-            o["sack_blocks"] = tuple(zip(words[::2], words[1::2]))
-        elif kind == 8:
-            o["ts_val"], o["ts_ecr"] = struct.unpack("!II", body)
+        pairs.append((kind, body))
         i += length
-    return TcpOptions(**o)
+    return options_from_bodies(pairs)
 
 
 OPTION_TEMPLATES = [build_tcp_options(ts=(0x01020304, 0x05060708)), LINUX_SYN,
