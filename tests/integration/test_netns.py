@@ -14,7 +14,6 @@ import os
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 import uuid
 
 import pytest
+from conftest import reopen_for_nobody
 
 from usernet import netns, tap
 from usernet.wire import arp, ether, vnet
@@ -83,13 +83,9 @@ def _comm(pid):
 
 @pytest.fixture
 def tun_0666():
-    """/dev/net/tun opened to everyone for the test, its mode restored after."""
-    mode = stat.S_IMODE(os.stat(TUN).st_mode)
-    os.chmod(TUN, 0o666)
-    try:
-        yield
-    finally:
-        os.chmod(TUN, mode)
+    """/dev/net/tun opened to everyone (restored when the last pytest session
+    that opened it ends: conftest.reopen_for_nobody)."""
+    reopen_for_nobody()
 
 
 def read_frames(fd, timeout):
