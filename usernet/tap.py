@@ -17,16 +17,7 @@ import fcntl
 import os
 import struct
 
-from usernet.wire.vnet import (  # noqa: F401  (re-exported for the host side)
-    VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_GSO_TCPV6,
-    VIRTIO_NET_HDR_GSO_UDP,
-    VNET_HDR,
-    VNET_HDR_LEN,
-)
+from usernet.wire.vnet import VNET_HDR_LEN
 
 TUN_PATH = "/dev/net/tun"
 

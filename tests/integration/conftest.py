@@ -6,10 +6,13 @@ Every subprocess has a timeout.
 """
 
 import contextlib
+import fcntl
 import http.server
+import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -51,19 +54,135 @@ def usernet_run(args, cmd, *, timeout=60, user=None, env=None, input=None, check
     return r
 
 
+# --------------------------------------------------------------- machine state
+# The unprivileged tests need /dev/net/tun mode 0666 and ping_group_range open
+# to uid 65534: both machine-wide, and other pytest sessions (other checkouts)
+# may run at the same time and need them open too, so no session may close
+# them under another, and the last one out must put them back. Under a lock in
+# STATE_DIR: the settings found before the first session opened them are kept
+# in "original"; each session that opens them leaves "session-PID" (holding its
+# start time, so a reused pid is not taken for it); at its end a session
+# removes its file, and if no other live session remains restores the
+# original settings and checks that they are back (a failure otherwise).
+# pytest_sessionfinish runs after failed tests and after Ctrl-C; a session
+# killed outright leaves its file behind, and the next one to finish, finding
+# its pid dead, restores for it.
+
+PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+STATE_DIR = "/run/usernet-tests"
+_ORIGINAL = os.path.join(STATE_DIR, "original")
+_session_file = None  # set once this session has opened the two settings
+_state_note = []  # what pytest_sessionfinish did, for the terminal summary
+
+
+def machine_state() -> dict:
+    """The two settings the unprivileged tests change, as comparable strings."""
+    with open(PING_GROUP_RANGE) as f:
+        pgr = " ".join(f.read().split())
+    return {"tun_mode": oct(stat.S_IMODE(os.stat(TUN).st_mode)), "ping_group_range": pgr}
+
+
+def _set_machine_state(state: dict) -> None:
+    os.chmod(TUN, int(state["tun_mode"], 8))
+    with open(PING_GROUP_RANGE, "w") as f:
+        f.write(state["ping_group_range"])
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def _state_lock():
+    os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(STATE_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _other_live_sessions() -> list:
+    """Pids of other sessions that have the settings open; files of dead ones go."""
+    live = []
+    for name in os.listdir(STATE_DIR):
+        if not name.startswith("session-"):
+            continue
+        path = os.path.join(STATE_DIR, name)
+        with open(path) as f:
+            started = f.read().strip()
+        pid = int(name.removeprefix("session-"))
+        if path == _session_file:
+            continue
+        if _start_time(pid) == started:
+            live.append(pid)
+        else:
+            os.unlink(path)
+    return live
+
+
 def reopen_for_nobody():
-    """The session fixture ``unprivileged`` opened /dev/net/tun and
-    ping_group_range; a concurrent pytest session may have restored them
-    since. Open them again (the fixture still restores them at the end)."""
-    os.chmod(TUN, 0o666)
-    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-        f.write("0 2147483647")
+    """Open /dev/net/tun (mode 0666) and ping_group_range to uid 65534 for this
+    session. Tests call it again right before acting as uid 65534: a concurrent
+    pytest session from an older checkout may have restored them meanwhile.
+    Restored when the last session that opened them ends."""
+    global _session_file
+    with _state_lock():
+        if not os.path.exists(_ORIGINAL):
+            with open(_ORIGINAL, "w") as f:
+                json.dump(machine_state(), f)
+        if _session_file is None:
+            path = os.path.join(STATE_DIR, f"session-{os.getpid()}")
+            with open(path, "w") as f:
+                f.write(_start_time(os.getpid()) or "")
+            _session_file = path
+        _set_machine_state({"tun_mode": "0o666", "ping_group_range": "0 2147483647"})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The last session out restores the settings and fails loudly if they differ."""
+    global _session_file
+    if _session_file is None:
+        return
+    with _state_lock():
+        os.unlink(_session_file)
+        _session_file = None
+        others = _other_live_sessions()
+        if others:
+            note = f"/dev/net/tun and ping_group_range left open for pytest pid(s) {others}"
+            failed = None
+        else:
+            with open(_ORIGINAL) as f:
+                original = json.load(f)
+            _set_machine_state(original)
+            now = machine_state()
+            if now == original:
+                os.unlink(_ORIGINAL)
+                note, failed = f"restored {original}", None
+            else:
+                note = failed = f"NOT RESTORED: {now} != the original {original}"
+    _state_note.append((note, failed))
+    if failed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    for note, failed in _state_note:
+        terminalreporter.write_sep("=" if failed else "-", f"machine state: {note}",
+                                   red=bool(failed), bold=bool(failed))
 
 
 @pytest.fixture(scope="session")
 def unprivileged():
-    """Let uid 65534 use usernet: /dev/net/tun 0666, ping_group_range open,
-    and the code readable. Restored afterwards. Skips when not root."""
+    """Let uid 65534 use usernet: /dev/net/tun 0666, ping_group_range open
+    (restored at the end of the session, see above), and the code readable.
+    Skips when not root."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user")
     tool("setpriv")
@@ -72,19 +191,8 @@ def unprivileged():
                            env=dict(os.environ, PYTHONPATH=REPO), cwd="/")
     if probe.returncode != 0:
         pytest.skip(f"uid 65534 cannot import usernet from {REPO}: {probe.stderr.strip()[-200:]}")
-    old_mode = os.stat(TUN).st_mode & 0o777
-    pgr = "/proc/sys/net/ipv4/ping_group_range"
-    with open(pgr) as f:
-        old_pgr = f.read().strip()
-    os.chmod(TUN, 0o666)
-    with open(pgr, "w") as f:
-        f.write("0 2147483647")
-    try:
-        yield "nobody"
-    finally:
-        os.chmod(TUN, old_mode)
-        with open(pgr, "w") as f:
-            f.write(old_pgr)
+    reopen_for_nobody()
+    return "nobody"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

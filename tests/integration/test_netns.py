@@ -14,7 +14,6 @@ import os
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,11 @@ import time
 import uuid
 
 import pytest
+from conftest import reopen_for_nobody
 
 from usernet import netns, tap
 from usernet.wire import arp, ether, vnet
+from usernet.wire.frame import P_DST_MAC, P_ETHERTYPE, P_PAYLOAD, P_SRC_MAC, parse_frame
 
 pytestmark = pytest.mark.integration
 
@@ -82,13 +83,9 @@ def _comm(pid):
 
 @pytest.fixture
 def tun_0666():
-    """/dev/net/tun opened to everyone for the test, its mode restored after."""
-    mode = stat.S_IMODE(os.stat(TUN).st_mode)
-    os.chmod(TUN, 0o666)
-    try:
-        yield
-    finally:
-        os.chmod(TUN, mode)
+    """/dev/net/tun opened to everyone (restored when the last pytest session
+    that opened it ends: conftest.reopen_for_nobody)."""
+    reopen_for_nobody()
 
 
 def read_frames(fd, timeout):
@@ -133,10 +130,11 @@ def test_attach_pid_configures_and_passes_frames(target):
             for frame in read_frames(fd, 5):
                 flags, gso_type, *_ = vnet.VNET_HDR.unpack_from(frame, 0)
                 eth = memoryview(frame)[vnet.VNET_HDR_LEN:]
-                dst, src, etype, off = ether.parse_ether(eth)
+                p = parse_frame(eth)
+                dst, src, etype = p[P_DST_MAC], p[P_SRC_MAC], p[P_ETHERTYPE]
                 seen.append(hex(etype))
                 if etype == ether.ETH_P_ARP:
-                    a = arp.parse_arp(eth, off)
+                    a = arp.parse_arp(p[P_PAYLOAD])
                     assert a.oper == arp.ARP_REQUEST
                     assert a.tpa == bytes([10, 0, 2, 2]) and a.spa == bytes([10, 0, 2, 100])
                     assert src == bytes.fromhex("02000a000264") and dst == ether.BROADCAST

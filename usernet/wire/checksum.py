@@ -1,4 +1,4 @@
-"""The internet checksum (RFC 1071), pseudo-header sums and RFC 1624 updates.
+"""The internet checksum (RFC 1071) and pseudo-header sums.
 
 The trick: the ones'-complement sum of 16-bit big-endian words equals the
 whole buffer read as one big-endian integer, reduced modulo 0xFFFF (because
@@ -45,26 +45,3 @@ def pseudo_sum_v4(src: bytes, dst: bytes, proto: int, length: int) -> int:
 def pseudo_sum_v6(src: bytes, dst: bytes, proto: int, length: int) -> int:
     """Partial sum of the IPv6 pseudo-header (RFC 8200 8.1)."""
     return ones_sum(src + dst, proto + (length & 0xFFFF) + (length >> 16))
-
-
-def update16(csum: int, old: int, new: int) -> int:
-    """RFC 1624 eqn. 3: the new checksum after one 16-bit word changes."""
-    s = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def update_bytes(csum: int, old: bytes, new: bytes) -> int:
-    """RFC 1624 update for a rewritten field of even length (an address).
-
-    ``HC' = ~(~HC + ~m + m')`` summed over the field's 16-bit words.
-    """
-    if len(old) != len(new) or len(old) & 1:
-        raise ValueError("update_bytes needs two fields of the same even length")
-    s = (~csum & 0xFFFF)
-    for i in range(0, len(old), 2):
-        s += (~((old[i] << 8) | old[i + 1]) & 0xFFFF) + ((new[i] << 8) | new[i + 1])
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF

@@ -66,7 +66,6 @@ _ipv4_unpack = IPV4.unpack_from
 _tcp_unpack = TCP.unpack_from
 _udp_unpack = UDP.unpack_from
 _icmp_unpack = ICMP.unpack_from
-_ts_unpack = TS_FAST.unpack_from
 
 # The two commonest frames once a connection is up -- TCP carrying Linux's
 # NOP NOP TS options (every segment once timestamps are agreed), over untagged
@@ -74,9 +73,10 @@ _ts_unpack = TS_FAST.unpack_from
 # unpack. These are the declared layouts ETH + IPV4/IPV6 + TCP + TS_FAST laid
 # end to end, with the fields the parse tuple does not carry read as pad bytes
 # (fewer objects made): IPv4 TOS, ident, protocol, checksum; IPv6 next header;
-# the TCP data-offset byte (peeked before: 0x80) and urgent pointer. parse_frame peeks at the protocol and data-offset bytes
-# before choosing this, and re-checks everything the general path would
-# check; any other frame (or a near miss) takes the general path.
+# the TCP data-offset byte (peeked before: 0x80) and urgent pointer.
+# parse_frame peeks at the protocol and data-offset bytes before choosing
+# this, and re-checks everything the general path would check; any other
+# frame (or a near miss) takes the general path.
 _FAST_V4 = struct.Struct("!6s6sH" "B1xH2xHB1x2x4s4s" "HHII1xBHH2x" "III")
 _FAST_V6 = struct.Struct("!6s6sH" "IH1xB16s16s" "HHII1xBHH2x" "III")
 assert _FAST_V4.size == ETH.size + IPV4.size + TCP.size + TS_FAST.size == 66
@@ -91,23 +91,21 @@ _V4_PROTO_AT = ETH_LEN + 9  # the IPv4 protocol byte
 _V4_THL_AT = _L4_V4 + 12  # the TCP data-offset byte: 0x80 = a 32-byte header
 _V6_NH_AT = ETH_LEN + 6  # the IPv6 next-header byte
 _V6_THL_AT = _V6_L4 + 12
-# The literals parse_frame's fast paths use, checked against their names.
-assert (_V4_TS_END, _V4_PROTO_AT, _V4_THL_AT, ETH_LEN, _L4_V4) == (66, 23, 46, 14, 34)
-assert (_V6_TS_END, _V6_NH_AT, _V6_THL_AT, _V6_L4) == (86, 20, 66, 54)
-assert (ETH_P_IP, ETH_P_IPV6, TS_FAST_MAGIC, PROTO_TCP) == (0x0800, 0x86DD, 0x0101080A, 6)
 
 
-def parse_frame(buf, _fast_v4=_FAST_V4.unpack_from, _fast_v6=_FAST_V6.unpack_from,
-                _mv=memoryview) -> tuple:
+def parse_frame(buf, _fast_min=_V4_TS_END, _fast_v4=_FAST_V4.unpack_from,
+                _fast_v6=_FAST_V6.unpack_from, _mv=memoryview) -> tuple:
     """Parse one Ethernet frame; see the module docstring for the fields.
 
-    (The keyword defaults only cache lookups for speed; pass ``buf`` alone.)
+    (The keyword defaults only cache lookups for speed; pass ``buf`` alone.
+    The tests pass a huge ``_fast_min`` to switch the one-unpack fast paths
+    off and check that the general path gives the same answers.)
     """
     n = len(buf)
     # The fast paths spell their offsets and constants as literals: on the
     # hottest lines a LOAD_CONST beats a LOAD_GLOBAL, ~10 ns each. Each
     # literal is asserted equal to its named constant below the function.
-    if n >= 66:  # _V4_TS_END
+    if n >= _fast_min:  # _V4_TS_END
         if buf[23] == 6 and buf[46] == 0x80:  # _V4_PROTO_AT is TCP, _V4_THL_AT: 32-byte header
             (dst_mac, src_mac, etype, vihl, total, ff, ttl, src, dst, sport, dport, seq, ack,
              flags, win, csum, magic, tsval, tsecr) = _fast_v4(buf, 0)
@@ -126,140 +124,105 @@ def parse_frame(buf, _fast_v4=_FAST_V4.unpack_from, _fast_v6=_FAST_V6.unpack_fro
                 return (dst_mac, src_mac, 0x86DD, src, dst, 6, hlim, None, sport,
                         dport, seq, ack, flags, win, (None, None, False, (), tsval, tsecr),
                         _mv(buf)[86:end] if end != 86 else _EMPTY, 14, 54, end, csum)
-    if n >= _ETH_IPV4_LEN:
+
+    # The general path: every frame the fast paths did not answer. Each header
+    # is checked once, here: L2 (802.1Q skipped), then L3 (IPv4 inline, IPv6
+    # through parse_ipv6), then one L4 section for both address families.
+    l3 = 14  # ETH_LEN
+    if n >= 34:  # _ETH_IPV4_LEN: Ethernet + IPv4 in one unpack, the common case
         (dst_mac, src_mac, etype, vihl, _tos, total, ident, ff, ttl, proto, _c, src,
          dst) = _eth_ipv4_unpack(buf, 0)
-        if etype == ETH_P_IP:
-            # Untagged IPv4 (most frames), inlined: the same checks, in the same
-            # order, as _parse_ipv4_rest (which the 802.1Q path uses).
-            if vihl == 0x45:
-                l4 = _L4_V4
-            elif vihl >> 4 != 4:
-                raise ParseError("ipv4_bad_version")
-            else:
-                l4 = (vihl & 15) << 2
-                if l4 < IPV4_LEN:
-                    raise ParseError("ipv4_bad_ihl")
-                l4 += ETH_LEN
-            end = ETH_LEN + total
-            if end < l4 or end > n:
-                raise ParseError("ipv4_bad_length")
-            mv = _mv(buf)
-            if ff & 0x3FFF:  # IP_MF | IP_OFFMASK: a fragment
-                return (dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl,
-                        (ident, (ff & IP_OFFMASK) << 3, 1 if ff & IP_MF else 0), 0, 0, 0, 0, 0, 0,
-                        NO_OPTIONS, mv[l4:end], ETH_LEN, l4, end, 0)
-            if proto == 6:  # PROTO_TCP
-                if end - l4 < TCP_LEN:
-                    raise ParseError("tcp_truncated")
-                sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(buf, l4)
-                thl = (offflags >> 10) & 0x3C
-                if thl == 32 and l4 + 32 <= end:
-                    # Linux's NOP NOP TS on every segment once timestamps are
-                    # agreed: answered here, as parse_tcp_options would.
-                    magic, tsval, tsecr = _ts_unpack(buf, l4 + TCP_LEN)
-                    if magic == TS_FAST_MAGIC:
-                        opts = (None, None, False, (), tsval, tsecr)
-                    else:
-                        opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + 32])
-                elif thl == TCP_LEN:
-                    opts = NO_OPTIONS
-                elif thl < TCP_LEN or l4 + thl > end:
-                    raise ParseError("tcp_bad_offset")
-                else:
-                    opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + thl])
-                return (dst_mac, src_mac, ETH_P_IP, src, dst, 6, ttl, None, sport, dport, seq, ack,
-                        offflags & 0xFF, win, opts, mv[l4 + thl:end], ETH_LEN, l4, end, csum)
-            if proto == 17:  # PROTO_UDP, inlined likewise (DNS, QUIC)
-                if end - l4 < UDP_LEN:
-                    raise ParseError("udp_truncated")
-                sport, dport, length, csum = _udp_unpack(buf, l4)
-                if length < UDP_LEN or length > end - l4:
-                    raise ParseError("udp_bad_length")
-                return (dst_mac, src_mac, ETH_P_IP, src, dst, 17, ttl, None, sport, dport, 0, 0, 0, 0,
-                        NO_OPTIONS, mv[l4 + UDP_LEN:l4 + length], ETH_LEN, l4, l4 + length, csum)
-            return _parse_l4(mv, dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl, ETH_LEN, l4, end)
-    elif n < ETH_LEN:
+    elif n < 14:
         raise ParseError("eth_truncated")
     else:
         dst_mac, src_mac, etype = _eth_unpack(buf, 0)
+        if etype == 0x0800:
+            # Too short for Ethernet + IPv4: without this a truncated IPv4
+            # frame came out as "non-IP, EtherType 0x0800".
+            raise ParseError("ipv4_truncated")
+    if etype != 0x0800:  # ETH_P_IP
+        if etype == ETH_P_8021Q or etype == ETH_P_8021AD:
+            if n < 18:
+                raise ParseError("eth_truncated", "vlan tag")
+            _tci, etype = VLAN_TAG.unpack_from(buf, 14)
+            l3 = 18  # ETH_LEN + the tag
+            if etype == 0x0800:
+                if n < 38:
+                    raise ParseError("ipv4_truncated")
+                vihl, _tos, total, ident, ff, ttl, proto, _c, src, dst = _ipv4_unpack(buf, 18)
+        if etype == ETH_P_IPV6:
+            src, dst, proto, ttl, frag, l4, end = parse_ipv6(buf, l3)
+            if frag is not None and (frag[1] or frag[2]):  # not an atomic fragment
+                return (dst_mac, src_mac, etype, src, dst, proto, ttl, frag, 0, 0, 0, 0, 0, 0,
+                        NO_OPTIONS, _mv(buf)[l4:end], l3, l4, end, 0)
+        elif etype != 0x0800:
+            if etype < 0x0600:
+                # An 802.3 length field, not an EtherType (LLC/SNAP): not for us.
+                raise ParseError("eth_not_ethernet_ii")
+            if etype == ETH_P_8021Q or etype == ETH_P_8021AD:  # a second tag
+                raise ParseError("eth_vlan_stacked")
+            return (dst_mac, src_mac, etype, None, None, 0, 0, None, 0, 0, 0, 0, 0, 0,
+                    NO_OPTIONS, _mv(buf)[l3:], l3, l3, n, 0)
+    if etype == 0x0800:
+        # IPv4: version 4, IHL >= 5, IHL*4 <= total length <= bytes present
+        # (Ethernet padding past the total length is not part of the packet).
+        # The header checksum is ipv4_header_ok's job.
+        if vihl == 0x45:
+            l4 = l3 + 20  # IPV4_LEN
+        elif vihl >> 4 != 4:
+            raise ParseError("ipv4_bad_version")
+        else:
+            l4 = (vihl & 15) << 2
+            if l4 < 20:  # IPV4_LEN
+                raise ParseError("ipv4_bad_ihl")
+            l4 += l3
+        end = l3 + total
+        if end < l4 or end > n:
+            raise ParseError("ipv4_bad_length")
+        if ff & 0x3FFF:  # IP_MF | IP_OFFMASK: a fragment, its data no L4 header
+            return (dst_mac, src_mac, 0x0800, src, dst, proto, ttl,
+                    (ident, (ff & 0x1FFF) << 3, 1 if ff & 0x2000 else 0), 0, 0, 0, 0, 0, 0,
+                    NO_OPTIONS, _mv(buf)[l4:end], l3, l4, end, 0)
     mv = _mv(buf)
-    l3 = ETH_LEN
-    if etype == ETH_P_8021Q or etype == ETH_P_8021AD:
-        if n < ETH_LEN + 4:
-            raise ParseError("eth_truncated", "vlan tag")
-        _tci, etype = VLAN_TAG.unpack_from(buf, ETH_LEN)
-        l3 = ETH_LEN + 4
-        if etype == ETH_P_IP:
-            if n - l3 < IPV4_LEN:
-                raise ParseError("ipv4_truncated")
-            vihl, _tos, total, ident, ff, ttl, proto, _c, src, dst = _ipv4_unpack(buf, l3)
-            return _parse_ipv4_rest(buf, mv, n, l3, dst_mac, src_mac, vihl, total, ident, ff, ttl,
-                                    proto, src, dst)
-    if etype == ETH_P_IPV6:
-        src, dst, proto, hlim, frag, l4, end = parse_ipv6(buf, l3)
-        if frag is not None and (frag[1] or frag[2]):
-            return (dst_mac, src_mac, etype, src, dst, proto, hlim, frag, 0, 0, 0, 0, 0, 0,
-                    NO_OPTIONS, mv[l4:end], l3, l4, end, 0)
-        return _parse_l4(mv, dst_mac, src_mac, etype, src, dst, proto, hlim, l3, l4, end)
-    if etype == ETH_P_IP:
-        # Only reached when the frame is too short for Ethernet + IPv4: without
-        # this a truncated IPv4 frame came out as "non-IP, EtherType 0x0800".
-        raise ParseError("ipv4_truncated")
-    if etype < 0x0600:
-        raise ParseError("eth_not_ethernet_ii")
-    if etype == ETH_P_8021Q or etype == ETH_P_8021AD:
-        raise ParseError("eth_vlan_stacked")
-    return (dst_mac, src_mac, etype, None, None, 0, 0, None, 0, 0, 0, 0, 0, 0, NO_OPTIONS,
-            mv[l3:], l3, l3, n, 0)
-
-
-def _parse_ipv4_rest(buf, mv, n, l3, dst_mac, src_mac, vihl, total, ident, ff, ttl, proto, src,
-                     dst):
-    if vihl >> 4 != 4:
-        raise ParseError("ipv4_bad_version")
-    hl = (vihl & 15) << 2
-    if hl < IPV4_LEN:
-        raise ParseError("ipv4_bad_ihl")
-    if total < hl or l3 + total > n:
-        raise ParseError("ipv4_bad_length")
-    l4 = l3 + hl
-    end = l3 + total
-    if ff & (IP_MF | IP_OFFMASK):
-        return (dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl,
-                (ident, (ff & IP_OFFMASK) << 3, 1 if ff & IP_MF else 0), 0, 0, 0, 0, 0, 0,
-                NO_OPTIONS, mv[l4:end], l3, l4, end, 0)
-    return _parse_l4(mv, dst_mac, src_mac, ETH_P_IP, src, dst, proto, ttl, l3, l4, end)
-
-
-def _parse_l4(mv, dst_mac, src_mac, etype, src, dst, proto, ttl, l3, l4, end):
-    if proto == PROTO_TCP:
-        if end - l4 < TCP_LEN:
+    if proto == 6:  # PROTO_TCP
+        if end - l4 < 20:  # TCP_LEN
             raise ParseError("tcp_truncated")
-        sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(mv, l4)
+        sport, dport, seq, ack, offflags, win, csum, _urg = _tcp_unpack(buf, l4)
         thl = (offflags >> 10) & 0x3C
-        if thl < TCP_LEN or l4 + thl > end:
+        if thl == 20:
+            opts = NO_OPTIONS
+        elif thl < 20 or l4 + thl > end:
             raise ParseError("tcp_bad_offset")
-        opts = parse_tcp_options(mv[l4 + TCP_LEN:l4 + thl]) if thl > TCP_LEN else NO_OPTIONS
-        return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, sport, dport, seq, ack,
+        else:
+            opts = parse_tcp_options(mv[l4 + 20:l4 + thl])
+        return (dst_mac, src_mac, etype, src, dst, 6, ttl, None, sport, dport, seq, ack,
                 offflags & 0xFF, win, opts, mv[l4 + thl:end], l3, l4, end, csum)
-    if proto == PROTO_UDP:
-        if end - l4 < UDP_LEN:
+    if proto == 17:  # PROTO_UDP (DNS, QUIC)
+        if end - l4 < 8:  # UDP_LEN
             raise ParseError("udp_truncated")
-        sport, dport, length, csum = _udp_unpack(mv, l4)
-        if length < UDP_LEN or length > end - l4:
+        sport, dport, length, csum = _udp_unpack(buf, l4)
+        if length < 8 or length > end - l4:
             # IPv6 jumbograms (length 0) are not supported: the MTU caps at 65520.
             raise ParseError("udp_bad_length")
-        return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, sport, dport, 0, 0, 0, 0,
-                NO_OPTIONS, mv[l4 + UDP_LEN:l4 + length], l3, l4, l4 + length, csum)
-    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-        if end - l4 < ICMP_LEN:
+        return (dst_mac, src_mac, etype, src, dst, 17, ttl, None, sport, dport, 0, 0, 0, 0,
+                NO_OPTIONS, mv[l4 + 8:l4 + length], l3, l4, l4 + length, csum)
+    if proto == 1 or proto == 58:  # PROTO_ICMP, PROTO_ICMPV6
+        if end - l4 < 8:  # ICMP_LEN
             raise ParseError("icmp_truncated")
-        itype, code, csum, ident, iseq = _icmp_unpack(mv, l4)
+        itype, code, csum, ident, iseq = _icmp_unpack(buf, l4)
         return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, itype, code, ident, iseq, 0, 0,
-                NO_OPTIONS, mv[l4 + ICMP_LEN:end], l3, l4, end, csum)
+                NO_OPTIONS, mv[l4 + 8:end], l3, l4, end, csum)
     return (dst_mac, src_mac, etype, src, dst, proto, ttl, None, 0, 0, 0, 0, 0, 0, NO_OPTIONS,
             mv[l4:end], l3, l4, end, 0)
+
+
+# The literals parse_frame spells, checked against their names.
+assert (_V4_TS_END, _V4_PROTO_AT, _V4_THL_AT, _ETH_IPV4_LEN, _L4_V4) == (66, 23, 46, 34, 34)
+assert (_V6_TS_END, _V6_NH_AT, _V6_THL_AT, _V6_L4) == (86, 20, 66, 54)
+assert (ETH_LEN, IPV4_LEN, TCP_LEN, UDP_LEN, ICMP_LEN) == (14, 20, 20, 8, 8)
+assert (ETH_P_IP, ETH_P_IPV6, TS_FAST_MAGIC) == (0x0800, 0x86DD, 0x0101080A)
+assert (PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6) == (1, 6, 17, 58)
+assert (IP_MF | IP_OFFMASK, IP_OFFMASK, IP_MF) == (0x3FFF, 0x1FFF, 0x2000)
 
 
 def ipv4_header_ok(frame, l3: int, l4: int) -> bool:

@@ -7,8 +7,6 @@ MTU for "fragmentation needed" / "packet too big"; unused otherwise.
 
 import struct
 
-from . import ParseError
-
 ICMP = struct.Struct("!BBHHH")  # type, code, checksum, ident/rest-hi, seq/rest-lo
 ICMP_LEN = 8
 
@@ -34,11 +32,3 @@ ND_ROUTER_SOLICIT = 133
 ND_ROUTER_ADVERT = 134
 ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
-
-
-def parse_icmp(buf, off: int, end: int) -> tuple:
-    """Return ``(type, code, checksum, ident, seq, data_start)``."""
-    if end - off < ICMP_LEN:
-        raise ParseError("icmp_truncated")
-    t, c, csum, ident, seq = ICMP.unpack_from(buf, off)
-    return t, c, csum, ident, seq, off + ICMP_LEN

@@ -68,10 +68,3 @@ def parse_ipv6(buf, off: int = 0) -> tuple:
         p += hlen
         nh = nxt
     raise ParseError("ipv6_ext_chain_too_long")
-
-
-def build_ipv6_into(buf, off: int, src: bytes, dst: bytes, proto: int, payload_len: int,
-                    hop_limit: int = 64, traffic_class: int = 0, flow: int = 0) -> int:
-    IPV6.pack_into(buf, off, (6 << 28) | (traffic_class << 20) | flow, payload_len, proto,
-                   hop_limit, src, dst)
-    return off + IPV6_LEN

@@ -30,8 +30,10 @@ TS_FAST_MAGIC = 0x0101080A
 # Linux's SYN / SYN-ACK options, 20 bytes: MSS(2, 4) mss | SACK-permitted(4, 2)
 # TS(8, 10) tsval tsecr | NOP WSCALE(3, 3) shift -- checked as one template.
 _SYN_FAST = struct.Struct("!HHIIII")  # 0x0204, mss, 0x0402080a, tsval, tsecr, 0x010303xx
-_U16 = struct.Struct("!H")
-_U32X2 = struct.Struct("!II")
+# The options with a value, each laid out once for the parser and the builder.
+_MSS_OPT = struct.Struct("!BBH")  # kind 2, length 4, MSS
+_TS_OPT = struct.Struct("!BBII")  # kind 8, length 10, TSval, TSecr
+_SACK_BLOCK = struct.Struct("!II")  # left edge, right edge (after kind 5, length 2+8n)
 
 FIN = 0x01
 SYN = 0x02
@@ -107,7 +109,7 @@ def parse_tcp_options(buf) -> tuple:
         if kind == OPT_MSS:
             if olen != 4:
                 raise ParseError("tcp_opt_bad_length", "mss")
-            mss = _U16.unpack_from(buf, i + 2)[0]
+            mss = _MSS_OPT.unpack_from(buf, i)[2]
         elif kind == OPT_WSCALE:
             if olen != 3:
                 raise ParseError("tcp_opt_bad_length", "wscale")
@@ -120,11 +122,11 @@ def parse_tcp_options(buf) -> tuple:
         elif kind == OPT_SACK:
             if (olen - 2) % 8 or olen == 2:
                 raise ParseError("tcp_opt_bad_length", "sack")
-            sack = tuple(_U32X2.unpack_from(buf, j) for j in range(i + 2, i + olen, 8))
+            sack = tuple(_SACK_BLOCK.unpack_from(buf, j) for j in range(i + 2, i + olen, 8))
         elif kind == OPT_TIMESTAMP:
             if olen != 10:
                 raise ParseError("tcp_opt_bad_length", "timestamp")
-            tsval, tsecr = _U32X2.unpack_from(buf, i + 2)
+            _kind, _len, tsval, tsecr = _TS_OPT.unpack_from(buf, i)
         i += olen
     return (mss, wscale, sack_perm, sack, tsval, tsecr)
 
@@ -138,41 +140,25 @@ def build_tcp_options(mss: int | None = None, wscale: int | None = None, sack_pe
     """
     out = bytearray()
     if mss is not None:
-        out += struct.pack("!BBH", OPT_MSS, 4, mss)
+        out += _MSS_OPT.pack(OPT_MSS, 4, mss)
     if sack_perm and ts is not None:
-        out += struct.pack("!BBBBII", OPT_SACK_PERM, 2, OPT_TIMESTAMP, 10, ts[0], ts[1])
+        out += b"\x04\x02"  # SACK-permitted, then timestamps: 12 bytes, no padding
+        out += _TS_OPT.pack(OPT_TIMESTAMP, 10, ts[0], ts[1])
     else:
         if sack_perm:
             out += b"\x01\x01\x04\x02"
         if ts is not None:
-            out += struct.pack("!BBBBII", OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, ts[0], ts[1])
+            out += b"\x01\x01"
+            out += _TS_OPT.pack(OPT_TIMESTAMP, 10, ts[0], ts[1])
     if wscale is not None:
-        out += struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, wscale)
+        out += bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
     if sack_blocks:
         room = (40 - len(out) - 4) // 8
         blocks = tuple(sack_blocks)[:max(0, min(4, room))]
         if blocks:
-            out += struct.pack("!BBBB", OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks))
+            out += bytes((OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(blocks)))
             for left, right in blocks:
-                out += struct.pack("!II", left, right)
+                out += _SACK_BLOCK.pack(left, right)
     while len(out) & 3:
         out.append(OPT_NOP)
     return bytes(out)
-
-
-def parse_tcp(buf, off: int, end: int) -> tuple:
-    """Return ``(sport, dport, seq, ack, flags, window, csum, options, data_start)``."""
-    if end - off < TCP_LEN:
-        raise ParseError("tcp_truncated")
-    sport, dport, seq, ack, offflags, win, csum, _urg = TCP.unpack_from(buf, off)
-    hl = (offflags >> 10) & 0x3C
-    if hl < TCP_LEN or off + hl > end:
-        raise ParseError("tcp_bad_offset")
-    opts = parse_tcp_options(buf[off + TCP_LEN:off + hl]) if hl > TCP_LEN else NO_OPTIONS
-    return sport, dport, seq, ack, offflags & 0xFF, win, csum, opts, off + hl
-
-
-def flags_str(flags: int) -> str:
-    return "".join(ch for bit, ch in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
-                                      (ACK, "."), (URG, "U"), (ECE, "E"), (CWR, "C"))
-                   if flags & bit) or "-"

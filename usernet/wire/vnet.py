@@ -41,12 +41,6 @@ VNET_HDR_NONE = bytes(VNET_HDR_LEN)
 _pack = VNET_HDR.pack
 
 
-def build_vnet_hdr(flags: int = 0, gso_type: int = VIRTIO_NET_HDR_GSO_NONE, hdr_len: int = 0,
-                   gso_size: int = 0, csum_start: int = 0, csum_offset: int = 0) -> bytes:
-    """The 10-byte header to write before a frame (fields as in the layout above)."""
-    return _pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
-
-
 # Where the TCP checksum field sits inside the TCP header.
 TCP_CSUM_OFFSET = 16
 
