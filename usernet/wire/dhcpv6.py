@@ -41,13 +41,11 @@ INFORMATION_REQUEST = 11
 OPT_CLIENTID = 1
 OPT_SERVERID = 2
 OPT_ORO = 6
-OPT_STATUS_CODE = 13
 OPT_DNS_SERVERS = 23
 OPT_DOMAIN_LIST = 24
 
 DUID_TYPE_LL = 3
 HWTYPE_ETHER = 1
-STATUS_NOADDRSAVAIL = 2
 
 
 def parse_dhcpv6(buf) -> tuple:
@@ -81,16 +79,13 @@ def _opt(code: int, value: bytes) -> bytes:
 
 
 def build_reply(xid: int, server_duid: bytes, client_id: bytes | None, dns: tuple = (),
-                domains: tuple = (), status: int | None = None) -> bytes:
+                domains: tuple = ()) -> bytes:
     """A Reply: our server identifier, the client's identifier echoed (RFC
     8415 18.3.6 requires it when the client sent one), the DNS servers and
-    search domains; ``status`` adds a Status Code option (e.g.
-    ``STATUS_NOADDRSAVAIL`` to a stateful request of a stateless server)."""
+    search domains."""
     out = [DHCP6_HDR.pack((REPLY << 24) | (xid & 0xFFFFFF)), _opt(OPT_SERVERID, server_duid)]
     if client_id is not None:
         out.append(_opt(OPT_CLIENTID, client_id))
-    if status is not None:
-        out.append(_opt(OPT_STATUS_CODE, struct.pack("!H", status)))
     if dns:
         out.append(_opt(OPT_DNS_SERVERS, b"".join(dns)))
     if domains:
