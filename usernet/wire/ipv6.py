@@ -7,6 +7,13 @@ hop-by-hop (0), routing (43), destination options (60) — each
 8 bytes: next, reserved, offset/M, identification). AH (51) has length
 (len+2)*4. No-next-header (59) ends the chain with no upper layer. The walk
 is bounded (at most 8 extension headers) so a crafted chain cannot loop.
+
+A fragment header that makes a real fragment (offset or M set) ends the
+walk: what follows it is the fragmentable part, a slice of the original
+datagram's extension headers and upper layer, readable only once
+reassembled; the returned protocol is the fragment header's next header and
+the L4 offset points just past it. An atomic fragment (offset 0, M clear,
+RFC 6946) is walked through like any other header.
 """
 
 import struct
@@ -60,6 +67,8 @@ def parse_ipv6(buf, off: int = 0) -> tuple:
                 raise ParseError("ipv6_ext_truncated")
             nxt, _res, offm, ident = FRAG_HDR.unpack_from(buf, p)
             frag = (ident, offm & 0xFFF8, offm & 1)
+            if offm & 0xFFF9:
+                return src, dst, nxt, hlim, frag, p + 8, end
             hlen = 8
         else:
             return src, dst, nh, hlim, frag, p, end
@@ -75,3 +84,26 @@ def build_ipv6_into(buf, off: int, src: bytes, dst: bytes, proto: int, payload_l
     IPV6.pack_into(buf, off, (6 << 28) | (traffic_class << 20) | flow, payload_len, proto,
                    hop_limit, src, dst)
     return off + IPV6_LEN
+
+
+def next_header_pointer(buf, off: int = 0) -> int:
+    """Where, counted from the IPv6 header at ``off``, the Next Header field
+    that names the upper layer sits: the pointer of an ICMPv6 parameter
+    problem "unrecognized next header" (RFC 4443 3.4). Call it only on a
+    packet :func:`parse_ipv6` accepted."""
+    nh = buf[off + 6]
+    at = 6
+    p = off + IPV6_LEN
+    for _ in range(MAX_EXT_HEADERS):
+        if nh == NH_HOPOPT or nh == NH_ROUTING or nh == NH_DSTOPTS:
+            hlen = (buf[p + 1] + 1) << 3
+        elif nh == NH_AH:
+            hlen = (buf[p + 1] + 2) << 2
+        elif nh == NH_FRAGMENT:
+            hlen = 8
+        else:
+            break
+        at = p - off
+        nh = buf[p]
+        p += hlen
+    return at
