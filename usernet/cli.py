@@ -105,8 +105,22 @@ def _impair(text):
     return text
 
 
+def _prefix6(text):
+    from .stack.config import NetConfig
+    try:
+        NetConfig(ipv6_prefix=text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad IPv6 prefix {text!r}: {e}") from None
+    return text
+
+
 def _common(p):
     g = p.add_argument_group("network")
+    g.add_argument("-6", "--enable-ipv6", action="store_true",
+                   help="IPv6 too: router advertisements for the --ipv6-prefix /64, "
+                        "gateway prefix::2 (host ::1), DNS prefix::3")
+    g.add_argument("--ipv6-prefix", type=_prefix6, default="fd00::/64", metavar="PREFIX/64",
+                   help="the container's IPv6 network with --enable-ipv6 (default fd00::/64)")
     g.add_argument("--mtu", type=_mtu, default=1500, help="MTU of the TAP (68..65520, default 1500)")
     g.add_argument("--cidr", type=_cidr, default="10.0.2.0/24",
                    help="virtual network (default 10.0.2.0/24; prefix 1..25)")
@@ -173,7 +187,8 @@ def make_config(args):
     from .stack.config import NetConfig
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
-                     enable_dhcp=not args.disable_dhcp)
+                     enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
+                     ipv6_prefix=args.ipv6_prefix)
 
 
 # --------------------------------------------------------------------- serve
@@ -299,13 +314,15 @@ def _resolv_conf(cfg) -> str:
 
 def _ifconfig(cfg):
     from .netns import IfConfig
-    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac)
+    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac,
+                    ipv6_prefix=str(cfg.network6.network_address) if cfg.enable_ipv6 else None)
 
 
 def _describe(cfg, where, tap):
     return (f"usernet: attached to {where}, {tap} {cfg.guest_str}/{cfg.prefixlen} "
             f"gateway {cfg.gateway_str} dns {cfg.dns_str if cfg.enable_dns else 'off'} "
-            f"mtu {cfg.mtu}")
+            f"mtu {cfg.mtu}"
+            + (f", ipv6 {cfg.network6} gateway {cfg.network6[2]}" if cfg.enable_ipv6 else ""))
 
 
 def cmd_run(args) -> int:
