@@ -482,3 +482,14 @@ def test_fuzz_ipv6_input_never_raises(frame, flips, cut, csum_ok):
     gw.handle_timer(50.0)
     for _hdr, f in gw.frames_out:
         assert len(f) >= 14
+
+
+def test_udp_to_gateway_goes_to_host_loopback():
+    gw = make_gw()
+    feed(gw, to_gw(IPv6(src=GUEST, dst=GW) / UDP(sport=7000, dport=9999) / Raw(b"x")))
+    ev = events(gw)
+    assert ev[0] == UdpOpen(ev[0].fid, "::1", 9999)
+    gw = make_gw(host_loopback=False)
+    out = feed(gw, to_gw(IPv6(src=GUEST, dst=GW) / UDP(sport=7000, dport=9999) / Raw(b"x")))
+    assert Ether(out[0])[ICMPv6DestUnreach].code == 4 and events(gw) == []
+    assert gw.counters["udp_refused_policy"] == 1

@@ -446,7 +446,9 @@ class Gateway:
             handler = self.udp_local_handlers.get((dst, p[P_DPORT]))
             if handler is not None:
                 handler(p, frame, now)
-            elif dst in self._local6:
+            elif dst == self.config.dns6 or dst == LINK_LOCAL_GW:
+                # Ours, no service there (the gateway's ports are the host's:
+                # NAT below, like 10.0.2.2).
                 self._unreachable(p, frame, UNREACH_PORT, "udp6_port_unreachable_local")
             elif dst[0] == 0xFF:
                 c["drop_udp_broadcast"] += 1
