@@ -323,3 +323,141 @@ def test_impaired_v6(wdir, offload):  # noqa: F811
     c = counters_of(r.stderr)
     assert c.get("impair_tx_dropped", 0) > 0 and c.get("tcp_retransmit", 0) > 0, c
     check_offload(c, offload)
+
+
+# ------------------------------------------------------------ port forwards
+from test_forward import (http_ok, usernet, wait_for, workdir, _script)  # noqa: E402,F401,F811
+
+HTTP6 = [PY, "-m", "http.server", "8080", "--bind", "::", "--directory", "/"]
+
+
+def _curl6(url, netns=None):
+    argv = ["curl", "-6", "-gsS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", url]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    return r.returncode == 0 and r.stdout == "200"
+
+
+@need_v6
+@pytest.mark.parametrize("user", USERS)
+def test_published_on_v6_loopback_reaches_server_inside_over_ipv6(request, workdir, user):
+    """-p [::1]:HP:8080 with a server inside on [::]:8080: the connection
+    goes in over IPv6 (the container's SLAAC address); a loopback client is
+    shown as the gateway fd00::2."""
+    tool("curl")
+    user = _user(request, user)
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        hp = s.getsockname()[1]
+    with usernet(workdir, ["-6", "-p", f"[::1]:{hp}:8080"], HTTP6, user=user) as u:
+        wait_for(lambda: _curl6(f"http://[::1]:{hp}/"), "the forwarded HTTP server over IPv6")
+        u.stop()
+        out = u.output()
+    assert 'fd00::2 - - [' in out and '"GET / HTTP/1.1" 200' in out, out
+
+
+UDP6_ECHO = """
+    import socket, sys
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", int(sys.argv[1])))
+    while True:
+        q, peer = s.recvfrom(65535)
+        s.sendto(q + b" from " + peer[0].encode(), peer)
+"""
+
+
+@need_v6
+@pytest.mark.parametrize("user", USERS)
+def test_udp_published_on_v6_loopback(request, workdir, user):
+    user = _user(request, user)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        hp = s.getsockname()[1]
+    srv = _script(workdir, "udp6_echo.py", UDP6_ECHO)
+    with usernet(workdir, ["-6", "-p", f"[::1]:{hp}:5353/udp"], [PY, srv, "5353"], user=user):
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as c:
+            c.connect(("::1", hp))
+            c.settimeout(0.5)
+
+            def ask():
+                c.send(b"hello")
+                return c.recv(65535)
+            assert wait_for(ask, "a UDP answer over IPv6") == b"hello from fd00::2"
+
+
+@pytest.fixture
+def veth6_scene():
+    """An outer namespace (usernet's) and a client namespace joined by a
+    veth pair with IPv6 only: outer fd99::1/64, client fd99::2/64 (no DAD)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ip netns)")
+    tool("ip")
+    import uuid
+    tag = uuid.uuid4().hex[:6]
+    outer, client = f"un6o-{tag}", f"un6c-{tag}"
+
+    def ip(*a):
+        subprocess.run(["ip", *a], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("netns", "add", outer)
+        ip("netns", "add", client)
+        ip("link", "add", f"vo{tag}", "netns", outer, "type", "veth", "peer", "name", f"vc{tag}",
+           "netns", client)
+        ip("-n", outer, "addr", "add", "fd99::1/64", "dev", f"vo{tag}", "nodad")
+        ip("-n", client, "addr", "add", "fd99::2/64", "dev", f"vc{tag}", "nodad")
+        for ns, dev in ((outer, f"vo{tag}"), (client, f"vc{tag}")):
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield outer, client
+    finally:
+        for ns in (outer, client):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def test_published_v6_shows_the_real_client_address(workdir, veth6_scene):
+    """A client at fd99::2 reaching -p [fd99::1]:HP:8080 is seen inside as
+    fd99::2 itself; with --publish-from-gateway as fd00::2."""
+    tool("curl")
+    outer, client = veth6_scene
+    hp = 18086
+    for extra, seen in (([], "fd99::2"), (["--publish-from-gateway"], "fd00::2")):
+        with usernet(workdir, ["-6", *extra, "-p", f"[fd99::1]:{hp}:8080"], HTTP6,
+                     netns=outer) as u:
+            wait_for(lambda: _curl6(f"http://[fd99::1]:{hp}/", netns=client),
+                     "the forward from the veth test host")
+            u.stop()
+            out = u.output()
+        assert f'{seen} - - [' in out, out
+
+
+@need_v6
+def test_api_add_hostfwd_on_v6_host_address(workdir):
+    """The API takes an IPv6 host_addr with --enable-ipv6; guest_addr ""
+    is the container's IPv6 address, listed resolved; an explicit IPv4 guest
+    address works from an IPv6 listener too."""
+    from test_forward import api
+    tool("curl")
+    sock = str(workdir / "api.sock")
+    with socket.socket(socket.AF_INET6) as s1, socket.socket(socket.AF_INET6) as s2:
+        s1.bind(("::1", 0))
+        s2.bind(("::1", 0))
+        p1, p2 = s1.getsockname()[1], s2.getsockname()[1]
+    cmd = [PY, "-m", "http.server", "8080", "--bind", "::", "--directory", "/"]
+    with usernet(workdir, ["-6", "--api-socket", sock], cmd) as u:
+        wait_for(lambda: api(sock, "stats"), "the API socket")
+        r = api(sock, "add_hostfwd", proto="tcp", host_addr="::1", host_port=p1,
+                guest_addr="", guest_port=8080)
+        assert r == {"return": {"id": 1}}, r
+        r = api(sock, "add_hostfwd", proto="tcp", host_addr="::1", host_port=p2,
+                guest_addr="10.0.2.100", guest_port=8080)
+        assert r == {"return": {"id": 2}}, r
+        wait_for(lambda: _curl6(f"http://[::1]:{p1}/"), "the API forward over IPv6")
+        assert _curl6(f"http://[::1]:{p2}/")
+        entries = api(sock, "list_hostfwd")["entries"]
+        assert entries[0]["host_addr"] == "::1" and entries[0]["guest_addr"].startswith("fd00::")
+        assert entries[1]["guest_addr"] == "10.0.2.100"
+        u.stop()
+        out = u.output()
+    assert 'fd00::2 - - [' in out and '10.0.2.2 - - [' in out, out

@@ -493,3 +493,40 @@ def test_udp_to_gateway_goes_to_host_loopback():
     out = feed(gw, to_gw(IPv6(src=GUEST, dst=GW) / UDP(sport=7000, dport=9999) / Raw(b"x")))
     assert Ether(out[0])[ICMPv6DestUnreach].code == 4 and events(gw) == []
     assert gw.counters["udp_refused_policy"] == 1
+
+
+# ------------------------------------------------------------------ port forwards
+def test_guest_ip6_is_the_slaac_address_of_the_known_mac():
+    gw = make_gw()
+    assert gw.guest_ip6() is None                     # never heard from the container
+    feed(gw, Ether(src=GUEST_MAC, dst="33:33:00:00:00:02") / IPv6(
+        src=GUEST_LL, dst="ff02::2", hlim=255) / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(
+        lladdr=GUEST_MAC))
+    assert gw.guest_ip6() == ip6(GUEST)
+    gw = make_gw(guest_mac=bytes.fromhex("020000000064"))
+    assert gw.guest_ip6() == ip6(GUEST)
+
+
+def test_inbound_tcp_over_ipv6_shows_real_client_or_gateway():
+    """A port forward's SYN toward the guest's IPv6 address: from the real
+    client when the container can answer it, from fd00::2 for host loopback."""
+    gw = make_gw()
+    feed(gw, to_gw(IPv6(src=GUEST, dst=GW) / ICMPv6EchoRequest()))     # learn the guest
+    fid = gw.tcp_open_inbound(ip6(GUEST), 8080, ip6("2001:db8::7"), 5555, 1.0)
+    syn = Ether(bytes(gw.frames_out[-1][1]))
+    gw.frames_out.clear()
+    assert (syn[IPv6].src, syn[IPv6].dst, syn[TCP].sport, syn[TCP].dport, str(syn[TCP].flags)) \
+        == ("2001:db8::7", GUEST, 5555, 8080, "S")
+    assert dict(syn[TCP].options)["MSS"] == 1440
+    gw.tcp_open_inbound(ip6(GUEST), 8080, ip6("::1"), 5556, 1.0)
+    syn = Ether(bytes(gw.frames_out[-1][1]))
+    assert syn[IPv6].src == GW and gw.counters["fwd_client_addr_as_gateway"] == 1
+    assert fid is not None
+
+
+def test_inbound_udp_over_ipv6_to_unresolved_guest_solicits():
+    gw = make_gw()
+    fid, shown = gw.udp_inbound(None, None, ip6(GUEST), 53, b"q", 1.0)
+    assert shown[0] == ip6(GW)
+    out = [Ether(bytes(f)) for _h, f in gw.frames_out]
+    assert ICMPv6ND_NS in out[0] and gw.counters["ndp_ns_tx"] == 1

@@ -121,7 +121,7 @@ _HOST = (
     "drop_icmp_host_send_error", "drop_icmp_no_host_socket",
     "dns_upstream_refused", "dns_upstream_send_error", "dns_upstream_silent",
     "drop_dns_answer_id_mismatch",
-    "fwd_added", "fwd_removed", "fwd_add_bind_failed", "fwd_bound_poll_error",
+    "fwd_added", "fwd_removed", "fwd_guest6_unknown", "fwd_add_bind_failed", "fwd_bound_poll_error",
     "fwd_closed_guest_unbound", "fwd_opened_guest_bound", "fwd_reopen_failed",
     "fwd_tcp_accepted", "fwd_tcp_guest_connected", "fwd_tcp_guest_refused",
     "fwd_tcp_guest_timeout", "fwd_tcp_listen_error", "fwd_tcp_open_refused_rst",

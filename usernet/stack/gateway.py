@@ -631,6 +631,27 @@ class Gateway:
         """Still waiting for an answer (not yet answered, failed or timed out)."""
         return qid in self.dns_pending
 
+    def guest_ip6(self) -> bytes | None:
+        """The container's IPv6 address in the /64, for port forwards: the
+        SLAAC (modified EUI-64, RFC 4291 appendix A) address of its MAC when
+        the MAC is known (``--macaddress``, or learned from any of its
+        frames), else the first address of the /64 it was seen using; None
+        before it has said anything."""
+        cfg = self.config
+        mac = cfg.guest_mac or self.neigh.table.get(cfg.guest_ip)
+        prefix = cfg.prefix6[:8]
+        if mac is None:
+            for ip, m in self.neigh6.table.items():
+                if ip[0] == 0xFE:               # its link-local address: same MAC
+                    mac = m
+                    break
+        if mac is not None:
+            return prefix + bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+        for ip in self.neigh6.table:
+            if ip[:8] == prefix:
+                return ip
+        return None
+
     # --------------------------------------------------------------- timers
     def get_timer(self) -> float | None:
         return self.timers.next_deadline()
