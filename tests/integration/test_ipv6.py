@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import http_server, need_tun, tool, usernet_run
+from conftest import REPO, USERNET, http_server, need_tun, tool, usernet_run
 from test_tcp_nat import (IMPAIR, OFFLOAD, PY, _check_parallel, _out, _scratch, check_offload,
                           counters_of, sha256_file, wdir)  # noqa: F401 (wdir: a fixture)
 
@@ -234,7 +234,7 @@ class _Dns6:
             q = self.DNS(b)
             self.queries += 1
             ans = self.DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
-                           an=DNSRR(rrname=q.qd.qname, type="AAAA", ttl=60,
+                           an=DNSRR(rrname=q.qd[0].qname, type="AAAA", ttl=60,
                                     rdata="2001:db8::42"))
             self.sock.sendto(bytes(ans), a)
 
@@ -461,3 +461,63 @@ def test_api_add_hostfwd_on_v6_host_address(workdir):
         u.stop()
         out = u.output()
     assert 'fd00::2 - - [' in out and '10.0.2.2 - - [' in out, out
+
+
+# ------------------------------------------------------------ a host without IPv6
+_NO_V6_CLIENT = r"""
+import socket, subprocess, time
+t = time.monotonic()
+try:
+    socket.create_connection(("fd00::2", 80), timeout=10)
+    print("tcp connected?!")
+except ConnectionRefusedError:
+    print("tcp refused %.2f" % (time.monotonic() - t))
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.connect(("fd00::2", 9))
+t = time.monotonic()
+for _ in range(2):
+    u.send(b"x")
+    try:
+        u.recv(100)
+        print("udp answered?!")
+    except ConnectionRefusedError:
+        print("udp refused %.2f" % (time.monotonic() - t))
+        break
+    except socket.timeout:
+        print("udp timeout")
+r = subprocess.run(["ping", "-6", "-c", "1", "-W", "5", "2001:db8::1"], capture_output=True,
+                   text=True)
+print("ping rc", r.returncode, "%.2f" % (time.monotonic() - t), r.stdout.replace("\n", " | "))
+"""
+
+
+def test_host_without_ipv6_fails_fast():
+    """usernet's own namespace has no IPv6 on loopback (no ::1, no route):
+    TCP to fd00::2 is reset at once, UDP gets ICMPv6 port unreachable, an
+    echo outside is answered unreachable; nothing waits for a timeout."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ip netns)")
+    tool("ip")
+    tool("ping")
+    import uuid
+    ns = f"un6n-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        "net.ipv6.conf.lo.disable_ipv6=1"], check=True, timeout=30)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=30)
+        argv = ["ip", "netns", "exec", ns, *USERNET, "run", "-6", "--debug", "--",
+                PY, "-c", _NO_V6_CLIENT]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/",
+                           env=dict(os.environ, PYTHONPATH=REPO))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+    assert r.returncode == 0, _out(r)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("tcp refused") and float(lines[0].split()[2]) < 2, _out(r)
+    assert lines[1].startswith("udp refused") and float(lines[1].split()[2]) < 2, _out(r)
+    assert lines[2].startswith("ping rc 1") and float(lines[2].split()[3]) < 4, _out(r)
+    c = counters_of(r.stderr)
+    assert c["tcp_host_connect_failed_unreachable"] == 1, c
+    assert c["udp_port_unreachable_tx"] >= 1 and c["icmp_echo_admin_prohibited_tx"] == 1, c

@@ -146,8 +146,11 @@ class IcmpHost:
                 return
             d.counters["icmp_echo_host_tx"] += 1
         except OSError as e:
+            # No route (e.g. IPv6 on a host without it): say so at once
+            # rather than let the container's ping wait.
             d.counters["drop_icmp_host_send_error"] += 1
             log.debug("echo to %s: %s", host, e)
+            d.gw.icmp_host_unavailable(fid, seq, data, d.now())
 
     def close_flow(self, ev: IcmpClose) -> None:
         d = self.driver
