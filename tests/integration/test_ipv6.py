@@ -521,3 +521,38 @@ def test_host_without_ipv6_fails_fast():
     c = counters_of(r.stderr)
     assert c["tcp_host_connect_failed_unreachable"] == 1, c
     assert c["udp_port_unreachable_tx"] >= 1 and c["icmp_echo_admin_prohibited_tx"] == 1, c
+
+
+# ------------------------------------------------------------ attach
+@pytest.mark.parametrize("user", USERS)
+def test_attach_pid_with_ipv6(request, user):
+    """attach -6 PID configures the SLAAC address and route at once; ping -6
+    fd00::2 from inside; SIGTERM ends it cleanly."""
+    from test_run import _in_target, _start_attach, _stop, _unshare_target, _wait_for
+    tool("unshare")
+    tool("nsenter")
+    tool("ping")
+    user = _user(request, user)
+    target = _unshare_target(user)
+    p = None
+    try:
+        p = _start_attach(["-6", str(target.pid)], user)
+
+        def configured():
+            assert p.poll() is None, p.stderr.read()
+            r = _in_target(target.pid, "ip", "-6", "-o", "addr", "show", "dev", "tap0",
+                           "scope", "global", user=user)
+            return "inet6 fd00::" in r.stdout
+        _wait_for(configured, 20, "tap0 to get its IPv6 address")
+        r = _in_target(target.pid, "ip", "-6", "route", "show", "default", user=user)
+        assert "default via fe80::2 dev tap0" in r.stdout, r.stdout
+        r = _in_target(target.pid, "ping", "-6", "-c", "2", "-W", "3", "fd00::2", user=user)
+        assert r.returncode == 0 and "2 received" in r.stdout, r.stdout + r.stderr
+        rc, err = _stop(p, timeout=5)
+        assert rc == 0, err
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+        target.kill()
+        target.wait(timeout=10)
