@@ -271,11 +271,17 @@ def test_curl_200mib_v6(wdir, offload):  # noqa: F811 (wdir is the fixture)
     out = _scratch(d, "big6")
     with http_server(d, host="::1") as port:
         url = f"http://[{GW6}]:{port}"
-        script = (f"curl -6 -gsS --max-time 100 -o {out}/big.bin {url}/big.bin && "
-                  f"curl -6 -gsS --max-time 100 -T {d}/big.bin {url}/upload")
+        script = (f"curl -6 -gsS --max-time 100 -o {out}/big.bin "
+                  f"-w 'down %{{speed_download}}\\n' {url}/big.bin && "
+                  f"curl -6 -gsS --max-time 100 -T {d}/big.bin "
+                  f"-w '\\nup %{{speed_upload}}\\n' {url}/upload")
         r = usernet_run(["-6", "--debug"] + ([] if offload else ["--no-offload"]),
                         ["sh", "-c", script], timeout=150)
     assert r.returncode == 0, _out(r)
+    words = r.stdout.split()
+    print(f"\n200 MiB over IPv6{'' if offload else ' --no-offload'}: down "
+          f"{float(words[words.index('down') + 1]) / 1e6:.1f} MB/s, up "
+          f"{float(words[words.index('up') + 1]) / 1e6:.1f} MB/s")
     assert sha256_file(f"{out}/big.bin") == sums["big.bin"]
     assert sums["big.bin"] in r.stdout, _out(r)
     shutil.rmtree(out, ignore_errors=True)
