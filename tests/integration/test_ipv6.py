@@ -264,9 +264,11 @@ def test_dig_aaaa_via_fd00_3_reaches_v6_upstream(request, user):
 # ------------------------------------------------------------ bulk integrity
 @need_v6
 @pytest.mark.parametrize("offload", OFFLOAD)
-def test_curl_200mib_v6(wdir, offload):  # noqa: F811 (wdir is the fixture)
+@pytest.mark.parametrize("user", USERS)
+def test_curl_200mib_v6(request, wdir, user, offload):  # noqa: F811 (wdir is the fixture)
     """The 200 MiB integrity test of test_tcp_nat.py over IPv6."""
     tool("curl")
+    user = _user(request, user)
     d, sums = wdir
     out = _scratch(d, "big6")
     with http_server(d, host="::1") as port:
@@ -276,10 +278,10 @@ def test_curl_200mib_v6(wdir, offload):  # noqa: F811 (wdir is the fixture)
                   f"curl -6 -gsS --max-time 100 -T {d}/big.bin "
                   f"-w '\\nup %{{speed_upload}}\\n' {url}/upload")
         r = usernet_run(["-6", "--debug"] + ([] if offload else ["--no-offload"]),
-                        ["sh", "-c", script], timeout=150)
+                        ["sh", "-c", script], user=user, timeout=150)
     assert r.returncode == 0, _out(r)
     words = r.stdout.split()
-    print(f"\n200 MiB over IPv6{'' if offload else ' --no-offload'}: down "
+    print(f"\n200 MiB over IPv6 as {user or 'root'}{'' if offload else ' --no-offload'}: down "
           f"{float(words[words.index('down') + 1]) / 1e6:.1f} MB/s, up "
           f"{float(words[words.index('up') + 1]) / 1e6:.1f} MB/s")
     assert sha256_file(f"{out}/big.bin") == sums["big.bin"]
@@ -562,3 +564,35 @@ def test_attach_pid_with_ipv6(request, user):
             p.wait(timeout=10)
         target.kill()
         target.wait(timeout=10)
+
+
+# ------------------------------------------------------------ echo through the host
+@pytest.mark.parametrize("user", USERS)
+def test_ping6_test_host_through_host_echo_socket(request, workdir, veth6_scene, user):
+    """ping -6 a test host (fd99::2, behind a veth in the namespace usernet
+    runs in): the echo goes out through an ICMPv6 ping socket (uid 65534,
+    ping_group_range open there) or the raw ICMPv6 socket (root, ping
+    sockets closed there), and the replies come back with the container's
+    identifier and sequence."""
+    tool("ping")
+    user = _user(request, user)
+    outer, _client = veth6_scene
+    group = "0 2147483647" if user == "nobody" else "1 0"
+    subprocess.run(["ip", "netns", "exec", outer, "sysctl", "-qw",
+                    f"net.ipv4.ping_group_range={group}"], check=True, timeout=30)
+    if user == "nobody":
+        from conftest import reopen_for_nobody
+        reopen_for_nobody()
+    out = workdir / "ping.out"
+    script = f"ping -6 -c 3 -W 3 fd99::2 > {out} 2>&1; echo rc $? >> {out}"
+    with usernet(workdir, ["-6", "--debug"], ["sh", "-c", script], user=user,
+                 netns=outer) as u:
+        u.proc.wait(timeout=TIMEOUT)
+        log = u.output()
+    text = out.read_text()
+    assert "rc 0" in text and "3 received" in text, text + log
+    for seq in (1, 2, 3):
+        assert f"from fd99::2: icmp_seq={seq} " in text, text
+    assert "DUP" not in text
+    c = counters_of(log)
+    assert c["icmp_echo_forward"] == 3 and c["icmp_echo_reply_rx"] == 3, c
