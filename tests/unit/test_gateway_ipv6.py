@@ -530,3 +530,76 @@ def test_inbound_udp_over_ipv6_to_unresolved_guest_solicits():
     assert shown[0] == ip6(GW)
     out = [Ether(bytes(f)) for _h, f in gw.frames_out]
     assert ICMPv6ND_NS in out[0] and gw.counters["ndp_ns_tx"] == 1
+
+
+# ------------------------------------------------------------------ extension headers
+def _echo_with(*ext):
+    pkt = IPv6(src=GUEST, dst=GW)
+    for h in ext:
+        pkt = pkt / h
+    return to_gw(pkt / ICMPv6EchoRequest(id=1, seq=1))
+
+
+def test_extension_header_options_act_by_their_high_bits():
+    """RFC 8200 4.2: an unknown option is skipped (00), drops the packet
+    silently (01), or draws parameter problem code 2 pointing at it (10/11);
+    Pad1/PadN and a skip-able option leave the packet alone."""
+    from scapy.layers.inet6 import HBHOptUnknown, Pad1, PadN
+    gw = make_gw()
+    out = feed(gw, _echo_with(IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=0x1E, optdata=b"ab"),
+                                                          Pad1(), PadN(optdata=b"\0")])))
+    assert ICMPv6EchoReply in Ether(out[0])
+    assert feed(gw, _echo_with(IPv6ExtHdrDestOpt(options=[
+        HBHOptUnknown(otype=0x7F, optdata=b"abcd")]))) == []
+    assert gw.counters["drop_ipv6_ext_header"] == 1
+    for otype in (0x9E, 0xDE):
+        out = feed(gw, _echo_with(IPv6ExtHdrDestOpt(options=[
+            PadN(optdata=b""), HBHOptUnknown(otype=otype, optdata=b"ab")])))
+        pp = Ether(out[0])
+        # 40 (IPv6) + 2 (next header, length) + 2 (the PadN) = the option's offset.
+        assert (pp[ICMPv6ParamProblem].code, pp[ICMPv6ParamProblem].ptr) == (2, 44)
+        assert rechecked(out[0])
+
+
+def test_routing_header_with_segments_left_is_refused_and_without_ignored():
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+    gw = make_gw()
+    out = feed(gw, _echo_with(IPv6ExtHdrRouting(type=0, segleft=1, addresses=["fd00::9"])))
+    pp = Ether(out[0])
+    assert (pp[ICMPv6ParamProblem].code, pp[ICMPv6ParamProblem].ptr) == (0, 42)
+    out = feed(gw, _echo_with(IPv6ExtHdrRouting(type=0, segleft=0, addresses=["fd00::9"])))
+    assert ICMPv6EchoReply in Ether(out[0])
+
+
+def test_hop_by_hop_not_first_is_an_unrecognized_next_header():
+    gw = make_gw()
+    out = feed(gw, _echo_with(IPv6ExtHdrDestOpt(), IPv6ExtHdrHopByHop()))
+    pp = Ether(out[0])
+    assert (pp[ICMPv6ParamProblem].code, pp[ICMPv6ParamProblem].ptr) == (1, 40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 43, 44, 51, 60, 6, 17, 58, 59, 200]),
+                          st.integers(0, 3), st.binary(min_size=0, max_size=40)),
+                min_size=1, max_size=9))
+def test_ext_header_problem_never_raises_on_what_the_parser_accepts(chain):
+    """Arbitrary chains of extension headers with arbitrary contents: where
+    parse_ipv6 accepts the packet, ext_header_problem answers one of its
+    three kinds of answer and nothing else."""
+    from usernet.wire import ParseError
+    from usernet.wire.ipv6 import DISCARD, ext_header_problem, parse_ipv6
+    body = b""
+    first = chain[0][0]
+    for i, (_nh, hlen, data) in enumerate(chain):
+        nxt = chain[i + 1][0] if i + 1 < len(chain) else 59
+        blob = bytes([nxt, hlen]) + data
+        size = (hlen + 1) * 8
+        body += (blob + bytes(size))[:size]
+    hdr = bytes(IPv6(src=GUEST, dst=GW, nh=first, plen=len(body)))
+    buf = hdr + body
+    try:
+        _s, _d, _p, _h, _f, l4, _e = parse_ipv6(buf, 0)
+    except ParseError:
+        return
+    r = ext_header_problem(buf, 0, l4)
+    assert r is None or r is DISCARD or (r[0] in (0, 1, 2) and 0 <= r[1] < len(buf))

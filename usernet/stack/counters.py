@@ -77,7 +77,7 @@ _NDP = ("ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
         "dhcp6_information_request", "dhcp6_other_server", "dhcp6_ignored")
 # The IPv6 input path (usernet/stack/gateway.py), ICMPv6 (RFC 4443).
 _IPV6 = ("drop_ipv6_bad_source", "drop_ipv6_bad_destination",
-         "drop_ipv6_no_next_header", "drop_icmp6_unhandled_type", "drop_icmp6_error_rx",
+         "drop_ipv6_no_next_header", "drop_ipv6_ext_header", "drop_icmp6_unhandled_type", "drop_icmp6_error_rx",
          "icmp6_echo_local_reply", "icmp6_time_exceeded_tx", "icmp6_packet_too_big_tx",
          "icmp6_param_problem_tx", "icmp6_error_suppressed", "udp6_port_unreachable_local",
          "drop_udp_too_big_for_ipv6", "frag6_received")

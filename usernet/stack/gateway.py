@@ -73,7 +73,7 @@ from ..wire.icmp import (ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUES
                          ND_ROUTER_SOLICIT, UNREACH_ADMIN_PROHIBITED, UNREACH_FRAG_NEEDED,
                          UNREACH_HOST, UNREACH_PORT, UNREACH_PROTOCOL)
 from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
-from ..wire.ipv6 import IPV6, IPV6_LEN, NH_NONE, next_header_pointer
+from ..wire.ipv6 import DISCARD, IPV6, IPV6_LEN, NH_NONE, ext_header_problem, next_header_pointer
 from ..wire.ndp import ND_HOP_LIMIT, build_ns
 from ..wire.vnet import VNET_HDR_NONE
 from .arp import NDP_NAMES, NeighbourCache
@@ -420,6 +420,19 @@ class Gateway:
                 # RFC 8201, packet too big with the MTU we forward.
                 self._icmp6_error(p, frame, ICMP6_PACKET_TOO_BIG, 0, self.config.mtu,
                                   "icmp6_packet_too_big_tx")
+                return
+        l3 = p[P_L3]
+        if p[P_L4] - l3 != IPV6_LEN:
+            # Extension headers: what RFC 8200 asks of their receiver
+            # (options we do not know, routing we do not do, misplaced
+            # hop-by-hop), checked only on packets that carry them.
+            problem = ext_header_problem(frame, l3, p[P_L4])
+            if problem is not None:
+                if problem is DISCARD:
+                    c["drop_ipv6_ext_header"] += 1
+                else:
+                    self._icmp6_error(p, frame, ICMP6_PARAM_PROBLEM, problem[0], problem[1],
+                                      "icmp6_param_problem_tx")
                 return
         if p[P_FRAG] is not None:
             self._ipv6_fragment(p, frame, now)
