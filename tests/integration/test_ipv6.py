@@ -208,57 +208,138 @@ def test_udp_exchange_with_host_echo_server(request, user):
 
 
 class _Dns6:
-    """A tiny UDP DNS server on [::1]: answers every AAAA question with 2001:db8::42."""
+    """A tiny DNS server on [::1]:PORT, UDP and TCP on the same port: answers
+    every question with the AAAA record 2001:db8::42."""
 
     def __init__(self):
-        from scapy.layers.dns import DNS
-        self.DNS = DNS
-        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        self.sock.bind(("::1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.queries = 0
+        for _ in range(20):
+            u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            u.bind(("::1", 0))
+            port = u.getsockname()[1]
+            t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                t.bind(("::1", port))
+            except OSError:
+                u.close()
+                t.close()
+                continue
+            break
+        else:
+            raise RuntimeError("no port on ::1 free for both UDP and TCP")
+        t.listen(8)
+        u.settimeout(0.2)
+        t.settimeout(0.2)
+        self.udp, self.tcp, self.port = u, t, port
+        self.queries = {"udp": 0, "tcp": 0}
         self.stop = False
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
+        self.threads = [threading.Thread(target=self._udp_loop, daemon=True),
+                        threading.Thread(target=self._tcp_loop, daemon=True)]
+        for th in self.threads:
+            th.start()
 
-    def _run(self):
-        from scapy.layers.dns import DNSRR
+    @staticmethod
+    def _answer(b):
+        from scapy.layers.dns import DNS, DNSRR
+        q = DNS(b)
+        return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
+                         an=DNSRR(rrname=q.qd[0].qname, type="AAAA", ttl=60,
+                                  rdata="2001:db8::42")))
+
+    def _udp_loop(self):
         while not self.stop:
             try:
-                b, a = self.sock.recvfrom(65535)
+                b, a = self.udp.recvfrom(65535)
             except socket.timeout:
                 continue
             except OSError:
                 return
-            q = self.DNS(b)
-            self.queries += 1
-            ans = self.DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
-                           an=DNSRR(rrname=q.qd[0].qname, type="AAAA", ttl=60,
-                                    rdata="2001:db8::42"))
-            self.sock.sendto(bytes(ans), a)
+            self.queries["udp"] += 1
+            self.udp.sendto(self._answer(b), a)
+
+    def _tcp_loop(self):
+        import struct
+        while not self.stop:
+            try:
+                c, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with c:
+                c.settimeout(5)
+                try:
+                    buf = b""
+                    while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
+                        chunk = c.recv(65535)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    n = struct.unpack("!H", buf[:2])[0]
+                    self.queries["tcp"] += 1
+                    a = self._answer(buf[2:2 + n])
+                    c.sendall(struct.pack("!H", len(a)) + a)
+                except (OSError, struct.error):
+                    pass
 
     def close(self):
         self.stop = True
-        self.t.join(timeout=2)
-        self.sock.close()
+        for th in self.threads:
+            th.join(timeout=2)
+        self.udp.close()
+        self.tcp.close()
 
 
 @need_v6
 @pytest.mark.parametrize("user", USERS)
 def test_dig_aaaa_via_fd00_3_reaches_v6_upstream(request, user):
+    """dig AAAA @fd00::3, over UDP and over TCP, reaches the test upstream on
+    [::1] (--dns-upstream [::1]:PORT) and brings its answer back."""
     tool("dig")
     user = _user(request, user)
     dns = _Dns6()
     try:
+        dig = "dig +tries=1 +time=5 AAAA host.example @fd00::3"
         r = usernet_run(["-6", "--dns-upstream", f"[::1]:{dns.port}"],
-                        ["dig", "+tries=1", "+time=5", "AAAA", "host.example", "@fd00::3"],
-                        user=user, timeout=TIMEOUT)
+                        ["sh", "-c", f"{dig}; echo @@@; {dig} +tcp"], user=user, timeout=TIMEOUT)
     finally:
         dns.close()
     assert r.returncode == 0, _out(r)
-    assert "2001:db8::42" in r.stdout and "status: NOERROR" in r.stdout, _out(r)
-    assert dns.queries >= 1
+    udp, tcp = r.stdout.split("@@@\n")
+    for out in (udp, tcp):
+        assert "2001:db8::42" in out and "status: NOERROR" in out, _out(r)
+    assert dns.queries["udp"] >= 1 and dns.queries["tcp"] >= 1, dns.queries
+
+
+_UDP_CLOSED = r"""
+import socket, sys, time
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.connect(("fd00::2", int(sys.argv[1])))
+t = time.monotonic()
+for _ in range(3):
+    u.send(b"anyone?")
+    try:
+        u.recv(100)
+        print("answered?!")
+    except ConnectionRefusedError:
+        print("refused %.2f" % (time.monotonic() - t))
+        break
+    except socket.timeout:
+        print("timeout")
+"""
+
+
+@need_v6
+def test_udp_to_closed_host_port_is_refused():
+    """Nothing listens on [::1]:PORT: the host's port unreachable becomes
+    ICMPv6 port unreachable, so the container's socket sees ECONNREFUSED."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    r = usernet_run(["-6", "--debug"], [PY, "-c", _UDP_CLOSED, str(port)], timeout=TIMEOUT)
+    assert r.returncode == 0 and r.stdout.startswith("refused"), _out(r)
+    assert counters_of(r.stderr)["udp_port_unreachable_tx"] >= 1
 
 
 # ------------------------------------------------------------ bulk integrity

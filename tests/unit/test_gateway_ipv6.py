@@ -603,3 +603,11 @@ def test_ext_header_problem_never_raises_on_what_the_parser_accepts(chain):
         return
     r = ext_header_problem(buf, 0, l4)
     assert r is None or r is DISCARD or (r[0] in (0, 1, 2) and 0 <= r[1] < len(buf))
+
+
+def test_ipv6_needs_an_mtu_of_1280():
+    import pytest
+    with pytest.raises(ValueError, match="1280"):
+        NetConfig(enable_ipv6=True, mtu=1279)
+    NetConfig(enable_ipv6=False, mtu=576)
+    NetConfig(enable_ipv6=True, mtu=1280)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 # refused cleanly, old ones keep working).
 DEFAULT_MTU = 1500
 MIN_MTU = 68
+IPV6_MIN_MTU = 1280               # RFC 8200 5: every IPv6 link carries 1280-byte packets
 MAX_MTU = 65520
 MAX_TCP_FLOWS = 4096
 MAX_TCP_CONNECTS_IN_FLIGHT = 256
@@ -64,6 +65,9 @@ class NetConfig:
             raise ValueError(f"prefix length must be 1..25, got /{net.prefixlen}")
         if not MIN_MTU <= self.mtu <= MAX_MTU:
             raise ValueError(f"MTU must be {MIN_MTU}..{MAX_MTU}, got {self.mtu}")
+        if self.enable_ipv6 and self.mtu < IPV6_MIN_MTU:
+            # The container's kernel turns IPv6 off on such a link anyway.
+            raise ValueError(f"IPv6 needs an MTU of at least {IPV6_MIN_MTU}, got {self.mtu}")
         self.network = net
         base = int(net.network_address)
         self.gateway_ip = _ip4(base + 2)
