@@ -31,6 +31,17 @@ that owns it, by protocol:
 * :mod:`usernet.stack.timers` -- the one heap and its kind-to-handler table;
 * :mod:`usernet.stack.ipfrag`, :mod:`usernet.stack.dhcp`, :mod:`usernet.stack.dns`.
 
+IPv6 (``NetConfig.enable_ipv6``; off, every IPv6 frame is counted
+``drop_ipv6_disabled``) has its own input path, ``_ipv6_input``, bound at
+construction so IPv4 frames never test for it: source checks, routing
+checks for what is not ours (hop limit, MTU), extension headers
+(:func:`usernet.wire.ipv6.ext_header_problem`), reassembly, and then the
+same TCP/UDP/echo NAT as IPv4; neighbour discovery, router advertisements
+and DHCPv6 are :class:`usernet.stack.ndp.Ipv6Router`'s, the neighbours
+``neigh6`` (a second :class:`NeighbourCache`). ICMPv6 errors follow RFC
+4443 (``_icmp6_error``); the NAT modules' "unreachable" calls are mapped to
+ICMPv6 for an IPv6 packet. See docs/internals.md, "IPv6".
+
 The host-side notifications of the contract are the gateway's attributes;
 the TCP, UDP and ICMP ones are bound to the owning object's methods at
 construction (``gw.tcp_host_data is gw.tcp.host_data``), so a call costs no
@@ -47,7 +58,7 @@ written later. TCP frames with offloads on carry their own virtio-net header
 
 Timers (one :class:`Timers` heap): TCP flows (retransmission, persist,
 delayed ACK, TIME-WAIT, connect deadlines), UDP and ICMP idle expiry, DNS
-queries, ARP retries, reassembly expiry.
+queries, ARP and NS retries, reassembly expiry, router advertisements.
 
 Limits (see ``usernet.stack.config``): flows per protocol, TCP connects in
 flight, reassembly memory, frames held while ARP resolves, DNS queries
