@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from conftest import REPO, USERNET, http_server, need_tun, tool, usernet_run
+from test_forward import _script, usernet, wait_for, workdir  # noqa: F401 (workdir: a fixture)
 from test_tcp_nat import (IMPAIR, OFFLOAD, PY, _check_parallel, _out, _scratch, check_offload,
                           counters_of, sha256_file, wdir)  # noqa: F401 (wdir: a fixture)
 
@@ -415,7 +416,6 @@ def test_impaired_v6(wdir, offload):  # noqa: F811
 
 
 # ------------------------------------------------------------ port forwards
-from test_forward import (http_ok, usernet, wait_for, workdir, _script)  # noqa: E402,F401,F811
 
 HTTP6 = [PY, "-m", "http.server", "8080", "--bind", "::", "--directory", "/"]
 

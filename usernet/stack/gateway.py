@@ -77,11 +77,11 @@ from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_DST_MAC, P_END, P_ETHERTYPE, 
                           P_L4, P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC, P_SRC_MAC, P_TTL,
                           build_arp, build_icmp, build_udp, ipv4_header_ok, l4_checksum_ok,
                           parse_frame)
-from ..wire.dhcpv6 import CLIENT_PORT as DHCP6_CLIENT_PORT, SERVER_PORT as DHCP6_SERVER_PORT
+from ..wire.dhcpv6 import SERVER_PORT as DHCP6_SERVER_PORT
 from ..wire.icmp import (ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
                          ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMP_DEST_UNREACH,
                          ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ND_NEIGHBOR_ADVERT,
-                         ND_ROUTER_SOLICIT, UNREACH_ADMIN_PROHIBITED, UNREACH_FRAG_NEEDED,
+                         ND_NEIGHBOR_SOLICIT, ND_ROUTER_SOLICIT, UNREACH_ADMIN_PROHIBITED, UNREACH_FRAG_NEEDED,
                          UNREACH_HOST, UNREACH_PORT, UNREACH_PROTOCOL)
 from ..wire.ipv4 import IPV4, IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from ..wire.ipv6 import DISCARD, IPV6, IPV6_LEN, NH_NONE, ext_header_problem, next_header_pointer
@@ -529,7 +529,7 @@ class Gateway:
         group = bytes.fromhex("ff0200000000000000000001ff") + ip[13:]
         rest_hi, rest_lo, data = build_ns(ip, self.mac)
         return build_icmp(multicast_mac(group), self.mac, LINK_LOCAL_GW, group,
-                          135, 0, rest_hi, rest_lo, data, ttl=ND_HOP_LIMIT)
+                          ND_NEIGHBOR_SOLICIT, 0, rest_hi, rest_lo, data, ttl=ND_HOP_LIMIT)
 
     def _icmp6_error(self, p, frame, itype, code, rest, counter) -> None:
         """An ICMPv6 error about a parsed packet, quoting as much of it as
