@@ -149,8 +149,8 @@ class ForwarderBackend:
 
     def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_addr: str,
                     guest_port: int) -> int:
-        if ":" in host_addr:
-            raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6: not supported (yet)
+        if ":" in host_addr and not self.forwarder.cfg.enable_ipv6:
+            raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6 forwards need --enable-ipv6
         try:
             return self.forwarder.add(proto, host_addr, host_port, guest_addr, guest_port)
         except OSError as e:                     # PublishError: the port cannot be bound

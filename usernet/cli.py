@@ -127,9 +127,23 @@ _publish = _arg_type(_parse_publish, "publish")
 _impair = _arg_type(_check_impair, "impair")
 
 
+def _parse_prefix6(text):
+    from .stack.config import NetConfig
+    NetConfig(ipv6_prefix=text)          # the one check: a /64 that can be the container's
+    return text
+
+
+_prefix6 = _arg_type(_parse_prefix6, "prefix6")
+
+
 def _common(p):
+    from .stack.config import DEFAULT_CIDR, DEFAULT_IPV6_PREFIX, DEFAULT_MTU, MAX_MTU, MIN_MTU
     g = p.add_argument_group("network")
-    from .stack.config import DEFAULT_CIDR, DEFAULT_MTU, MAX_MTU, MIN_MTU
+    g.add_argument("-6", "--enable-ipv6", action="store_true",
+                   help="IPv6 too: router advertisements for the --ipv6-prefix /64, "
+                        "gateway prefix::2 (host ::1), DNS prefix::3")
+    g.add_argument("--ipv6-prefix", type=_prefix6, default=DEFAULT_IPV6_PREFIX, metavar="PREFIX/64",
+                   help=f"the container's IPv6 network with --enable-ipv6 (default {DEFAULT_IPV6_PREFIX})")
     g.add_argument("--mtu", type=_mtu, default=DEFAULT_MTU,
                    help=f"MTU of the TAP ({MIN_MTU}..{MAX_MTU}, default {DEFAULT_MTU})")
     g.add_argument("--cidr", type=_cidr, default=DEFAULT_CIDR,
@@ -207,7 +221,8 @@ def make_config(args):
     from .stack.config import NetConfig
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
-                     enable_dhcp=not args.disable_dhcp)
+                     enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
+                     ipv6_prefix=args.ipv6_prefix)
 
 
 # --------------------------------------------------------------------- serve
@@ -341,13 +356,15 @@ def _resolv_conf(cfg) -> str:
 
 def _ifconfig(cfg):
     from .netns import IfConfig
-    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac)
+    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac,
+                    ipv6_prefix=str(cfg.network6.network_address) if cfg.enable_ipv6 else None)
 
 
 def _describe(cfg, where, tap):
     return (f"usernet: attached to {where}, {tap} {cfg.guest_str}/{cfg.prefixlen} "
             f"gateway {cfg.gateway_str} dns {cfg.dns_str if cfg.enable_dns else 'off'} "
-            f"mtu {cfg.mtu}")
+            f"mtu {cfg.mtu}"
+            + (f", ipv6 {cfg.network6} gateway {cfg.network6[2]}" if cfg.enable_ipv6 else ""))
 
 
 def cmd_run(args) -> int:

@@ -116,13 +116,31 @@ class NetnsError(RuntimeError):
 
 @dataclass(frozen=True)
 class IfConfig:
-    """How to configure the TAP inside the namespace (IPv4; IPv6 is SLAAC from the stack)."""
+    """How to configure the TAP inside the namespace.
+
+    IPv4 is static (address, prefix, default route). IPv6, when
+    ``ipv6_prefix`` is given (a /64 such as ``"fd00::"``): duplicate address
+    detection off on the TAP (slirp4netns does the same: the link has one
+    host, and DAD would hold the address back for a second), the address
+    SLAAC would form (the prefix and the TAP's modified EUI-64, RFC 4291
+    appendix A) added at once, so it is usable before the first router
+    advertisement arrives, and a default route via the router's
+    link-local address. The stack's advertisements then keep it fresh."""
 
     address: str  # "10.0.2.100"
     prefixlen: int  # 24
     gateway: str  # "10.0.2.2"
     mtu: int = 1500
     mac: bytes | None = None  # 6 bytes; None leaves the kernel's random MAC
+    ipv6_prefix: str | None = None  # "fd00::" (a /64); None: IPv6 not configured
+    ipv6_gateway: str = "fe80::2"
+
+
+def eui64_address(prefix: str, mac: bytes) -> str:
+    """The SLAAC address of ``mac`` in the /64 ``prefix`` (RFC 4291 2.5.1, appendix A)."""
+    import ipaddress
+    iid = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return str(ipaddress.IPv6Address(ipaddress.IPv6Address(prefix).packed[:8] + iid))
 
 
 # --------------------------------------------------------------------------- syscalls
@@ -373,6 +391,11 @@ def configure_interface(ifname: str, cfg: IfConfig) -> None:
             if cfg.mac is not None:
                 step = f"{ifname} address {cfg.mac.hex(':')}"
                 ipr.link("set", index=idx, address=cfg.mac.hex(":"))
+            if cfg.ipv6_prefix is not None:
+                # Before the link is up, or the kernel starts DAD on the
+                # link-local address it forms then.
+                step = f"{ifname} IPv6 sysctls"
+                _ipv6_conf(ifname, disable_ipv6="0", accept_dad="0")
             step = f"{ifname} up"
             ipr.link("set", index=idx, state="up")
             step = f"{ifname} address {cfg.address}/{cfg.prefixlen}"
@@ -380,8 +403,27 @@ def configure_interface(ifname: str, cfg: IfConfig) -> None:
             step = f"default route via {cfg.gateway}"
             # proto boot, as ip(8) and slirp4netns leave it (pyroute2 defaults to static).
             ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway, oif=idx, proto="boot")
+            if cfg.ipv6_prefix is not None:
+                mac = cfg.mac or bytes.fromhex(
+                    ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+                addr6 = eui64_address(cfg.ipv6_prefix, mac)
+                step = f"{ifname} address {addr6}/64"
+                ipr.addr("add", index=idx, address=addr6, prefixlen=64)
+                step = f"default route via {cfg.ipv6_gateway}"
+                ipr.route("add", dst="::/0", gateway=cfg.ipv6_gateway, oif=idx)
     except NetlinkError as exc:
         raise NetnsError(f"configure {step}: {os.strerror(exc.code) if exc.code else exc}") from None
+
+
+def _ipv6_conf(ifname: str, **values: str) -> None:
+    """Write ``/proc/sys/net/ipv6/conf/IFNAME/KEY``: /proc/sys/net shows the
+    network namespace of the writer, which is the container's here."""
+    for key, value in values.items():
+        try:
+            _write(f"/proc/sys/net/ipv6/conf/{ifname}/{key}", value)
+        except FileNotFoundError:
+            raise NetnsError("IPv6 is not available in the namespace (no "
+                             f"/proc/sys/net/ipv6/conf/{ifname}); run without --enable-ipv6") from None
 
 
 # --------------------------------------------------------------------------- uid/gid maps

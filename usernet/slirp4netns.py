@@ -32,8 +32,10 @@ Which fd is which is only known from ``-e``/``-r``: Podman 4.0-4.5 passes ``-e 3
 :mod:`usernet.sandbox` once everything listens (a read-only pivot_root into a tmpfs, capabilities
 dropped but CAP_NET_BIND_SERVICE, an allow-list seccomp filter).
 
-Where usernet differs, on purpose: ``-6`` is accepted with one warning (IPv4 only
-for now); ``--target-type=bess`` is refused; the MTU must also suit usernet's stack (68..65520,
+``-6`` gives the container IPv6 as slirp4netns does: fd00::/64 by SLAAC (the address is
+configured at once with ``-c``), fd00::2 the host's ::1, fd00::3 the DNS forwarder.
+
+Where usernet differs, on purpose: ``--target-type=bess`` is refused; the MTU must also suit usernet's stack (68..65520,
 slirp4netns takes 1..65521); an ``--api-socket`` path of 108 bytes or more is refused before
 attaching (slirp4netns fails later, at bind); the process also stops when the ``PID`` target
 exits; SIGTERM is a clean exit 0 (slirp4netns dies of it). ``$USERNET_DNS_UPSTREAM`` names the
@@ -316,7 +318,7 @@ def network_config(o: Options):
     if not MIN_MTU <= o.mtu <= MAX_MTU:
         raise Exit(1, "", f"usernet: MTU {o.mtu} is outside usernet's range {MIN_MTU}..{MAX_MTU}\n")
     return NetConfig(cidr=cidr, mtu=o.mtu, host_loopback=not o.disable_host_loopback,
-                     guest_mac=mac, enable_dns=not o.disable_dns)
+                     guest_mac=mac, enable_dns=not o.disable_dns, enable_ipv6=o.enable_ipv6)
 
 
 def _interface_address(name: str, family: int) -> str | None:
@@ -385,8 +387,6 @@ def run(o: Options) -> int:
             raise Exit(1, "", f"usernet: fd {fd} (given with -e/-r) is not open\n")
     for w in o.warnings:
         print(w, flush=True)
-    if o.enable_ipv6:
-        log.warning("usernet: --enable-ipv6: accepted but not applied yet (IPv4 only)")
     args = SimpleNamespace(
         offload=True, impair=None, dns_upstream=dns_upstream_from_env(), publish=[],
         publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,

@@ -219,14 +219,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(directory):
-    """A threaded HTTP server on 127.0.0.1 (a free port) serving ``directory``;
-    PUT answers the sha256 of the body. Yields the port."""
+def http_server(directory, host="127.0.0.1"):
+    """A threaded HTTP server on ``host`` (127.0.0.1 or ::1; a free port)
+    serving ``directory``; PUT answers the sha256 of the body. Yields the port."""
     class Srv(http.server.ThreadingHTTPServer):
         daemon_threads = True
         request_queue_size = 256
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    srv = Srv(("127.0.0.1", 0), lambda *a: _Handler(*a, directory=str(directory)))
+    srv = Srv((host, 0), lambda *a: _Handler(*a, directory=str(directory)))
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:

@@ -197,6 +197,33 @@ def _inside(netns):
     return addrs, routes, links
 
 
+def _ipv6_inside(netns, tap, timeout=10.0):
+    """With -6: tap's global IPv6 addresses, each reduced to (prefix, "eui64" if its interface
+    id is the modified EUI-64 of tap's own MAC), and the gateway of the IPv6 default route.
+    slirp4netns's address comes by SLAAC after its first router advertisement, usernet's at
+    once: wait (bounded) for one to appear."""
+    import ipaddress
+
+    def ip(*a):
+        r = subprocess.run(["nsenter", f"--net={netns}", "ip", "-j", *a], capture_output=True,
+                           text=True, timeout=10, check=True)
+        return json.loads(r.stdout or "[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        (link,) = ip("link", "show", tap)
+        mac = bytes.fromhex(link["address"].replace(":", ""))
+        eui = bytes([mac[0] ^ 2]) + mac[1:3] + b"\xff\xfe" + mac[3:]
+        addrs = sorted(
+            (str(ipaddress.IPv6Network(f"{i['local']}/{i['prefixlen']}", strict=False)),
+             "eui64" if ipaddress.IPv6Address(i["local"]).packed[8:] == eui else i["local"])
+            for a in ip("-6", "addr", "show", "dev", tap) for i in a.get("addr_info", [])
+            if i.get("scope") == "global")
+        gws = sorted(r.get("gateway") for r in ip("-6", "route", "show", "default"))
+        if (addrs and gws) or time.monotonic() > deadline:
+            return addrs, gws
+        time.sleep(0.2)
+
+
 def _api(path, req):
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
@@ -233,6 +260,8 @@ def test_same_network_and_fd_protocol(tmp_path, argv, e, r):
         try:
             ready = h.ready()
             inside = _inside(netns)
+            if "--enable-ipv6" in argv:
+                inside += (_ipv6_inside(netns, argv[-1]),)
             replies = None
             if "--api-socket" in argv:
                 hp = free_port()

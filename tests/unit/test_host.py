@@ -304,3 +304,24 @@ def test_read_bound_ports_sees_our_own_listener_and_udp_socket():
     finally:
         t.close()
         u.close()
+
+
+def test_read_bound_ports_keeps_ipv6_addresses():
+    """A listener on ::1 is reported as its 16-byte address (an IPv6 forward's
+    guest address may be a specific IPv6 one); :: folds to the wildcard."""
+    import os
+
+    from usernet.host.procnet import read_bound_ports
+    t = socket.socket(socket.AF_INET6)
+    t.bind(("::1", 0))
+    t.listen(1)
+    w = socket.socket(socket.AF_INET6)
+    w.bind(("::", 0))
+    w.listen(1)
+    try:
+        b = read_bound_ports(os.getpid())
+        assert socket.inet_pton(socket.AF_INET6, "::1") in b["tcp"][t.getsockname()[1]]
+        assert bytes(4) in b["tcp"][w.getsockname()[1]]
+    finally:
+        t.close()
+        w.close()

@@ -2,9 +2,15 @@
 
 Theory of operation
 -------------------
-A forward is a host listener on ``HOST_ADDR:HOST_PORT`` (IPv4) whose
-connections or datagram flows are carried to the container's
-``GUEST_ADDR:GUEST_PORT``. usernet plays the *client* toward the container:
+A forward is a host listener on ``HOST_ADDR:HOST_PORT`` (IPv4 or IPv6)
+whose connections or datagram flows are carried to the container's
+``GUEST_ADDR:GUEST_PORT`` (IPv4 or, with ``--enable-ipv6``, IPv6: either
+family of listener reaches either family of guest address). A forward on
+an IPv6 host address with no guest address given goes to the container's
+IPv6 address when IPv6 is on, resolved at each new connection or client
+(:meth:`Gateway.guest_ip6`: the SLAAC address of its MAC), so it follows
+the container; an IPv6 listener is ``IPV6_V6ONLY``, so ``[::]:P`` and
+``0.0.0.0:P`` can both be published. usernet plays the *client* toward the container:
 its own TCP opens the connection, with the same flow control and
 backpressure as outbound flows (the same :class:`~usernet.host.tcp.FlowProtocol`
 moves the bytes).
@@ -69,6 +75,7 @@ LISTEN_BACKLOG = 128
 UDP_RX_BATCH = 64            # datagrams drained per wake-up of a UDP listener
 UDP_RX_MAX = 65535
 BIND_POLL = 1.0              # seconds between /proc/PID/net reads (only_when_bound)
+AUTO6 = "auto6"              # guest_addr of a forward to the container's IPv6 address, whatever it is
 
 
 class PublishError(OSError):
@@ -79,10 +86,14 @@ class PublishError(OSError):
 
 
 def _bind(proto: str, host_addr: str, host_port: int) -> socket.socket:
-    """A bound (and for TCP listening) non-blocking IPv4 socket; OSError as is."""
+    """A bound (and for TCP listening) non-blocking socket; OSError as is."""
     typ = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, typ)
+    v6 = ":" in host_addr
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, typ)
     try:
+        if v6:
+            # Only IPv6: "[::]:P" must not take IPv4's "0.0.0.0:P" too.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if proto == "tcp":
             # Rebinding right after a previous listener (ours, or a restart)
             # must not wait for TIME_WAIT; Linux still refuses two listeners.
@@ -145,13 +156,22 @@ class _Forward:
         self.host_addr = host_addr
         self.host_port = host_port
         self.guest_addr = guest_addr
-        self.guest_ip = ipaddress.IPv4Address(guest_addr).packed
+        # None: the container's IPv6 address, looked up when needed (AUTO6).
+        self.guest_ip = None if guest_addr == AUTO6 else ipaddress.ip_address(guest_addr).packed
         self.guest_port = guest_port
         self.removed = False
 
+    def target_ip(self) -> bytes | None:
+        """The guest address to open toward now (None: IPv6 guest not yet known)."""
+        if self.guest_ip is not None:
+            return self.guest_ip
+        return self.owner.gw.guest_ip6()
+
     def entry(self) -> dict:
+        ip = self.target_ip()
+        guest = str(ipaddress.ip_address(ip)) if ip is not None else self.guest_addr
         return {"id": self.id, "proto": self.proto, "host_addr": self.host_addr,
-                "host_port": self.host_port, "guest_addr": self.guest_addr,
+                "host_port": self.host_port, "guest_addr": guest,
                 "guest_port": self.guest_port, "listening": self.listening}
 
     def name(self) -> str:
@@ -312,12 +332,15 @@ class Forwarder:
         if proto not in ("tcp", "udp"):
             raise ValueError(f"protocol {proto!r} is not tcp or udp")
         try:
-            ipaddress.IPv4Address(host_addr)
+            v6 = ipaddress.ip_address(host_addr).version == 6
         except ValueError:
-            raise ValueError(f"host address {host_addr!r}: only IPv4 forwards are "
-                             "supported") from None
-        guest_addr = guest_addr or self.cfg.guest_str
-        self._check_guest(guest_addr)
+            raise ValueError(f"host address {host_addr!r} is not an IP address") from None
+        if v6 and not self.cfg.enable_ipv6:
+            raise ValueError(f"host address {host_addr}: IPv6 forwards need --enable-ipv6")
+        if not guest_addr:
+            guest_addr = AUTO6 if v6 and self.cfg.enable_ipv6 else self.cfg.guest_str
+        if guest_addr != AUTO6:
+            self._check_guest(guest_addr)
         cls = _TcpForward if proto == "tcp" else _UdpForward
         fwd = cls(self, self._next_id, host_addr, host_port, guest_addr, guest_port)
         try:
@@ -340,12 +363,14 @@ class Forwarder:
 
     def _check_guest(self, guest_addr: str) -> None:
         try:
-            ip = ipaddress.IPv4Address(guest_addr).packed
+            ip = ipaddress.ip_address(guest_addr).packed
         except ValueError:
-            raise ValueError(f"guest address {guest_addr!r} is not IPv4") from None
+            raise ValueError(f"guest address {guest_addr!r} is not an IP address") from None
+        if len(ip) == 16 and not self.cfg.enable_ipv6:
+            raise ValueError(f"guest address {guest_addr}: IPv6 is not enabled (--enable-ipv6)")
         if not self.gw.nat.is_guest_addr(ip):
-            raise ValueError(f"guest address {guest_addr} is not a container address in "
-                             f"{self.cfg.cidr}")
+            net = self.cfg.network6 if len(ip) == 16 else self.cfg.cidr
+            raise ValueError(f"guest address {guest_addr} is not a container address in {net}")
 
     def remove(self, fid: int) -> None:
         """Stop forward ``fid``; KeyError if there is none."""
@@ -377,15 +402,19 @@ class Forwarder:
                 "fwd_tcp_connecting": len(self.connecting),
                 "fwd_udp_clients": sum(len(f.clients) for f in fwds if f.proto == "udp")}
 
-    def _client(self, addr: tuple) -> tuple:
+    def _client(self, addr: tuple, guest_ip: bytes) -> tuple:
         """``(address bytes, port)`` of a host-side client to show the
-        container, or ``(None, None)``: the stack shows the gateway."""
+        container, or ``(None, None)``: the stack shows the gateway (also
+        when the client's family is not the guest address's)."""
         if not self.real_client_addr:
             return None, None
         try:
-            return ipaddress.IPv4Address(addr[0]).packed, addr[1]
+            ip = ipaddress.ip_address(addr[0].partition("%")[0]).packed
         except ValueError:
             return None, None
+        if len(ip) != len(guest_ip):
+            return None, None
+        return ip, addr[1]
 
     # --------------------------------------------------------------- TCP
     def _tcp_accepted(self, fwd: _TcpForward, proto: ForwardProtocol) -> None:
@@ -393,8 +422,13 @@ class Forwarder:
         d = self.driver
         c["fwd_tcp_accepted"] += 1
         peer = proto.transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        src_ip, src_port = self._client(peer)
-        fid = self.gw.tcp_open_inbound(fwd.guest_ip, fwd.guest_port, src_ip, src_port, d.now())
+        guest_ip = fwd.target_ip()
+        fid = None
+        if guest_ip is None:
+            c["fwd_guest6_unknown"] += 1
+        else:
+            src_ip, src_port = self._client(peer, guest_ip)
+            fid = self.gw.tcp_open_inbound(guest_ip, fwd.guest_port, src_ip, src_port, d.now())
         if fid is None:
             # Flow limit (or no free port): refuse at once, as a reset.
             c["fwd_tcp_open_refused_rst"] += 1
@@ -431,8 +465,12 @@ class Forwarder:
                 continue
             # A new client, or the gateway expired the old flow before its
             # UdpClose reached us: open a flow and (re)register the way back.
-            src_ip, src_port = self._client(client)
-            opened = gw.udp_inbound(src_ip, src_port, fwd.guest_ip, fwd.guest_port, data, now)
+            guest_ip = fwd.target_ip()
+            if guest_ip is None:
+                c["fwd_guest6_unknown"] += 1
+                continue
+            src_ip, src_port = self._client(client, guest_ip)
+            opened = gw.udp_inbound(src_ip, src_port, guest_ip, fwd.guest_port, data, now)
             if opened is None:
                 c["fwd_udp_drop_flow_limit"] += 1
                 continue
@@ -476,7 +514,7 @@ class Forwarder:
             except OSError:
                 return
         addrs = self._bound[fwd.proto].get(fwd.guest_port, ())
-        bound = bytes(4) in addrs or fwd.guest_ip in addrs
+        bound = bytes(4) in addrs or fwd.target_ip() in addrs
         if bound and not fwd.listening:
             try:
                 fwd.open()

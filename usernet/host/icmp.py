@@ -13,6 +13,13 @@ raw ICMP socket is used instead: requests go out with the container's
 identifier and replies are matched on (source address, identifier). When
 neither is possible, usernet says why once in the log and answers each echo
 with ICMP "communication administratively prohibited", never silence.
+
+IPv6 (a flow whose host address has a colon) is the same with
+``AF_INET6``/``IPPROTO_ICMPV6``: echo request 128, reply 129; the same
+``ping_group_range`` governs IPv6 ping sockets. The raw fallback is a second
+raw socket, opened on the first IPv6 flow; a raw ICMPv6 socket delivers the
+message without the IPv6 header, and the kernel fills in the checksum of
+what it sends (RFC 3542 3.1).
 """
 
 import logging
@@ -20,7 +27,8 @@ import socket
 
 from ..stack.events import IcmpClose, IcmpOpen, IcmpSend
 from ..wire.checksum import checksum
-from ..wire.icmp import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_LEN
+from ..wire.icmp import (ICMP, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO_REPLY,
+                         ICMP_ECHO_REQUEST, ICMP_LEN)
 from .outbound import bind_outbound
 from .udp import recv_batch
 
@@ -43,6 +51,7 @@ class IcmpHost:
         self.socks = {}           # flow id -> ping socket
         self.flows = {}           # flow id -> (host_addr, ident)
         self.raw = None
+        self.raw6 = None          # the IPv6 raw socket, opened on first use in raw mode
         self.raw_index = {}       # (host_addr, ident) -> flow id
 
     def prepare(self) -> None:
@@ -65,6 +74,8 @@ class IcmpHost:
             self.driver.loop.add_reader(self.raw.fileno(), self._on_raw)
             self.mode = "raw"
             log.info("ICMP echo: ping sockets not permitted (%s); using a raw socket", why)
+            # Now too, while CAP_NET_RAW is still ours (the sandbox drops it).
+            self._open_raw6()
         except OSError as e2:
             self.mode = "none"
             log.warning("ICMP echo to the outside is unavailable: ping sockets: %s "
@@ -72,15 +83,39 @@ class IcmpHost:
                         "Echo requests will be answered with 'administratively prohibited'.",
                         why, e2.strerror)
 
+    def _open_raw6(self) -> bool:
+        """The IPv6 raw socket of raw mode; False if it cannot be had."""
+        if self.raw6 is not None:
+            return True
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        except OSError as e:
+            log.debug("raw ICMPv6 socket: %s", e)
+            return False
+        try:
+            bind_outbound(self.driver.outbound, s)
+            s.setblocking(False)
+        except OSError as e:
+            s.close()
+            log.debug("raw ICMPv6 socket: %s", e)
+            return False
+        self.raw6 = s
+        self.driver.loop.add_reader(s.fileno(), self._on_raw6)
+        return True
+
     def open(self, ev: IcmpOpen) -> None:
         d = self.driver
         self.prepare()
         fid, host, ident = ev.fid, ev.host, ev.ident
         self.flows[fid] = (host, ident)
+        v6 = ":" in host
         if self.mode == "ping":
             s = None
             try:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+                if v6:
+                    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+                else:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
                 bind_outbound(d.outbound, s)
                 s.setblocking(False)
                 s.connect((host, 0))
@@ -93,8 +128,12 @@ class IcmpHost:
                 log.debug("ping socket to %s: %s", host, e)
                 return
             self.socks[fid] = s
-            d.loop.add_reader(s.fileno(), self._on_ping, fid, s)
+            d.loop.add_reader(s.fileno(), self._on_ping, fid, s,
+                              ICMP6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY)
         elif self.mode == "raw":
+            if v6 and self.raw6 is None and not self._open_raw6():
+                d.counters["icmp_host_socket_error"] += 1
+                return
             # Two containers' flows with the same (address, identifier)
             # would share replies; the newest owns the key.
             self.raw_index[(host, ident)] = fid
@@ -115,16 +154,28 @@ class IcmpHost:
                     return
                 # The kernel fills in identifier and checksum of what a
                 # ping socket sends.
-                s.send(ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, 0, seq) + data)
+                s.send(ICMP.pack(ICMP6_ECHO_REQUEST if ":" in host else ICMP_ECHO_REQUEST,
+                                 0, 0, 0, seq) + data)
             elif self.mode == "raw":
-                self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
+                if ":" in host:
+                    if self.raw6 is None:
+                        d.gw.icmp_host_unavailable(fid, seq, data, d.now())
+                        return
+                    # The kernel computes an ICMPv6 raw socket's checksum.
+                    self.raw6.sendto(ICMP.pack(ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + data,
+                                     (host, 0))
+                else:
+                    self.raw.sendto(_echo_request(ident, seq, data), (host, 0))
             else:
                 d.gw.icmp_host_unavailable(fid, seq, data, d.now())
                 return
             d.counters["icmp_echo_host_tx"] += 1
         except OSError as e:
+            # No route (e.g. IPv6 on a host without it): say so at once
+            # rather than let the container's ping wait.
             d.counters["drop_icmp_host_send_error"] += 1
             log.debug("echo to %s: %s", host, e)
+            d.gw.icmp_host_unavailable(fid, seq, data, d.now())
 
     def close_flow(self, ev: IcmpClose) -> None:
         d = self.driver
@@ -137,7 +188,7 @@ class IcmpHost:
             d.loop.remove_reader(s.fileno())
             s.close()
 
-    def _on_ping(self, fid, s) -> None:
+    def _on_ping(self, fid, s, reply_type) -> None:
         d = self.driver
         for pkt in recv_batch(lambda: s.recv(65535), d.counters, "icmp_host_recv_error",
                               "ping socket recv", RX_BATCH):
@@ -145,7 +196,7 @@ class IcmpHost:
             if len(pkt) < ICMP_LEN:
                 continue
             itype, _code, _c, _ident, seq = ICMP.unpack_from(pkt, 0)
-            if itype == ICMP_ECHO_REPLY:
+            if itype == reply_type:
                 d.gw.icmp_host_reply(fid, seq, pkt[ICMP_LEN:], d.now())
         d.flush()
 
@@ -165,6 +216,22 @@ class IcmpHost:
                 d.gw.icmp_host_reply(fid, seq, pkt[ihl + ICMP_LEN:], d.now())
         d.flush()
 
+    def _on_raw6(self) -> None:
+        d = self.driver
+        for pkt, addr in recv_batch(lambda: self.raw6.recvfrom(65535), d.counters,
+                                    "icmp_host_recv_error", "raw ICMPv6 recv", RX_BATCH):
+            # No IPv6 header on a raw ICMPv6 socket; the address may carry a
+            # scope ("fe80::1%lo"), never for the global/loopback ones we use.
+            if len(pkt) < ICMP_LEN:
+                continue
+            itype, _code, _c, ident, seq = ICMP.unpack_from(pkt, 0)
+            if itype != ICMP6_ECHO_REPLY:
+                continue
+            fid = self.raw_index.get((addr[0], ident))
+            if fid is not None:
+                d.gw.icmp_host_reply(fid, seq, pkt[ICMP_LEN:], d.now())
+        d.flush()
+
     def close(self) -> None:
         loop = self.driver.loop
         for s in self.socks.values():
@@ -175,3 +242,7 @@ class IcmpHost:
             loop.remove_reader(self.raw.fileno())
             self.raw.close()
             self.raw = None
+        if self.raw6 is not None:
+            loop.remove_reader(self.raw6.fileno())
+            self.raw6.close()
+            self.raw6 = None

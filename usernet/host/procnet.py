@@ -22,7 +22,7 @@ def read_bound_ports(pid: int) -> dict:
     """``{"tcp": {port: {addr, ...}}, "udp": {...}}`` for the network namespace of ``pid``:
     TCP sockets in LISTEN, unconnected UDP sockets. IPv6 addresses ``::`` and
     ``::ffff:a.b.c.d`` are folded to IPv4 (a dual-stack socket takes IPv4 too);
-    other IPv6 addresses are left out. Raises OSError if ``pid`` is gone."""
+    other IPv6 addresses are kept, 16 bytes (IPv6 forwards). Raises OSError if ``pid`` is gone."""
     out = {"tcp": {}, "udp": {}}
     for proto in ("tcp", "udp"):
         for suffix in ("", "6"):
@@ -49,7 +49,5 @@ def read_bound_ports(pid: int) -> dict:
                         addr = bytes(4)
                     elif addr[:12] == b"\0" * 10 + b"\xff\xff":
                         addr = addr[12:]
-                    else:
-                        continue
                 out[proto].setdefault(int(hport, 16), set()).add(addr)
     return out

@@ -73,6 +73,10 @@ class UdpHost:
     def __init__(self, driver):
         self.driver = driver
         self.socks: dict[int, _UdpFlowSocket] = {}
+        # Flows whose host socket could not be opened (e.g. an IPv6 flow on
+        # a host without IPv6): each datagram is answered "unreachable" so
+        # the container's application fails fast instead of waiting.
+        self.failed: set[int] = set()
 
     def open(self, ev: UdpOpen) -> None:
         d = self.driver
@@ -91,6 +95,7 @@ class UdpHost:
         except OSError as e:
             sock.close()
             d.counters["udp_host_socket_error"] += 1
+            self.failed.add(ev.fid)
             log.debug("UDP flow to %s:%d: %s", host, port, e)
             return
         fs = _UdpFlowSocket(self, ev.fid, sock)
@@ -100,11 +105,15 @@ class UdpHost:
     def send(self, ev: UdpSend) -> None:
         fs = self.socks.get(ev.fid)
         if fs is None:
-            self.driver.counters["drop_udp_no_host_socket"] += 1
+            d = self.driver
+            d.counters["drop_udp_no_host_socket"] += 1
+            if ev.fid in self.failed:
+                d.gw.udp_host_error(ev.fid, ev.data, d.now())
             return
         fs.send(ev.data)
 
     def close_flow(self, ev: UdpClose) -> None:
+        self.failed.discard(ev.fid)
         fs = self.socks.pop(ev.fid, None)
         if fs is not None:
             fs.close()

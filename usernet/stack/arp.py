@@ -13,8 +13,10 @@ frames get the MAC written in and go out in order.
 
 The cache knows nothing of ARP's packet format: the owner passes
 ``solicit(ip) -> frame``, which builds the request. IPv6's NDP is the same
-structure with a Neighbor Solicitation builder (RFC 4861 7.2); the counters
-then want their own prefix.
+structure with a Neighbor Solicitation builder (RFC 4861 7.2) and its own
+counters: the gateway keeps a second cache for IPv6 built with
+``names=NDP_NAMES`` (a 16-byte key never meets a 4-byte one, but the two
+protocols' drops are told apart).
 
 Entries are queued as ``(vnet_hdr, frame)`` pairs, the one shape of
 ``frames_out``. The cache is bounded (``max_entries``): a container cannot
@@ -30,6 +32,11 @@ RETRY = 1.0             # seconds between solicitations for a held address
 TRIES = 3               # solicitations before the held frames are dropped
 TABLE_MAX = 256         # addresses learned; a spoofing container cannot grow it further
 UNRESOLVED = bytes(6)   # destination MAC of a frame built before its neighbour is known
+# Counter names: learned, table full, solicitation sent, hold full, unresolved.
+ARP_NAMES = ("arp_learned", "arp_table_full", "arp_request_tx", "drop_arp_hold_full",
+             "drop_arp_unresolved")
+NDP_NAMES = ("ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
+             "drop_ndp_unresolved")
 
 
 class _Hold:
@@ -46,8 +53,10 @@ class _Hold:
 class NeighbourCache:
     def __init__(self, counters, frames_out: list, timers: Timers, solicit, vnet_plain: bytes, *,
                  max_entries: int = TABLE_MAX, hold_max: int = HOLD_MAX, retry: float = RETRY,
-                 tries: int = TRIES):
+                 tries: int = TRIES, names: tuple = ARP_NAMES):
         self.counters = counters
+        (self._c_learned, self._c_full, self._c_solicit, self._c_hold_full,
+         self._c_unresolved) = names
         self.frames_out = frames_out
         self.table: dict[bytes, bytes] = {}
         self.held: dict[bytes, _Hold] = {}
@@ -69,9 +78,9 @@ class NeighbourCache:
         if known == mac:
             return
         if known is None and len(self.table) >= self.max_entries:
-            self.counters["arp_table_full"] += 1
+            self.counters[self._c_full] += 1
             return
-        self.counters["arp_learned"] += 1
+        self.counters[self._c_learned] += 1
         self.table[ip] = mac
         hold = self.held.pop(ip, None)
         if hold is not None:
@@ -91,13 +100,13 @@ class NeighbourCache:
             hold = self.held[ip] = _Hold()
             self._send_solicit(ip, hold, now)
         if len(hold.frames) >= self.hold_max:
-            self.counters["drop_arp_hold_full"] += 1
+            self.counters[self._c_hold_full] += 1
             return
         hold.frames.append(entry)
 
     def _send_solicit(self, ip: bytes, hold: _Hold, now: float) -> None:
         hold.tries += 1
-        self.counters["arp_request_tx"] += 1
+        self.counters[self._c_solicit] += 1
         self.frames_out.append((self._plain, self._solicit(ip)))
         hold.deadline = now + self.retry
         self._timers.push(hold.deadline, self._kind, ip)
@@ -112,4 +121,4 @@ class NeighbourCache:
             self._send_solicit(ip, hold, now)
             return
         del self.held[ip]
-        self.counters["drop_arp_unresolved"] += len(hold.frames)
+        self.counters[self._c_unresolved] += len(hold.frames)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 DEFAULT_CIDR = "10.0.2.0/24"
 DEFAULT_MTU = 1500
 MIN_MTU = 68
+IPV6_MIN_MTU = 1280               # RFC 8200 5: every IPv6 link carries 1280-byte packets
 MAX_MTU = 65520
 MAX_TCP_FLOWS = 4096
 MAX_TCP_CONNECTS_IN_FLIGHT = 256
@@ -29,6 +30,7 @@ FRAG_MAX_BYTES = 1 << 20
 DNS_QUERY_TIMEOUT = 5.0           # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256             # queries waiting for upstream; past it -> SERVFAIL at once
 
+DEFAULT_IPV6_PREFIX = "fd00::/64"   # slirp4netns's
 GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
 
 
@@ -75,11 +77,16 @@ class NetConfig:
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     udp_dns_idle_timeout: float = UDP_DNS_IDLE_TIMEOUT
     max_icmp_flows: int = MAX_ICMP_FLOWS
+    enable_ipv6: bool = False
+    ipv6_prefix: str = DEFAULT_IPV6_PREFIX
     network: ipaddress.IPv4Network = field(init=False)
 
     def __post_init__(self):
         net = parse_cidr(self.cidr)
         check_mtu(self.mtu)
+        if self.enable_ipv6 and self.mtu < IPV6_MIN_MTU:
+            # The container's kernel turns IPv6 off on such a link anyway.
+            raise ValueError(f"IPv6 needs an MTU of at least {IPV6_MIN_MTU}, got {self.mtu}")
         self.network = net
         base = int(net.network_address)
         self.gateway_ip = _ip4(base + 2)
@@ -90,6 +97,18 @@ class NetConfig:
         self.prefixlen = net.prefixlen
         self._net_int = base
         self._mask_int = int(net.netmask)
+        # IPv6 (used when enable_ipv6): the /64, the gateway prefix::2 and the
+        # DNS forwarder prefix::3, as slirp4netns numbers them.
+        net6 = ipaddress.IPv6Network(self.ipv6_prefix, strict=True)
+        if net6.prefixlen != 64:
+            raise ValueError(f"the IPv6 prefix must be a /64 (SLAAC), got /{net6.prefixlen}")
+        if net6.is_multicast or net6.is_link_local or net6.network_address.is_loopback:
+            raise ValueError(f"{self.ipv6_prefix} cannot be the container's network")
+        base6 = int(net6.network_address)
+        self.network6 = net6
+        self.prefix6 = net6.network_address.packed
+        self.gateway6 = ipaddress.IPv6Address(base6 + 2).packed
+        self.dns6 = ipaddress.IPv6Address(base6 + 3).packed
 
     # Strings for logs, sockets and the kernel.
     @property

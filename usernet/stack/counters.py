@@ -31,8 +31,10 @@ PARSE_REASONS = (
     "eth_not_ethernet_ii", "eth_truncated", "eth_vlan_stacked",
     "icmp_truncated",
     "ipv4_bad_checksum", "ipv4_bad_ihl", "ipv4_bad_length", "ipv4_bad_version", "ipv4_truncated",
+    "dhcp6_bad_option", "dhcp6_truncated",
     "ipv6_bad_length", "ipv6_bad_version", "ipv6_ext_chain_too_long", "ipv6_ext_truncated",
     "ipv6_truncated",
+    "nd_bad_code", "nd_bad_option", "nd_not_nd", "nd_truncated",
     "tcp_bad_offset", "tcp_opt_bad_length", "tcp_opt_truncated", "tcp_truncated",
     "udp_bad_length", "udp_truncated",
 )
@@ -67,6 +69,18 @@ _GATEWAY = (
 _ARP = ("arp_learned", "arp_table_full", "arp_gratuitous", "arp_reply_tx", "arp_reply_rx",
         "arp_ignored_not_ours", "arp_request_tx", "drop_arp_bad_oper", "drop_arp_hold_full",
         "drop_arp_unresolved")
+_NDP = ("ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
+        "drop_ndp_unresolved",
+        # the router's link services (usernet/stack/ndp.py)
+        "ndp_ra_unsolicited", "ndp_ra_solicited", "ndp_na_sent", "ndp_na_received",
+        "ndp_ns_not_ours", "ndp_ra_from_container", "drop_nd_hop_limit",
+        "dhcp6_information_request", "dhcp6_other_server", "dhcp6_ignored")
+# The IPv6 input path (usernet/stack/gateway.py), ICMPv6 (RFC 4443).
+_IPV6 = ("drop_ipv6_bad_source", "drop_ipv6_bad_destination",
+         "drop_ipv6_no_next_header", "drop_ipv6_ext_header", "drop_icmp6_unhandled_type", "drop_icmp6_error_rx",
+         "icmp6_echo_local_reply", "icmp6_time_exceeded_tx", "icmp6_packet_too_big_tx",
+         "icmp6_param_problem_tx", "icmp6_error_suppressed", "udp6_port_unreachable_local",
+         "drop_udp_too_big_for_ipv6", "frag6_received")
 _FLOWS = ("udp_flow_open", "udp_flow_expired", "drop_udp_flow_limit",
           "icmp_flow_open", "icmp_flow_expired", "drop_icmp_flow_limit")
 _FRAG = ("frag_received", "frag_reassembled", "frag_duplicate", "frag_drop_bad_fragment",
@@ -107,7 +121,7 @@ _HOST = (
     "drop_icmp_host_send_error", "drop_icmp_no_host_socket",
     "dns_upstream_refused", "dns_upstream_send_error", "dns_upstream_silent",
     "drop_dns_answer_id_mismatch",
-    "fwd_added", "fwd_removed", "fwd_add_bind_failed", "fwd_bound_poll_error",
+    "fwd_added", "fwd_removed", "fwd_guest6_unknown", "fwd_add_bind_failed", "fwd_bound_poll_error",
     "fwd_closed_guest_unbound", "fwd_opened_guest_bound", "fwd_reopen_failed",
     "fwd_tcp_accepted", "fwd_tcp_guest_connected", "fwd_tcp_guest_refused",
     "fwd_tcp_guest_timeout", "fwd_tcp_listen_error", "fwd_tcp_open_refused_rst",
@@ -117,7 +131,7 @@ _HOST = (
 )
 
 DECLARED = frozenset(
-    _GATEWAY + _ARP + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
+    _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
     + tuple("drop_" + r for r in PARSE_REASONS)
     + tuple("tcp_host_connect_failed_" + r for r in CONNECT_FAILURES)
     + tuple("dns_upstream_failed_" + r for r in DNS_FAILURES)

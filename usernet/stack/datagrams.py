@@ -16,7 +16,13 @@ container's own identifier: Linux ping sockets rewrite it) and
 (:meth:`inbound`, :meth:`forward`); the key is :meth:`Flows.inbound_key`'s.
 
 Toward the container, a datagram larger than the MTU is fragmented (RFC
-791); one that IPv4 cannot carry at all is dropped and counted.
+791; over IPv6 with fragment headers, RFC 8200 4.5, the source being us);
+one that IP cannot carry at all is dropped and counted.
+
+IPv6 flows take the same paths: the address length picks the neighbour
+cache (ARP or NDP), the ICMP types (echo 128/129 instead of 8/0; errors
+through the gateway's ``unreachable``, which speaks ICMPv6 for an IPv6
+packet) and the fragmentation.
 
 Timers: one kind per table in the gateway's
 :class:`~usernet.stack.timers.Timers`: the idle expiry (``udp_idle_timeout``,
@@ -27,9 +33,11 @@ the host side told (``UdpClose`` / ``IcmpClose``).
 
 from ..wire.ether import BROADCAST, ETH_LEN
 from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_PAYLOAD, P_SEQ, P_SPORT, P_SRC,
-                          build_icmp, build_ipv4_fragment, build_udp)
-from ..wire.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+                          build_icmp, build_ipv4_fragment, build_ipv6_fragment, build_udp)
+from ..wire.icmp import (ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
+                         ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
                          UNREACH_ADMIN_PROHIBITED, UNREACH_HOST, UNREACH_PORT)
+from ..wire.ipv6 import IPV6_LEN
 from ..wire.ipv4 import IPV4_LEN, PROTO_UDP
 from ..wire.vnet import VNET_HDR_NONE
 from .arp import UNRESOLVED
@@ -38,6 +46,9 @@ from .events import IcmpOpen, IcmpSend, UdpOpen, UdpSend
 from .flows import IcmpFlow, UdpFlow
 
 _UDP_MAX_PAYLOAD = 65535 - IPV4_LEN - 8   # what one IPv4 datagram can carry
+_UDP6_MAX_PAYLOAD = 65535 - 8             # IPv6's payload length excludes its header
+# ICMPv6 destination unreachable codes (RFC 4443 3.1) for the ICMPv4 ones used here.
+_UNREACH6 = {UNREACH_PORT: 4, UNREACH_ADMIN_PROHIBITED: 1, UNREACH_HOST: 3}
 # RFC 1812 4.3.2.3: an ICMP error quotes as much of the datagram as fits in
 # 576 bytes: 576 - 20 (IP) - 8 (ICMP) = 548.
 ICMP_QUOTE_MAX = 548
@@ -45,7 +56,7 @@ ICMP_QUOTE_MAX = 548
 
 class DatagramNat:
     def __init__(self, config, counters, flows, nat, neigh, timers, events_out: list,
-                 mac: bytes, *, ident, unreachable):
+                 mac: bytes, *, ident, unreachable, neigh6=None):
         """``ident()``: the next IPv4 identification; ``unreachable(p, frame,
         code, counter)``: the gateway's ICMP destination unreachable about a
         parsed frame."""
@@ -54,6 +65,7 @@ class DatagramNat:
         self.flows = flows
         self.nat = nat
         self.neigh = neigh
+        self.neigh6 = neigh6 if neigh6 is not None else neigh
         self.events_out = events_out
         self.mac = mac
         self._ident = ident
@@ -65,8 +77,12 @@ class DatagramNat:
                                    self._datagram_timer(flows.icmp, lambda: self._t_icmp))
 
     def _to_guest(self, ip: bytes, mac: bytes | None, frame, now: float) -> None:
-        """A plain frame built for ``mac`` (``neigh.lookup(ip)``), or held."""
-        self.neigh.output(ip, mac, (VNET_HDR_NONE, frame), now)
+        """A plain frame built for ``mac`` (:meth:`_lookup`), or held."""
+        (self.neigh6 if len(ip) == 16 else self.neigh).output(ip, mac, (VNET_HDR_NONE, frame),
+                                                              now)
+
+    def _lookup(self, ip: bytes) -> bytes | None:
+        return (self.neigh6 if len(ip) == 16 else self.neigh).lookup(ip)
 
     # ----------------------------------------------------------------- ICMP
     def echo_input(self, p, frame, now) -> None:
@@ -102,9 +118,11 @@ class DatagramNat:
             return
         self._touch(flow, self._t_icmp, now)
         self.counters["icmp_echo_reply_rx"] += 1
-        mac = self.neigh.lookup(flow.guest_ip)
+        mac = self._lookup(flow.guest_ip)
+        v6 = len(flow.guest_ip) == 16
         self._to_guest(flow.guest_ip, mac, build_icmp(
-            mac or UNRESOLVED, self.mac, flow.remote_ip, flow.guest_ip, ICMP_ECHO_REPLY, 0,
+            mac or UNRESOLVED, self.mac, flow.remote_ip, flow.guest_ip,
+            ICMP6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY, 0,
             flow.guest_port, seq, data, ident=self._ident()), now)
 
     def echo_unavailable(self, fid: int, seq: int, data, now: float) -> None:
@@ -114,17 +132,24 @@ class DatagramNat:
         if flow is None:
             return
         self.counters["icmp_echo_admin_prohibited_tx"] += 1
-        orig = build_icmp(BROADCAST, BROADCAST, flow.guest_ip, flow.remote_ip, ICMP_ECHO_REQUEST,
+        v6 = len(flow.guest_ip) == 16
+        orig = build_icmp(BROADCAST, BROADCAST, flow.guest_ip, flow.remote_ip,
+                          ICMP6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST,
                           0, flow.guest_port, seq, bytes(data)[:64])
-        self._icmp_error_to_guest(flow, self.config.gateway_ip, UNREACH_ADMIN_PROHIBITED, orig,
-                                  now)
+        cfg = self.config
+        self._icmp_error_to_guest(flow, cfg.gateway6 if v6 else cfg.gateway_ip,
+                                  UNREACH_ADMIN_PROHIBITED, orig, now)
 
     def _icmp_error_to_guest(self, flow, src_ip: bytes, code: int, orig, now: float) -> None:
         """Destination unreachable ``code`` toward a flow's guest, quoting
-        ``orig`` (a frame rebuilt as the guest sent it)."""
-        mac = self.neigh.lookup(flow.guest_ip)
+        ``orig`` (a frame rebuilt as the guest sent it); over IPv6 the
+        ICMPv6 destination unreachable with the same meaning."""
+        mac = self._lookup(flow.guest_ip)
+        itype = ICMP_DEST_UNREACH
+        if len(flow.guest_ip) == 16:
+            itype, code = ICMP6_DEST_UNREACH, _UNREACH6[code]
         self._to_guest(flow.guest_ip, mac, build_icmp(
-            mac or UNRESOLVED, self.mac, src_ip, flow.guest_ip, ICMP_DEST_UNREACH, code, 0, 0,
+            mac or UNRESOLVED, self.mac, src_ip, flow.guest_ip, itype, code, 0, 0,
             bytes(orig[ETH_LEN:ETH_LEN + ICMP_QUOTE_MAX]), ident=self._ident()), now)
 
     # ------------------------------------------------------------------ UDP
@@ -200,18 +225,22 @@ class DatagramNat:
                           data, now: float) -> None:
         """Send a datagram to the guest, fragmenting it when it exceeds the MTU."""
         c = self.counters
-        if len(data) > _UDP_MAX_PAYLOAD:
+        v6 = len(guest_ip) == 16
+        if len(data) > (_UDP6_MAX_PAYLOAD if v6 else _UDP_MAX_PAYLOAD):
             # e.g. a jumbo answer from an IPv6 upstream: IPv4 cannot carry it.
-            c["drop_udp_too_big_for_ipv4"] += 1
+            c["drop_udp_too_big_for_ipv6" if v6 else "drop_udp_too_big_for_ipv4"] += 1
             return
         c["udp_rx_datagrams"] += 1
-        mac = self.neigh.lookup(guest_ip)
+        mac = self._lookup(guest_ip)
         dmac = mac or UNRESOLVED
         f = build_udp(dmac, self.mac, src_ip, guest_ip, src_port, guest_port, data,
                       ident=self._ident())
         mtu = self.config.mtu
         if len(f) - ETH_LEN <= mtu:
             self._to_guest(guest_ip, mac, f, now)
+            return
+        if v6:
+            self._fragment6(f, src_ip, guest_ip, mac, now)
             return
         payload = memoryview(f)[ETH_LEN + IPV4_LEN:]
         step = (mtu - IPV4_LEN) & ~7
@@ -222,6 +251,19 @@ class DatagramNat:
             c["udp_tx_fragments"] += 1
             self._to_guest(guest_ip, mac, build_ipv4_fragment(
                 dmac, self.mac, src_ip, guest_ip, PROTO_UDP, ident, off, more, chunk), now)
+
+    def _fragment6(self, f, src_ip: bytes, guest_ip: bytes, mac, now: float) -> None:
+        """RFC 8200 4.5: cut the UDP datagram of frame ``f`` into fragments
+        of at most the link MTU (the source fragments in IPv6; we are it)."""
+        payload = memoryview(f)[ETH_LEN + IPV6_LEN:]
+        step = (self.config.mtu - IPV6_LEN - 8) & ~7
+        ident = self._ident()
+        dmac = mac or UNRESOLVED
+        for off in range(0, len(payload), step):
+            self.counters["udp_tx_fragments"] += 1
+            self._to_guest(guest_ip, mac, build_ipv6_fragment(
+                dmac, self.mac, src_ip, guest_ip, PROTO_UDP, ident, off,
+                off + step < len(payload), payload[off:off + step]), now)
 
     def host_error(self, fid: int, quote_payload, now: float) -> None:
         """The host socket got ICMP port unreachable (ECONNREFUSED): tell the

@@ -26,10 +26,9 @@ Source ports. A port forward's client is shown to the container as itself
 when the address policy (:mod:`usernet.stack.nat`) lets the container answer
 it and the 4-tuple is free; else from the gateway address, with a port
 picked round-robin from ``PICK_PORTS`` when needed, skipping any that would
-clash with a live flow of that table (:meth:`Flows.inbound_key`).
-
-IPv6 flows will share these tables (a 16-byte key address is a different
-key), and so this code.
+clash with a live flow of that table (:meth:`Flows.inbound_key`). IPv6 flows
+share these tables (a 16-byte address is a different key), and so this code;
+an IPv6 flow shown from the gateway is shown from prefix::2.
 """
 
 from .events import IcmpClose, UdpClose
@@ -42,9 +41,9 @@ class TcpFlow:
     """One TCP flow's gateway-side bookkeeping; the protocol lives in ``conn``."""
 
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
-                 "connecting", "connect_deadline", "armed", "inbound")
+                 "connecting", "connect_deadline", "armed", "inbound", "neigh")
 
-    def __init__(self, fid, key, conn, inbound: bool):
+    def __init__(self, fid, key, conn, inbound: bool, neigh=None):
         self.id = fid
         self.key = key
         self.conn = conn
@@ -53,6 +52,7 @@ class TcpFlow:
         self.connect_deadline = None  # host connect (outbound) / guest answer (inbound) due
         self.armed = None
         self.inbound = inbound        # a port forward: we opened toward the container
+        self.neigh = neigh            # the neighbour cache of its family (ARP or NDP)
 
     def deadline(self):
         t = self.conn.get_timer()
@@ -130,6 +130,7 @@ class Flows:
         self.counters = counters
         self.nat = nat
         self.gateway_ip = cfg.gateway_ip
+        self.gateway6 = cfg.gateway6
         self.tcp = FlowTable(cfg.max_tcp_flows, "tcp_inbound_source_port_picked",
                              "tcp_inbound_no_source_port")
         self.udp = FlowTable(cfg.max_udp_flows, "udp_inbound_source_port_picked",
@@ -165,7 +166,7 @@ class Flows:
         free. Counted as ``<kind>_inbound_source_port_picked`` /
         ``<kind>_inbound_no_source_port``."""
         c = self.counters
-        gw_ip = self.gateway_ip
+        gw_ip = self.gateway6 if len(guest_ip) == 16 else self.gateway_ip
         if src_ip is None:
             src_port = None
         elif self.nat.inbound_source(src_ip) is None:

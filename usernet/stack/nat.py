@@ -19,9 +19,15 @@ Every decision the stack makes about an address asks :class:`AddressPolicy`:
   (:meth:`inbound_source`) and which guest addresses a forward may target
   (:meth:`is_guest_addr`).
 
-IPv4 only for now; IPv6 adds its rules here (``::1``, ``ff00::/8``,
-link-local), beside these, so no caller changes. Pure functions of the
-config: no state, no counters, no clock.
+IPv6 (``--enable-ipv6``) has its rules beside these, chosen by the address
+length (16 bytes) inside the same methods, so no caller changes: prefix::2
+is host ``::1`` unless host loopback is disabled; prefix::3 is the DNS
+forwarder; the rest of the /64, link-local (fe80::/10), multicast
+(ff00::/8), loopback, the unspecified address and IPv4-mapped addresses
+(::ffff:0:0/96, which would reach the host's IPv4 loopback behind the
+policy's back) are never sent to the host. The length test runs only on
+calls that are not per TCP segment (flow opens, UDP datagrams, errors).
+Pure functions of the config: no state, no counters, no clock.
 """
 
 import ipaddress
@@ -32,13 +38,26 @@ _ANY4 = b"\0\0\0\0"
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+_LOOPBACK6 = bytes(15) + b"\x01"
+_UNSPECIFIED6 = bytes(16)
+
+
+def _special6(ip: bytes) -> bool:
+    """Multicast, link-local, loopback, unspecified or IPv4-mapped: never a
+    NAT destination nor a client the container could answer."""
+    return (ip[0] == 0xFF or (ip[0] == 0xFE and ip[1] & 0xC0 == 0x80) or ip == _LOOPBACK6
+            or ip == _UNSPECIFIED6 or ip[:12] == _V4_MAPPED)
+
+
 def _multicast_or_reserved(ip: bytes) -> bool:
     # 224.0.0.0/4 multicast, 240.0.0.0/4 reserved, 255.255.255.255 with it.
     return ip[0] >= 224
 
 
 class AddressPolicy:
-    __slots__ = ("cfg", "gateway_ip", "dns_ip", "network_addr", "_ours", "_not_guest")
+    __slots__ = ("cfg", "gateway_ip", "dns_ip", "network_addr", "_ours", "_not_guest",
+                 "gateway6", "dns6", "prefix6", "_ours6")
 
     def __init__(self, cfg: NetConfig):
         self.cfg = cfg
@@ -52,6 +71,24 @@ class AddressPolicy:
         # nowhere.
         self._not_guest = frozenset((cfg.gateway_ip, cfg.dns_ip, cfg.broadcast_ip,
                                      self.network_addr))
+        self.gateway6 = cfg.gateway6
+        self.dns6 = cfg.dns6
+        self.prefix6 = cfg.prefix6[:8]
+        # Our IPv6 addresses (the link-local one, fe80::2, included) and the
+        # subnet-router anycast prefix::0 (RFC 4291 2.6.1), none a guest's.
+        self._ours6 = frozenset((cfg.gateway6, cfg.dns6, cfg.prefix6,
+                                 bytes.fromhex("fe800000000000000000000000000002")))
+
+    def in_prefix6(self, ip: bytes) -> bool:
+        return ip[:8] == self.prefix6
+
+    def bad_guest_source6(self, src: bytes) -> bool:
+        """An IPv6 source the container may not use: outside the /64 and not
+        link-local, or one of ours. (The unspecified address is legal only
+        in neighbour discovery, which the gateway checks before this.)"""
+        if src[:8] == self.prefix6:
+            return src in self._ours6
+        return not (src[0] == 0xFE and src[1] & 0xC0 == 0x80) or src in self._ours6
 
     def is_ours(self, ip: bytes) -> bool:
         """Answered by the stack itself (ARP, ping): the gateway, the DNS forwarder."""
@@ -59,16 +96,22 @@ class AddressPolicy:
 
     def is_broadcast(self, ip: bytes) -> bool:
         """Broadcast or multicast: a datagram nobody on the host side takes."""
+        if len(ip) == 16:
+            return ip[0] == 0xFF
         return ip == self.cfg.broadcast_ip or ip == _LIMITED_BROADCAST or \
             _multicast_or_reserved(ip)
 
     def on_link_unowned(self, ip: bytes) -> bool:
         """Inside the virtual network but neither the gateway nor the DNS
         forwarder: nobody answers it (ICMP host unreachable)."""
+        if len(ip) == 16:
+            return ip[:8] == self.prefix6 and ip != self.gateway6 and ip != self.dns6
         return self.cfg.in_network(ip) and ip != self.gateway_ip and ip != self.dns_ip
 
     def unroutable(self, ip: bytes) -> bool:
         """Inside the virtual network, or multicast/reserved: never sent to the host."""
+        if len(ip) == 16:
+            return ip[:8] == self.prefix6 or _special6(ip)
         return self.cfg.in_network(ip) or _multicast_or_reserved(ip)
 
     def bad_guest_source(self, src: bytes, dhcp_client: bool) -> bool:
@@ -91,6 +134,12 @@ class AddressPolicy:
     def host_target(self, dst: bytes) -> str | None:
         """Where a flow to ``dst`` goes on the host, or None if refused."""
         cfg = self.cfg
+        if len(dst) == 16:
+            if dst == self.gateway6:
+                return "::1" if cfg.host_loopback else None
+            if dst[:8] == self.prefix6 or _special6(dst):
+                return None
+            return str(ipaddress.IPv6Address(dst))
         if dst == cfg.gateway_ip:
             return "127.0.0.1" if cfg.host_loopback else None
         if dst[0] == 127 or dst[0] == 0 or _multicast_or_reserved(dst) or cfg.in_network(dst):
@@ -102,6 +151,8 @@ class AddressPolicy:
         None when it must be the gateway's: host loopback would stay inside
         the container, and an address of the virtual network is on its own
         link (or is itself), so it could not answer either through us."""
+        if len(client) == 16:
+            return None if client[:8] == self.prefix6 or _special6(client) else client
         if client[0] == 127 or client[0] == 0 or _multicast_or_reserved(client) \
                 or self.cfg.in_network(client):
             return None
@@ -109,4 +160,6 @@ class AddressPolicy:
 
     def is_guest_addr(self, ip: bytes) -> bool:
         """An address a port forward may target: in the network, not ours."""
+        if len(ip) == 16:
+            return ip[:8] == self.prefix6 and ip not in self._ours6
         return self.cfg.in_network(ip) and ip not in self._not_guest

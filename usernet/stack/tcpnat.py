@@ -72,6 +72,7 @@ class TcpNat:
         self.offload = offload
         self._tcp_max_seg = TSO_MAX_SEG if offload else None
         self._kind = timers.kind(self._live, self._timer)
+        self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -113,7 +114,7 @@ class TcpNat:
             return
         cfg = self.config
         dst, dport = p[P_DST], p[P_DPORT]
-        if dst == cfg.dns_ip:
+        if dst == cfg.dns_ip or (dst == cfg.dns6 and cfg.enable_ipv6):
             host = None
             if cfg.enable_dns and dport == 53:
                 host = TcpConnectDns
@@ -148,9 +149,13 @@ class TcpNat:
     def _new_flow(self, key: tuple, inbound: bool, now: float) -> TcpFlow:
         """The one way a TCP flow is made: its connection emits straight into ``events_out``."""
         fid = self.flows.new_id()
-        conn = TcpConnection(now, self.rng.getrandbits(32), self.config.mss, self.counters,
+        # The MSS we offer: the link MTU less the IP and TCP headers (IPv6's
+        # header is 20 bytes longer than IPv4's).
+        v6 = len(key[0]) == 16
+        mss = self.config.mss - (IPV6_LEN - IPV4_LEN if v6 else 0)
+        conn = TcpConnection(now, self.rng.getrandbits(32), mss, self.counters,
                              max_seg=self._tcp_max_seg, fid=fid, events=self.events_out)
-        flow = TcpFlow(fid, key, conn, inbound)
+        flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh)
         self.flows.tcp.add(flow)
         return flow
 
@@ -183,7 +188,8 @@ class TcpNat:
         if segs:
             gip, gport = flow.guest_ip, flow.guest_port
             rip, rport = flow.remote_ip, flow.remote_port
-            mac = self.neigh.lookup(gip)
+            neigh = flow.neigh
+            mac = neigh.lookup(gip)
             dmac = mac or UNRESOLVED
             smac = self.mac
             offload = self.offload
@@ -191,7 +197,7 @@ class TcpNat:
                 v6 = len(gip) == 16
                 l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
                 mss = conn.snd_mss
-            output = self.neigh.output
+            output = neigh.output
             for s in segs:
                 o = s.options
                 if o is None or o is NO_OPTIONS:

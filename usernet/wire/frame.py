@@ -48,7 +48,7 @@ from .checksum import checksum, ones_sum, pseudo_sum_v4, pseudo_sum_v6
 from .ether import ETH, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, VLAN_TAG
 from .icmp import ICMP, ICMP_LEN
 from .ipv4 import IP_DF, IP_MF, IP_OFFMASK, IPV4, IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
-from .ipv6 import IPV6, IPV6_LEN, parse_ipv6
+from .ipv6 import FRAG_HDR, IPV6, IPV6_LEN, NH_FRAGMENT, parse_ipv6
 from .tcp import NO_OPTIONS, TCP, TCP_LEN, TS_FAST, TS_FAST_MAGIC, parse_tcp_options
 from .udp import UDP, UDP_LEN
 
@@ -368,6 +368,20 @@ def build_ipv4_fragment(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, 
     _l3_into(buf, False, src, dst, proto, len(data), ttl, ident,
              (IP_MF if more else 0) | (offset >> 3))
     buf[ETH_LEN + IPV4_LEN:] = data
+    return buf
+
+
+def build_ipv6_fragment(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int,
+                        ident: int, offset: int, more: bool, data, *,
+                        hop_limit: int = 64) -> bytearray:
+    """One IPv6 fragment (RFC 8200 4.5): the IPv6 header, a fragment header
+    naming ``proto``, and ``data`` at byte ``offset`` (a multiple of 8) of
+    the fragmentable part."""
+    buf = bytearray(ETH_LEN + IPV6_LEN + 8 + len(data))
+    ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6)
+    IPV6.pack_into(buf, ETH_LEN, 0x60000000, 8 + len(data), NH_FRAGMENT, hop_limit, src, dst)
+    FRAG_HDR.pack_into(buf, ETH_LEN + IPV6_LEN, proto, 0, offset | (1 if more else 0), ident)
+    buf[ETH_LEN + IPV6_LEN + 8:] = data
     return buf
 
 
