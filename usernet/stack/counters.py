@@ -30,7 +30,7 @@ PARSE_REASONS = (
     "dns_no_question", "dns_not_query", "dns_tcp_empty", "dns_truncated",
     "eth_not_ethernet_ii", "eth_truncated", "eth_vlan_stacked",
     "icmp_truncated",
-    "ipv4_bad_checksum", "ipv4_bad_ihl", "ipv4_bad_length", "ipv4_bad_version", "ipv4_truncated",
+    "ipv4_bad_ihl", "ipv4_bad_length", "ipv4_bad_version", "ipv4_truncated",
     "dhcp6_bad_option", "dhcp6_truncated",
     "ipv6_bad_length", "ipv6_bad_version", "ipv6_ext_chain_too_long", "ipv6_ext_truncated",
     "ipv6_truncated",
@@ -48,7 +48,7 @@ TCP_DEAD_STATES = ("listen", "closed")
 _GATEWAY = (
     "rx_frames",
     "drop_eth_not_for_us", "drop_eth_unknown_ethertype", "drop_ipv6_disabled",
-    "drop_ipv4_bad_source", "drop_ipv4_ttl_zero", "drop_l4_bad_checksum",
+    "drop_ipv4_bad_checksum", "drop_ipv4_bad_source", "drop_ipv4_ttl_zero", "drop_l4_bad_checksum",
     "ipv4_protocol_unreachable_tx", "icmp_frag_needed_tx", "icmp_dest_unreachable_local",
     "icmp_error_suppressed_broadcast",
     "icmp_echo_local_reply", "icmp_echo_forward", "icmp_echo_refused_policy",
