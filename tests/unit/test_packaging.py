@@ -55,3 +55,12 @@ def test_wheel_builds_without_deprecation_warnings(tmp_path):
         meta = z.read(f"usernet-{usernet.__version__}.dist-info/METADATA").decode()
     assert "License-Expression: Apache-2.0" in meta
     assert "pytun" not in meta
+
+
+def test_every_dependency_is_imported():
+    """Each runtime dependency is imported somewhere in usernet/ (python-pytun was
+    declared and imported nowhere): nothing is installed for nothing."""
+    sources = "\n".join(p.read_text() for p in (REPO / "usernet").rglob("*.py"))
+    for requirement in PYPROJECT["project"]["dependencies"]:
+        module = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).replace("-", "_")
+        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), requirement

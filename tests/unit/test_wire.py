@@ -373,6 +373,12 @@ _TCP4 = bytes(build_tcp(GW_MAC, GUEST_MAC, GUEST4, GW4, 1, 2, 3, 4, ACK, 5,
                         build_tcp_options(ts=(1, 2)), b"data"))  # a fast-path frame
 _UDP4 = bytes(build_udp(GW_MAC, GUEST_MAC, GUEST4, DNS4, 1, 53, b"query"))
 _ICMP4 = bytes(build_icmp(GW_MAC, GUEST_MAC, GUEST4, GW4, 8, 0, 1, 2, b"ping"))
+_ICMP6 = bytes(build_icmp(GW_MAC, GUEST_MAC, GUEST6, GW6, 128, 0, 1, 2, b"ping"))
+# IPv6 with eight hop-by-hop headers before UDP: as many as the walk allows
+# (MAX_EXT_HEADERS). Offset 110 is the last one's next header, 118 the UDP header.
+_V6_EIGHT_EXT = (GW_MAC + GUEST_MAC + h("86 dd  60 00 00 00  00 48  00 40") + GUEST6 + GW6
+                 + h("00 00 00 00 00 00 00 00") * 7 + h("11 00 00 00 00 00 00 00")
+                 + h("13 88 13 89  00 08  00 00"))
 _TCP6 = bytes(build_tcp(GW_MAC, GUEST_MAC, GUEST6, GW6, 1, 2, 3, 4, ACK, 5,
                         build_tcp_options(ts=(1, 2)), b"data"))
 
@@ -389,6 +395,10 @@ BAD_FRAMES = [
     ("ipv6_bad_version", _TCP6, _patch(14, "50")),
     ("ipv6_truncated", _TCP6, lambda f: f[:53]),
     ("ipv6_bad_length", _TCP6, lambda f: f[:-1]),
+    ("ipv6_ext_truncated", IPV6_EXT_ATOMIC_UDP, _patch(55, "05")),  # a 48-byte hop-by-hop
+    ("ipv6_ext_truncated", IPV6_EXT_ATOMIC_UDP, lambda f: _patch(18, "00 04")(f)[:58]),
+    ("ipv6_ext_chain_too_long", _V6_EIGHT_EXT,  # a ninth hop-by-hop where UDP was
+     lambda f: _patch(118, "11 00")(_patch(110, "00")(f))),
     ("tcp_truncated", _TCP4, _patch(16, "00 27")),  # 19 bytes left for TCP
     ("tcp_bad_offset", _TCP4, _patch(46, "40")),  # 16-byte header
     ("tcp_bad_offset", _TCP4, _patch(46, "f0")),  # 60-byte header past the end
@@ -398,7 +408,10 @@ BAD_FRAMES = [
     ("udp_truncated", _UDP4, _patch(16, "00 1b")),  # 7 bytes left for UDP
     ("udp_bad_length", _UDP4, _patch(38, "00 07")),
     ("udp_bad_length", _UDP4, _patch(38, "00 0e")),  # past the IPv4 total length
+    ("udp_bad_length", IPV4_OPTIONS_UDP, _patch(42, "00 0b")),  # into the Ethernet padding
     ("icmp_truncated", _ICMP4, _patch(16, "00 1b")),
+    ("icmp_truncated", _ICMP6, lambda f: _patch(18, "00 07")(f)[:61]),  # 7 bytes of ICMPv6
+    ("udp_bad_length", IPV6_EXT_ATOMIC_UDP, _patch(82, "00 0d")),  # UDP over IPv6
 ]
 
 
@@ -423,6 +436,9 @@ def test_stacked_vlan_tags_and_bad_ipv4_header_checksum():
     with pytest.raises(ParseError) as e:
         parse_frame(_tagged(_tagged(ETH_LLDP)))
     assert e.value.reason == "eth_vlan_stacked"
+    with pytest.raises(ParseError) as e:
+        parse_frame(_tagged(ETH_LLDP)[:17])  # the tag cut short
+    assert e.value.reason == "eth_truncated"
     for frame in (_TCP4, _tagged(_TCP4)):
         p = parse_frame(frame)
         assert ipv4_header_ok(frame, p[P_L3], p[P_L4])

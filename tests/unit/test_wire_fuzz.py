@@ -60,7 +60,8 @@ def _valid_frames() -> dict:
         "arp": bytes(build_arp(MAC2, MAC1, 1, MAC1, A4, bytes(6), B4)),
         "frag4": bytes(build_ipv4_fragment(MAC2, MAC1, A4, B4, 17, 7, 1480, True, b"f" * 24)),
         "ipv4 options, padded": bytes(ETH / IP(src="10.0.2.100", dst="10.0.2.2",
-                                               options=b"\x94\x04\x00\x00") / UDP() / b"hi"),
+                                               options=b"\x94\x04\x00\x00") / UDP() / b"hi")
+                                      + bytes(18),  # Ethernet padding to the 60-byte minimum
         "vlan tcp4": bytes(Ether(src="52:54:00:12:34:56", dst="52:55:0a:00:02:02") / Dot1Q(vlan=7)
                            / IP(src="10.0.2.100", dst="10.0.2.2")
                            / TCP(options=[("MSS", 1460), ("SAck", (1, 2))]) / b"v"),
@@ -303,6 +304,131 @@ def test_fast_paths_equal_general_path(frame, edits, cut):
 def test_fast_paths_equal_general_path_arbitrary(buf):
     """The same differential check on arbitrary bytes behind plausible headers."""
     fast_path_agrees(buf)
+
+
+# ---------------------------------------------------------------------------
+# parse_frame against a plain reference written from the RFCs. The fast paths
+# are checked against the general path above; this checks the general path's
+# own rules (which frames it accepts, which fields it reports) against code
+# that shares nothing with usernet.wire but the tuple layout.
+
+def reference_parse(buf) -> tuple:
+    """parse_frame's tuple the slow, plain way: every field read with
+    int.from_bytes at the offset the RFCs give; a refusal is ParseError."""
+    n = len(buf)
+
+    def u(at: int, size: int) -> int:
+        if at + size > n:
+            raise ParseError("short")
+        return int.from_bytes(buf[at:at + size], "big")
+
+    def refuse():
+        raise ParseError("refused")
+
+    if n < 14:
+        refuse()
+    dst_mac, src_mac, et, l3 = bytes(buf[0:6]), bytes(buf[6:12]), u(12, 2), 14
+    if et in (0x8100, 0x88A8):  # one 802.1Q / 802.1ad tag
+        et, l3 = u(16, 2), 18
+    mv = memoryview(buf)
+    if et == ETH_P_IP:  # RFC 791
+        if n - l3 < 20 or buf[l3] >> 4 != 4 or buf[l3] & 15 < 5:
+            refuse()
+        hl, total = (buf[l3] & 15) * 4, u(l3 + 2, 2)
+        if total < hl or l3 + total > n:
+            refuse()
+        ident, ff, ttl, proto = u(l3 + 4, 2), u(l3 + 6, 2), buf[l3 + 8], buf[l3 + 9]
+        src, dst = bytes(buf[l3 + 12:l3 + 16]), bytes(buf[l3 + 16:l3 + 20])
+        l4, end = l3 + hl, l3 + total
+        frag = (ident, (ff & 0x1FFF) * 8, 1 if ff & 0x2000 else 0) if ff & 0x3FFF else None
+    elif et == ETH_P_IPV6:  # RFC 8200
+        if n - l3 < 40 or buf[l3] >> 4 != 6 or 40 + u(l3 + 4, 2) > n - l3:
+            refuse()
+        end, proto, ttl = l3 + 40 + u(l3 + 4, 2), buf[l3 + 6], buf[l3 + 7]
+        src, dst = bytes(buf[l3 + 8:l3 + 24]), bytes(buf[l3 + 24:l3 + 40])
+        l4, frag, walked = l3 + 40, None, 0
+        while proto in (0, 43, 44, 51, 60):  # extension headers, at most 8
+            walked += 1
+            if walked > 8 or end - l4 < 8:
+                refuse()
+            if proto == 44:  # fragment: offset (8-byte units) and M, identification
+                frag, size = (u(l4 + 4, 4), u(l4 + 2, 2) & 0xFFF8, u(l4 + 2, 2) & 1), 8
+            elif proto == 51:  # AH counts 4-byte words, less 2
+                size = (buf[l4 + 1] + 2) * 4
+            else:
+                size = (buf[l4 + 1] + 1) * 8
+            if l4 + size > end:
+                refuse()
+            proto, l4 = buf[l4], l4 + size
+        if frag is not None and not (frag[1] or frag[2]):
+            frag = None  # an atomic fragment is a whole datagram
+    else:
+        if et < 0x0600 or et in (0x8100, 0x88A8):  # 802.3 length; a second tag
+            refuse()
+        return (dst_mac, src_mac, et, None, None, 0, 0, None, 0, 0, 0, 0, 0, 0, TcpOptions(),
+                mv[l3:], l3, l3, n, 0)
+    head = (dst_mac, src_mac, et, src, dst, proto, ttl)
+    if frag is not None:
+        return head + (frag, 0, 0, 0, 0, 0, 0, TcpOptions(), mv[l4:end], l3, l4, end, 0)
+    if proto == 6:  # RFC 9293
+        thl = (buf[l4 + 12] >> 4) * 4 if end - l4 >= 20 else 0
+        if thl < 20 or l4 + thl > end:
+            refuse()
+        return head + (None, u(l4, 2), u(l4 + 2, 2), u(l4 + 4, 4), u(l4 + 8, 4), buf[l4 + 13],
+                       u(l4 + 14, 2), reference_tcp_options(buf[l4 + 20:l4 + thl]),
+                       mv[l4 + thl:end], l3, l4, end, u(l4 + 16, 2))
+    if proto == 17:  # RFC 768
+        length = u(l4 + 4, 2) if end - l4 >= 8 else 0
+        if length < 8 or length > end - l4:
+            refuse()
+        return head + (None, u(l4, 2), u(l4 + 2, 2), 0, 0, 0, 0, TcpOptions(),
+                       mv[l4 + 8:l4 + length], l3, l4, l4 + length, u(l4 + 6, 2))
+    if proto in (1, 58):  # RFC 792, RFC 4443: type, code, checksum, id, seq
+        if end - l4 < 8:
+            refuse()
+        return head + (None, buf[l4], buf[l4 + 1], u(l4 + 4, 2), u(l4 + 6, 2), 0, 0, TcpOptions(),
+                       mv[l4 + 8:end], l3, l4, end, u(l4 + 2, 2))
+    return head + (None, 0, 0, 0, 0, 0, 0, TcpOptions(), mv[l4:end], l3, l4, end, 0)
+
+
+def same_as_reference(buf) -> None:
+    assert comparable(parses_or_parse_error(parse_frame, buf, NO_FAST_PATH)) == comparable(
+        parses_or_parse_error(reference_parse, buf))
+
+
+@FUZZ
+@given(frames, st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=3),
+       st.none() | st.integers(0, 2000))
+def test_general_path_equals_reference(frame, edits, cut):
+    """parse_frame's general path accepts exactly the frames the plain reference
+    accepts, with the same fields (valid frames with header bytes edited and
+    cut anywhere)."""
+    buf = bytearray(frame)
+    for pos, value in edits:
+        buf[pos % len(buf)] = value
+    same_as_reference(bytes(buf if cut is None else buf[:cut % (len(buf) + 1)]))
+
+
+@FUZZ
+@given(fuzz_bytes)
+def test_general_path_equals_reference_arbitrary(buf):
+    """The same on arbitrary bytes behind plausible headers."""
+    same_as_reference(buf)
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([0, 43, 44, 51, 60, 59, 6, 17, 58]), min_size=1, max_size=11),
+       st.lists(st.integers(0, 3), min_size=11, max_size=11), st.booleans())
+def test_ipv6_extension_walk_equals_reference(chain, lengths, tagged):
+    """IPv6 extension header chains up to and past the limit of 8, tagged or not,
+    before a UDP header: the same upper layer, offsets and fragment, or both refuse."""
+    body = bytearray()
+    for i, nh in enumerate(chain[1:] + [17]):
+        body += bytes([nh, lengths[i]]) + bytes(6 + 8 * lengths[i])
+    body += struct.pack("!HHHH", 1, 2, 12, 0) + b"data"
+    frame = (MAC2 + MAC1 + (b"\x81\x00\x00\x07" if tagged else b"") + b"\x86\xdd"
+             + struct.pack("!IHBB", 6 << 28, len(body), chain[0], 64) + A6 + B6 + bytes(body))
+    same_as_reference(frame)
 
 
 def reference_tcp_options(buf) -> TcpOptions:

@@ -51,7 +51,7 @@ def parse_ipv6(buf, off: int = 0) -> tuple:
     end = off + IPV6_LEN + plen
     p = off + IPV6_LEN
     frag = None
-    for _ in range(MAX_EXT_HEADERS):
+    for _ in range(MAX_EXT_HEADERS + 1):  # each header, then the upper layer
         if nh == NH_HOPOPT or nh == NH_ROUTING or nh == NH_DSTOPTS:
             if end - p < 8:
                 raise ParseError("ipv6_ext_truncated")
