@@ -2,7 +2,8 @@
 
 Layers (imports point one way, a test keeps it so):
 
-    wire  <-  stack  <-  host  <-  cli (tap.py, netns.py, api.py, cli.py)
+    wire  <-  stack  <-  host  <-  top layer (cli.py, slirp4netns.py, serve.py, services.py,
+                                          api.py, sandbox.py, netns.py, tap.py)
 
 Importing this package imports nothing heavy: no asyncio, no scapy, no dpkt.
 """

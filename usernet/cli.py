@@ -12,13 +12,13 @@ exit status.
 """
 
 import argparse
-import asyncio
-import ipaddress
 import json
 import logging
 import os
-import signal
 import sys
+
+from .serve import (describe, dns_upstream_from_env, ifconfig, new_loop,
+                    parse_hostport, raise_fd_limit, serve)
 
 log = logging.getLogger("usernet")
 
@@ -72,45 +72,6 @@ _cidr = _arg_type(_parse_cidr, "cidr")
 _mac = _arg_type(_parse_mac, "mac")
 
 
-def _hostport(text):
-    """ADDR[:PORT] or [V6]:PORT for --dns-upstream."""
-    host, port = text, 53
-    if text.startswith("["):
-        h, _, rest = text[1:].partition("]")
-        host = h
-        if rest:
-            if not rest.startswith(":"):
-                raise argparse.ArgumentTypeError(f"bad address {text!r}")
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-        port = int(port)
-        if not 1 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad address {text!r} (want ADDR[:PORT])") from None
-    return host, port
-
-
-DNS_UPSTREAM_ENV = "USERNET_DNS_UPSTREAM"
-
-
-def dns_upstream_from_env(environ=None):
-    """``$USERNET_DNS_UPSTREAM``: upstream resolvers (ADDR[:PORT], comma- or space-separated)
-    for when no ``--dns-upstream`` is given: Podman starts its network helper with no upstream
-    flag, but with its own environment. Empty or unset: [] (resolv.conf). Raises UsageError."""
-    text = (os.environ if environ is None else environ).get(DNS_UPSTREAM_ENV, "")
-    out = []
-    for item in text.replace(",", " ").split():
-        try:
-            out.append(_hostport(item))
-        except argparse.ArgumentTypeError as e:
-            raise UsageError(f"{DNS_UPSTREAM_ENV}: {e}") from None
-    return out
-
-
 def _parse_publish(text):
     from .publish import parse_publish
     return parse_publish(text)
@@ -123,6 +84,7 @@ def _check_impair(text):
     return text
 
 
+_hostport = _arg_type(parse_hostport, "hostport")
 _publish = _arg_type(_parse_publish, "publish")
 _impair = _arg_type(_check_impair, "impair")
 
@@ -226,145 +188,10 @@ def make_config(args):
 
 
 # --------------------------------------------------------------------- serve
-def _new_loop():
-    try:
-        import uvloop
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
-async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=None,
-                on_ready=None) -> int:
-    """Run the stack on ``tap_fd`` until the child exits, the watched process
-    is gone, or SIGINT/SIGTERM. Returns the exit status.
-
-    ``child`` (a RunNamespace) is released to exec its command only once the
-    signal handlers are in place, so a SIGTERM is always passed on to it.
-    ``watch_pidfd`` is a pidfd opened before attaching (a pid may be gone by
-    now; the pidfd still reports its exit); ``watch_pid`` opens one here.
-    ``on_ready(finish)`` is called once everything listens (the slirp4netns
-    ready fd); ``finish(status)`` ends the run (its exit fd)."""
-    from .host.driver import DRAIN_TIMEOUT, HostDriver
-    from .stack.gateway import Gateway
-    from .services import ServiceOptions, setup_services
-
-    loop = asyncio.get_running_loop()
-    gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
-    driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
-    driver.start(loop)
-    try:
-        services = await setup_services(driver, ServiceOptions.from_args(args),
-                                        ns_pid=child.pid if child is not None else watch_pid)
-    except BaseException:
-        driver.close()
-        raise
-    status = 0
-    done = loop.create_future()
-
-    def finish(code):
-        if not done.done():
-            done.set_result(code)
-
-    def on_signal(sig):
-        if child is not None:
-            log.debug("signal %d: passing it to the command", sig)
-            child.kill(sig)
-        else:
-            finish(0)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    # SIGUSR1: print every counter (drops included) without stopping.
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
-        "usernet counters: %s", json.dumps(services.stats(), sort_keys=True)))
-    # Everything is open and listening: shut usernet in before CMD starts.
-    from . import sandbox
-    sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
-    pfd = watch_pidfd
-    if child is not None:
-        loop.add_reader(child.pidfd, lambda: finish(child.wait()))
-        child.go()
-    elif pfd is None and watch_pid is not None:
-        from .netns import pidfd_open
-        try:
-            pfd = pidfd_open(watch_pid)
-        except ProcessLookupError:
-            log.info("process %d exited; stopping", watch_pid)
-            finish(0)
-        except OSError:
-            pfd = None
-    if pfd is not None:
-        def watched_exited():
-            loop.remove_reader(pfd)
-            log.info("process %s exited; stopping", watch_pid if watch_pid is not None else "")
-            finish(0)
-        loop.add_reader(pfd, watched_exited)
-    def tap_gone(_f):
-        # The TAP (or its namespace) vanished: there is no network left to
-        # serve. A command still running gets SIGTERM; its exit (seen by the
-        # pidfd reader) ends the run. Never a blocking wait in a callback.
-        if child is not None:
-            child.kill(signal.SIGTERM)
-        else:
-            finish(0)
-
-    driver.stopped.add_done_callback(tap_gone)
-    if on_ready is not None:
-        on_ready(finish)
-    try:
-        status = await done
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-        if child is not None:
-            loop.remove_reader(child.pidfd)
-        if pfd is not None:
-            loop.remove_reader(pfd)
-            if pfd is not watch_pidfd:
-                os.close(pfd)
-        # Let what is in flight arrive before tearing down (bounded).
-        if not driver.stopped.done():
-            await driver.drain(DRAIN_TIMEOUT)
-        await services.close()
-        driver.close()
-        log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
-    return status
-
-
-def set_tap_offload(fd: int, want: bool) -> bool:
-    """Turn the TAP's checksum + TSO offloads on (or explicitly off); True when on.
-
-    Done here, in the parent, on the passed fd (TUNSETOFFLOAD works outside
-    the namespace). A kernel that refuses costs nothing but speed: one debug
-    line, and the plain-frame path."""
-    from . import tap
-    try:
-        tap.set_offload(fd, tap.DEFAULT_OFFLOAD if want else 0)
-    except OSError as e:
-        if want:
-            log.debug("TAP offloads unavailable (%s): using plain frames", e)
-        return False
-    return want
-
-
 def _resolv_conf(cfg) -> str:
     if not cfg.enable_dns:
         return "# usernet: DNS disabled (--disable-dns)\n"
     return f"# written by usernet\nnameserver {cfg.dns_str}\n"
-
-
-def _ifconfig(cfg):
-    from .netns import IfConfig
-    return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac,
-                    ipv6_prefix=str(cfg.network6.network_address) if cfg.enable_ipv6 else None)
-
-
-def _describe(cfg, where, tap):
-    return (f"usernet: attached to {where}, {tap} {cfg.guest_str}/{cfg.prefixlen} "
-            f"gateway {cfg.gateway_str} dns {cfg.dns_str if cfg.enable_dns else 'off'} "
-            f"mtu {cfg.mtu}"
-            + (f", ipv6 {cfg.network6} gateway {cfg.network6[2]}" if cfg.enable_ipv6 else ""))
 
 
 def cmd_run(args) -> int:
@@ -378,9 +205,9 @@ def cmd_run(args) -> int:
     handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
     fd = -1
     try:
-        fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=_ifconfig(cfg))
-        log.info("%s", _describe(cfg, f"new namespace of pid {handle.pid}", "tap0"))
-        loop = _new_loop()
+        fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=ifconfig(cfg))
+        log.info("%s", describe(cfg, f"new namespace of pid {handle.pid}", "tap0"))
+        loop = new_loop()
         try:
             async def main():
                 return await serve(cfg, fd, args, child=handle)
@@ -415,7 +242,7 @@ def cmd_attach(args) -> int:
             pidfd = None
         try:
             fd = netns.attach(pid=pid, userns_path=args.userns_path, tap_name=args.tapname,
-                              configure=_ifconfig(cfg) if args.configure else None)
+                              configure=ifconfig(cfg) if args.configure else None)
         except BaseException:
             if pidfd is not None:
                 os.close(pidfd)
@@ -423,10 +250,10 @@ def cmd_attach(args) -> int:
         where = f"pid {pid}"
     else:
         fd = netns.attach(netns_path=target, userns_path=args.userns_path, tap_name=args.tapname,
-                          configure=_ifconfig(cfg) if args.configure else None)
+                          configure=ifconfig(cfg) if args.configure else None)
         where = target
-    log.info("%s", _describe(cfg, where, args.tapname))
-    loop = _new_loop()
+    log.info("%s", describe(cfg, where, args.tapname))
+    loop = new_loop()
     try:
         return loop.run_until_complete(serve(cfg, fd, args, watch_pid=pid, watch_pidfd=pidfd))
     finally:
@@ -476,19 +303,6 @@ def _publish_or_usage(spec):
         raise UsageError(f"fwd add: {e}") from None
 
 
-def _raise_fd_limit() -> None:
-    """Each flow holds a host socket: raise the soft RLIMIT_NOFILE to the
-    hard limit (distributions often default to a 1024 soft limit, below
-    usernet's flow limits)."""
-    import resource
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as e:
-        log.debug("cannot raise RLIMIT_NOFILE: %s", e)
-
-
 def main(argv=None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -507,7 +321,10 @@ def main(argv=None) -> int:
         if extra:
             parser.error("unrecognized arguments: " + " ".join(extra))
         if args.command in ("run", "attach") and not args.dns_upstream:
-            args.dns_upstream = dns_upstream_from_env()
+            try:
+                args.dns_upstream = dns_upstream_from_env()
+            except ValueError as e:
+                raise UsageError(str(e)) from None
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)
         return 1
@@ -518,7 +335,7 @@ def main(argv=None) -> int:
         log.setLevel(logging.DEBUG)
     try:
         if args.command in ("run", "attach"):
-            _raise_fd_limit()
+            raise_fd_limit()
         if args.command == "run":
             return cmd_run(args)
         if args.command == "attach":

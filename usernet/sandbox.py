@@ -472,7 +472,7 @@ PRELOAD = (
     "encodings.raw_unicode_escape", "unicodedata", "stringprep",
     "concurrent.futures.thread", "asyncio.unix_events", "asyncio.selector_events",
     "json.decoder", "json.encoder", "traceback", "linecache", "tokenize",
-    "usernet.api", "usernet.publish", "usernet.services", "usernet.slirp4netns",
+    "usernet.api", "usernet.publish", "usernet.services", "usernet.slirp4netns", "usernet.serve",
     "usernet.stack.gateway", "usernet.host.driver",
     "usernet.host.icmp", "usernet.host.dns",
     "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether",

@@ -3,7 +3,7 @@
 Rootless Podman (4.x, 5.x) and RootlessKit start whatever ``network_cmd_path`` names exactly as
 they start slirp4netns, so at that boundary usernet must be indistinguishable from it. This module
 is that dialect and nothing else; the work is done by :func:`usernet.netns.attach` (the TAP, made
-and configured inside the namespace) and :func:`usernet.cli.serve` (the stack, the API socket).
+and configured inside the namespace) and :func:`usernet.serve.serve` (the stack, the API socket).
 
 Theory of operation
 ===================
@@ -375,7 +375,7 @@ def run(o: Options) -> int:
     """Attach, serve, and speak the fd protocol. Returns the exit status; raises Exit,
     NetnsError, TapError or OSError for the caller to print as one line."""
     from . import netns
-    from .cli import _describe, _ifconfig, _new_loop, dns_upstream_from_env, serve
+    from .serve import describe, dns_upstream_from_env, ifconfig, new_loop, serve
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
@@ -394,7 +394,7 @@ def run(o: Options) -> int:
         # Applied by serve() once everything listens (usernet/sandbox.py), as slirp4netns does.
         enable_sandbox=o.enable_sandbox, enable_seccomp=o.enable_seccomp)
 
-    ifc = _ifconfig(cfg) if o.configure else None
+    ifc = ifconfig(cfg) if o.configure else None
     pidfd = None
     if o.target_pid is not None:
         try:
@@ -415,7 +415,7 @@ def run(o: Options) -> int:
         fd = netns.attach(netns_path=o.netns_path, userns_path=o.userns_path, tap_name=o.tapname,
                           configure=ifc)
         where = o.netns_path
-    log.info("%s", _describe(cfg, where, o.tapname))
+    log.info("%s", describe(cfg, where, o.tapname))
 
     def on_ready(finish):
         loop = asyncio.get_running_loop()
@@ -444,7 +444,7 @@ def run(o: Options) -> int:
                 log.error("usernet: cannot watch the exit fd %d: %s", o.exit_fd, e)
                 finish(1)
 
-    loop = _new_loop()
+    loop = new_loop()
     try:
         return loop.run_until_complete(serve(cfg, fd, args, watch_pid=o.target_pid,
                                              watch_pidfd=pidfd, on_ready=on_ready))
@@ -471,8 +471,8 @@ def main(argv=None, prog: str | None = None) -> int:
         log.setLevel(logging.DEBUG)
     try:
         o = parse(argv, prog)
-        from .cli import _raise_fd_limit
-        _raise_fd_limit()
+        from .serve import raise_fd_limit
+        raise_fd_limit()
         return run(o)
     except Exit as e:
         if e.err:
@@ -485,10 +485,9 @@ def main(argv=None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - the one place a fatal error becomes one line
-        from .cli import UsageError
         from .netns import NetnsError
         from .tap import TapError
-        if isinstance(e, (NetnsError, TapError, OSError, ValueError, UsageError)):
+        if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
             print(f"usernet: {e}", file=sys.stderr)
         else:
             log.debug("fatal", exc_info=True)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from usernet.cli import UsageError, build_parser, set_tap_offload
+from usernet.cli import UsageError, build_parser
+from usernet.serve import set_tap_offload
 
 
 @pytest.mark.parametrize("cmd", [["run", "--", "true"], ["attach", "1"]])

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from usernet import slirp4netns as s4
-from usernet.cli import dns_upstream_from_env, UsageError
+from usernet.serve import dns_upstream_from_env
 
 
 def parse(*argv):
@@ -132,7 +132,7 @@ def test_dns_upstream_env():
     env = {"USERNET_DNS_UPSTREAM": "127.0.0.1:5353, [::1]:53 10.0.0.1"}
     assert dns_upstream_from_env(env) == [("127.0.0.1", 5353), ("::1", 53), ("10.0.0.1", 53)]
     assert dns_upstream_from_env({}) == []
-    with pytest.raises(UsageError, match="USERNET_DNS_UPSTREAM"):
+    with pytest.raises(ValueError, match="USERNET_DNS_UPSTREAM"):
         dns_upstream_from_env({"USERNET_DNS_UPSTREAM": "resolver.example"})
 
 
