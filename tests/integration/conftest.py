@@ -64,6 +64,7 @@ def usernet_run(args, cmd, *, timeout=60, user=None, env=None, input=None, check
 # start time, so a reused pid is not taken for it); at its end a session
 # removes its file, and if no other live session remains restores the
 # original settings and checks that they are back (a failure otherwise).
+# The last one out also removes STATE_DIR.
 # pytest_sessionfinish runs after failed tests and after Ctrl-C; a session
 # killed outright leaves its file behind, and the next one to finish, finding
 # its pid dead, restores for it.
@@ -99,10 +100,20 @@ def _start_time(pid: int) -> str | None:
 
 @contextlib.contextmanager
 def _state_lock():
-    os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(STATE_DIR, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    path = os.path.join(STATE_DIR, "lock")
+    for _ in range(100):
+        os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break       # still the lock file: the last one out did not remove it meanwhile
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    else:
+        raise RuntimeError(f"cannot take the lock in {STATE_DIR}")
+    try:
         yield
     finally:
         os.close(fd)
@@ -164,6 +175,9 @@ def pytest_sessionfinish(session, exitstatus):
             now = machine_state()
             if now == original:
                 os.unlink(_ORIGINAL)
+                # Nobody else is in: take the lock file and the directory too.
+                os.unlink(os.path.join(STATE_DIR, "lock"))
+                os.rmdir(STATE_DIR)
                 note, failed = f"restored {original}", None
             else:
                 note = failed = f"NOT RESTORED: {now} != the original {original}"
