@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from .serve import (describe, dns_upstream_from_env, ifconfig, new_loop,
+from .serve import (describe, report_fatal, dns_upstream_from_env, ifconfig, new_loop,
                     parse_hostport, raise_fd_limit, serve)
 
 log = logging.getLogger("usernet")
@@ -347,11 +347,4 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - the one place a fatal error becomes one line
-        from .netns import NetnsError
-        from .tap import TapError
-        if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
-            print(f"usernet: {e}", file=sys.stderr)
-        else:
-            log.debug("fatal", exc_info=True)
-            print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return report_fatal(e)

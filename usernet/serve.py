@@ -62,6 +62,21 @@ def dns_upstream_from_env(environ=None):
 
 
 
+def report_fatal(e: Exception) -> int:
+    """A fatal error at start or run time as one line on stderr; the exit status (1). Errors
+    that explain themselves (namespace, TAP, OS, bad value) are printed as they are; anything
+    else is a bug, named by its type (the traceback goes to the --debug log)."""
+    import sys
+    from .netns import NetnsError
+    from .tap import TapError
+    if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
+        print(f"usernet: {e}", file=sys.stderr)
+    else:
+        log.debug("fatal", exc_info=True)
+        print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+
+
 def raise_fd_limit() -> None:
     """Each flow holds a host socket: raise the soft RLIMIT_NOFILE to the
     hard limit (distributions often default to a 1024 soft limit, below

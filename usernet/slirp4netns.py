@@ -55,6 +55,8 @@ import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+from .serve import report_fatal
+
 log = logging.getLogger("usernet")
 
 #: The slirp4netns release whose command line this is; Podman and RootlessKit want >= 1.2 for
@@ -91,7 +93,8 @@ User-mode networking for unprivileged network namespaces.
 -v, --version            show version and exit
 
 usernet: a userspace TCP/IP stack in slirp4netns's place (same options, fds and API socket).
-Not applied yet: --enable-sandbox, --enable-seccomp, --enable-ipv6 (accepted, with a warning);
+--enable-sandbox and --enable-seccomp are applied once everything listens; --enable-ipv6 gives
+fd00::/64 (fd00::2 is the host's ::1, fd00::3 the DNS forwarder).
 --target-type=bess is not supported. MTU 68..65520.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf).
@@ -485,14 +488,7 @@ def main(argv=None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - the one place a fatal error becomes one line
-        from .netns import NetnsError
-        from .tap import TapError
-        if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
-            print(f"usernet: {e}", file=sys.stderr)
-        else:
-            log.debug("fatal", exc_info=True)
-            print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return report_fatal(e)
 
 
 def console_main() -> None:
