@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, USERNET, http_server, need_tun, tool, usernet_run
 from test_forward import _script, usernet, wait_for, workdir  # noqa: F401 (workdir: a fixture)
+from test_udp_dns_icmp import FakeDns
 from test_tcp_nat import (IMPAIR, OFFLOAD, PY, _check_parallel, _out, _scratch, check_offload,
                           counters_of, sha256_file, wdir)  # noqa: F401 (wdir: a fixture)
 
@@ -208,87 +209,12 @@ def test_udp_exchange_with_host_echo_server(request, user):
     assert c["udp_tx_fragments"] > 0 and c["frag_reassembled"] > 0, c
 
 
-class _Dns6:
-    """A tiny DNS server on [::1]:PORT, UDP and TCP on the same port: answers
-    every question with the AAAA record 2001:db8::42."""
-
-    def __init__(self):
-        for _ in range(20):
-            u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            u.bind(("::1", 0))
-            port = u.getsockname()[1]
-            t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                t.bind(("::1", port))
-            except OSError:
-                u.close()
-                t.close()
-                continue
-            break
-        else:
-            raise RuntimeError("no port on ::1 free for both UDP and TCP")
-        t.listen(8)
-        u.settimeout(0.2)
-        t.settimeout(0.2)
-        self.udp, self.tcp, self.port = u, t, port
-        self.queries = {"udp": 0, "tcp": 0}
-        self.stop = False
-        self.threads = [threading.Thread(target=self._udp_loop, daemon=True),
-                        threading.Thread(target=self._tcp_loop, daemon=True)]
-        for th in self.threads:
-            th.start()
-
-    @staticmethod
-    def _answer(b):
-        from scapy.layers.dns import DNS, DNSRR
-        q = DNS(b)
-        return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
-                         an=DNSRR(rrname=q.qd[0].qname, type="AAAA", ttl=60,
-                                  rdata="2001:db8::42")))
-
-    def _udp_loop(self):
-        while not self.stop:
-            try:
-                b, a = self.udp.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.queries["udp"] += 1
-            self.udp.sendto(self._answer(b), a)
-
-    def _tcp_loop(self):
-        import struct
-        while not self.stop:
-            try:
-                c, _ = self.tcp.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with c:
-                c.settimeout(5)
-                try:
-                    buf = b""
-                    while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
-                        chunk = c.recv(65535)
-                        if not chunk:
-                            break
-                        buf += chunk
-                    n = struct.unpack("!H", buf[:2])[0]
-                    self.queries["tcp"] += 1
-                    a = self._answer(buf[2:2 + n])
-                    c.sendall(struct.pack("!H", len(a)) + a)
-                except (OSError, struct.error):
-                    pass
-
-    def close(self):
-        self.stop = True
-        for th in self.threads:
-            th.join(timeout=2)
-        self.udp.close()
-        self.tcp.close()
+def _aaaa_answer(query):
+    """Every question answered with the AAAA record 2001:db8::42."""
+    from scapy.layers.dns import DNS, DNSRR
+    q = DNS(query)
+    return bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd,
+                     an=DNSRR(rrname=q.qd[0].qname, type="AAAA", ttl=60, rdata="2001:db8::42")))
 
 
 @need_v6
@@ -298,7 +224,7 @@ def test_dig_aaaa_via_fd00_3_reaches_v6_upstream(request, user):
     [::1] (--dns-upstream [::1]:PORT) and brings its answer back."""
     tool("dig")
     user = _user(request, user)
-    dns = _Dns6()
+    dns = FakeDns(host="::1", answer=_aaaa_answer)
     try:
         dig = "dig +tries=1 +time=5 AAAA host.example @fd00::3"
         r = usernet_run(["-6", "--dns-upstream", f"[::1]:{dns.port}"],
@@ -309,7 +235,7 @@ def test_dig_aaaa_via_fd00_3_reaches_v6_upstream(request, user):
     udp, tcp = r.stdout.split("@@@\n")
     for out in (udp, tcp):
         assert "2001:db8::42" in out and "status: NOERROR" in out, _out(r)
-    assert dns.queries["udp"] >= 1 and dns.queries["tcp"] >= 1, dns.queries
+    assert dns.by_transport["udp"] >= 1 and dns.by_transport["tcp"] >= 1, dns.by_transport
 
 
 _UDP_CLOSED = r"""

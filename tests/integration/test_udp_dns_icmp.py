@@ -51,20 +51,25 @@ def _answer(query: bytes) -> bytes | None:
 
 
 class FakeDns:
-    """A threaded DNS server on 127.0.0.1:PORT, UDP and TCP on the same port.
-    ``silent=True``: it reads queries and never answers."""
+    """A threaded DNS server on HOST:PORT (127.0.0.1 or ::1), UDP and TCP on the
+    same port, answering with ``answer(query) -> bytes | None``.
+    ``silent=True``: it reads queries and never answers. ``queries`` counts them
+    all, ``by_transport`` per "udp"/"tcp"."""
 
-    def __init__(self, silent=False):
+    def __init__(self, silent=False, host="127.0.0.1", answer=_answer):
         self.silent = silent
+        self.answer = answer
         self.queries = 0
+        self.by_transport = {"udp": 0, "tcp": 0}
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(20):
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            u.bind(("127.0.0.1", 0))
+            u = socket.socket(fam, socket.SOCK_DGRAM)
+            u.bind((host, 0))
             port = u.getsockname()[1]
-            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            t = socket.socket(fam, socket.SOCK_STREAM)
             t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                t.bind(("127.0.0.1", port))
+                t.bind((host, port))
             except OSError:
                 u.close()
                 t.close()
@@ -90,7 +95,8 @@ class FakeDns:
             except OSError:
                 return
             self.queries += 1
-            a = None if self.silent else _answer(data)
+            self.by_transport["udp"] += 1
+            a = None if self.silent else self.answer(data)
             if a is not None:
                 self.udp.sendto(a, peer)
 
@@ -119,7 +125,8 @@ class FakeDns:
                         n = struct.unpack("!H", buf[:2])[0]
                         msg, buf = buf[2:2 + n], buf[2 + n:]
                         self.queries += 1
-                        a = None if self.silent else _answer(msg)
+                        self.by_transport["tcp"] += 1
+                        a = None if self.silent else self.answer(msg)
                         if a is not None:
                             c.sendall(frame_tcp(a))
         except OSError:
