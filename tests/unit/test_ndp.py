@@ -18,16 +18,8 @@ from usernet.stack.ndp import (ALL_NODES, LINK_LOCAL_GW, RA_INITIAL_COUNT, RA_IN
 from usernet.wire.frame import build_icmp
 from usernet.wire.ndp import ND_HOP_LIMIT
 
-GW_MAC = b"\x52\x55\x0a\x00\x02\x02"
-GUEST_MAC = b"\x02\x00\x00\x00\x00\x64"
-PREFIX = bytes.fromhex("fd000000000000000000000000000000")
-GW6 = bytes.fromhex("fd000000000000000000000000000002")
-DNS6 = bytes.fromhex("fd000000000000000000000000000003")
-GUEST_LL = bytes.fromhex("fe80000000000000000000fffe000064")
-
-
-def mac(b):
-    return ":".join(f"{x:02x}" for x in b)
+# The link's addresses and the mac() helper are the wire tests' (one place for both).
+from test_wire_ipv6_nd import DNS6, GUEST_LL, GUEST_MAC, GW6, GW_MAC, PREFIX, mac  # noqa: E402
 
 
 def router(counters=None):
