@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, USERNET, http_server, need_tun, tool, usernet_run
 from test_forward import _script, usernet, wait_for, workdir  # noqa: F401 (workdir: a fixture)
 from test_udp_dns_icmp import FakeDns
-from test_tcp_nat import (IMPAIR, OFFLOAD, PY, _check_parallel, _out, _scratch, check_offload,
-                          counters_of, sha256_file, wdir)  # noqa: F401 (wdir: a fixture)
+from test_tcp_nat import (IMPAIR, OFFLOAD, PY, _check_impaired_transfers, _check_parallel, _out,
+                          _scratch, check_offload, counters_of, sha256_file, wdir)  # noqa: F401 (wdir: a fixture)
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -331,11 +331,7 @@ def test_impaired_v6(wdir, offload):  # noqa: F811
                         + ([] if offload else ["--no-offload"]),
                         ["sh", "-c", script.format(port=port)], timeout=170)
     assert r.returncode == 0 and "ok" in r.stdout, _out(r)
-    assert sha256_file(f"{out}/mid.bin") == sums["mid.bin"]
-    with open(f"{out}/mid.up") as fh:
-        assert fh.read().strip() == sums["mid.bin"]
-    _check_parallel(out, sums, n)
-    shutil.rmtree(out, ignore_errors=True)
+    _check_impaired_transfers(out, sums, n)
     c = counters_of(r.stderr)
     assert c.get("impair_tx_dropped", 0) > 0 and c.get("tcp_retransmit", 0) > 0, c
     check_offload(c, offload)

@@ -253,6 +253,16 @@ echo ok
 """
 
 
+def _check_impaired_transfers(out, sums, n):
+    """The impaired-link scene's results: mid.bin down and back up intact (the server's
+    sha256 of the upload), every parallel transfer intact; then the scratch is removed."""
+    assert sha256_file(f"{out}/mid.bin") == sums["mid.bin"]
+    with open(f"{out}/mid.up") as fh:
+        assert fh.read().strip() == sums["mid.bin"]
+    _check_parallel(out, sums, n)
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def _check_parallel(out, sums, n):
     bad = []
     for i in range(n):
@@ -299,11 +309,7 @@ def test_impaired(wdir, offload):
                         ["sh", "-c", script.format(url=f"http://{GW}:{port}")], timeout=170)
         took = time.monotonic() - t0
     assert r.returncode == 0 and "ok" in r.stdout, _out(r)
-    assert sha256_file(f"{out}/mid.bin") == sums["mid.bin"]
-    with open(f"{out}/mid.up") as fh:
-        assert fh.read().strip() == sums["mid.bin"]
-    _check_parallel(out, sums, n)
-    shutil.rmtree(out, ignore_errors=True)
+    _check_impaired_transfers(out, sums, n)
     c = counters_of(r.stderr)
     # Frames toward the container were dropped, and usernet (not the
     # container's kernel) resent them.
