@@ -830,6 +830,23 @@ def test_rto_goes_back_n():
     assert h.conn.get_timer() is None
 
 
+def test_abort_after_go_back_n_resets_at_the_highest_sequence_sent():
+    """Regression (issue 13, faults): after a timeout rewound snd_nxt for a
+    go-back-N retransmission, an abort must still put its RST at the highest
+    sequence sent. The container received all of it (only its ACKs were
+    not read, e.g. usernet stopping), so its RCV.NXT is there, and a RST
+    anywhere else is ignored (RFC 5961 3.2): its applications hung."""
+    h = established(timestamps=False)
+    h.conn.send(b"g" * (1460 * 3), h.now)
+    for _ in range(3):
+        h.recv()
+    h.fire()
+    h.recv(seq=ISS + 1)                           # snd_nxt rewound, one segment resent
+    assert h.conn.snd_nxt < h.conn.snd_max
+    h.conn.abort(h.now)
+    h.recv(flags=RST | ACK, seq=ISS + 1 + 1460 * 3, ack=IRS + 1)
+
+
 def test_zero_window_persist_probes_with_backoff():
     h = established(timestamps=False)
     h.window = 0

@@ -406,8 +406,11 @@ class TcpConnection:
         if st == SYN_RECEIVED and not self._answered:
             self.segments_out.append(Segment(0, self.rcv_nxt & _M, RST | ACK, 0, NO_OPTIONS, b""))
         elif st in _SYNCHRONIZED or st == SYN_RECEIVED:
-            # RFC 9293 3.10.5 ABORT: "<SEQ=SND.NXT><CTL=RST>"
-            self.segments_out.append(Segment(self.snd_nxt & _M, self.rcv_nxt & _M, RST | ACK, 0,
+            # RFC 9293 3.10.5 ABORT: "<SEQ=SND.NXT><CTL=RST>". SND.NXT in the
+            # RFC's sense is the highest we sent: snd_max (snd_nxt rewinds
+            # for a go-back-N retransmission). A peer that got everything
+            # takes a RST only at exactly its RCV.NXT (RFC 5961 3.2).
+            self.segments_out.append(Segment(self.snd_max & _M, self.rcv_nxt & _M, RST | ACK, 0,
                                              NO_OPTIONS, b""))
         self._close()
 
@@ -538,7 +541,7 @@ class TcpConnection:
 
     def _give_up(self, now: float) -> None:
         self.counters["tcp_give_up"] += 1
-        self.segments_out.append(Segment(self.snd_nxt & _M, self.rcv_nxt & _M, RST | ACK, 0,
+        self.segments_out.append(Segment(self.snd_max & _M, self.rcv_nxt & _M, RST | ACK, 0,
                                          NO_OPTIONS, b""))
         self.events.append(TcpAbort(self.fid))
         self._close()
