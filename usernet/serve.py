@@ -111,7 +111,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     now; the pidfd still reports its exit); ``watch_pid`` opens one here.
     ``on_ready(finish)`` is called once everything listens (the slirp4netns
     ready fd); ``finish(status)`` ends the run (its exit fd)."""
-    from .host.driver import DRAIN_TIMEOUT, HostDriver
+    from .host.driver import DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, HostDriver
     from .stack.gateway import Gateway
     from .services import ServiceOptions, setup_services
 
@@ -192,6 +192,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
         # Let what is in flight arrive before tearing down (bounded).
         if not driver.stopped.done():
             await driver.drain(DRAIN_TIMEOUT)
+        # What the container was told was delivered reaches the host peers
+        # before their sockets are reset.
+        await driver.flush_host(EXIT_FLUSH_TIMEOUT)
         await services.close()
         driver.close()
         log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))

@@ -325,3 +325,88 @@ def test_read_bound_ports_keeps_ipv6_addresses():
     finally:
         t.close()
         w.close()
+
+
+def test_exit_flushes_acknowledged_bytes_then_resets_both_sides():
+    """Regression (issue 13, faults): at exit, bytes usernet acknowledged to
+    the container reach the host peer before its socket is reset. A host
+    server with a tiny receive buffer reads nothing at first, so what the
+    container sent sits in usernet's socket; ``flush_host`` waits for the
+    peer to take it all (the TAP no longer read), then ``close`` resets the
+    host socket (the peer reads every byte, then ECONNRESET: a cut stream,
+    not an EOF) and the container's side (a RST at our highest sequence)."""
+    async def body(driver, guest):
+        loop = asyncio.get_running_loop()
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.setblocking(False)
+        port = ls.getsockname()[1]
+        guest.tcp(40010, port, "S", 1000)
+        conn, _ = await asyncio.wait_for(loop.sock_accept(ls), TIMEOUT)
+        synack = await guest.recv(lambda f: is_tcp(f, "SA"))
+        ours = synack[TCP].seq + 1
+        guest.tcp(40010, port, "A", 1001, ours)
+        data = bytes(range(256)) * 800                  # 204,800 bytes
+        for i, off in enumerate(range(0, len(data), 1460)):
+            guest.tcp(40010, port, "A", 1001 + off, ours, data[off:off + 1460])
+            if i % 16 == 15:
+                await asyncio.sleep(0.01)       # let the driver read the fake TAP
+        await asyncio.sleep(0.3)
+        (flow,) = driver.gw.flows.tcp.by_id.values()
+        assert flow.conn.rcv_nxt - flow.conn.irs - 1 == len(data)   # all acknowledged
+        assert driver.tcp.unsent() > 0          # ... but not yet at the peer
+
+        got = bytearray()
+
+        async def reader():
+            await asyncio.sleep(0.3)
+            conn.setblocking(False)
+            while True:
+                try:
+                    d = await loop.sock_recv(conn, 65536)
+                except ConnectionResetError:
+                    return "reset"
+                if not d:
+                    return "eof"
+                got.extend(d)
+        t = loop.create_task(reader())
+        assert await driver.flush_host(TIMEOUT)
+        assert driver.tcp.unsent() == 0
+        driver.close()
+        assert await asyncio.wait_for(t, TIMEOUT) == "reset"
+        assert bytes(got) == data
+        rst = await guest.recv(lambda f: is_tcp(f) and f[TCP].flags.R)
+        assert rst[TCP].seq == ours and driver.counters["tcp_exit_reset"] == 1
+        conn.close()
+        ls.close()
+    run(body)
+
+
+def test_exit_flush_is_bounded_when_the_peer_never_reads():
+    """A host peer that never reads cannot hold usernet's exit: the flush
+    gives up after its timeout and counts it."""
+    async def body(driver, guest):
+        loop = asyncio.get_running_loop()
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        ls.setblocking(False)
+        port = ls.getsockname()[1]
+        guest.tcp(40011, port, "S", 1000)
+        conn, _ = await asyncio.wait_for(loop.sock_accept(ls), TIMEOUT)
+        synack = await guest.recv(lambda f: is_tcp(f, "SA"))
+        ours = synack[TCP].seq + 1
+        guest.tcp(40011, port, "A", 1001, ours)
+        for i, off in enumerate(range(0, 100 * 1460, 1460)):
+            guest.tcp(40011, port, "A", 1001 + off, ours, b"z" * 1460)
+            if i % 16 == 15:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert not await driver.flush_host(0.3)
+        assert driver.counters["exit_flush_timeout"] == 1
+        conn.close()
+        ls.close()
+    run(body)

@@ -56,6 +56,9 @@ assert RX_BUF >= VNET_HDR_LEN + 14 + 4 + 65535
 TX_QUEUE_MAX = 4096      # frames waiting for the TAP to become writable
 DRAIN_TIMEOUT = 5.0      # seconds at exit to let in-flight TCP data finish
 DRAIN_POLL = 0.02
+# At exit, after the drain: seconds to let bytes already acknowledged to the
+# container leave usernet for the host peers before their sockets are reset.
+EXIT_FLUSH_TIMEOUT = 2.0
 FLUSH_ROUNDS_MAX = 64    # write/dispatch rounds in one flush (normal cascades take 2-3)
 DEBUG_COUNTERS_EVERY = 2.0   # seconds between "counters moved" lines with --debug
 _CSUM_DONE = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
@@ -186,6 +189,18 @@ class HostDriver:
         if self._debug_tick is not None:
             self._debug_tick.cancel()
         self.tcp.close_all()
+        if loop is not None and not (self.stopped is not None and self.stopped.done()):
+            # The host sockets are reset; reset the container's side too, so
+            # its applications do not retransmit into a link nobody serves.
+            gw = self.gw
+            gw.tcp_reset_all(loop.time())
+            for entry in gw.frames_out:
+                try:
+                    self._tap_write(entry)
+                except OSError:
+                    self.counters["drop_tx_error"] += 1
+            gw.frames_out.clear()
+            gw.events_out.clear()
         self.udp.close_all()
         if self.icmp is not None:
             self.icmp.close()
@@ -205,6 +220,24 @@ class HostDriver:
             await asyncio.sleep(DRAIN_POLL)
         self.counters["exit_drain_timeout"] += 1
         return False
+
+    async def flush_host(self, timeout: float) -> bool:
+        """At exit, before the host sockets are reset: stop reading the TAP
+        (nothing more from the container is acknowledged) and wait, at most
+        ``timeout``, until every byte already acknowledged to the container
+        has left usernet: host write buffers empty and each socket's kernel
+        send queue acknowledged by the host peer. A reset throws away a
+        socket's unsent queue, but the peer's kernel keeps what it received
+        and its reader gets all of it before ECONNRESET. True when flushed."""
+        if not self._closed and self.loop is not None:
+            self.loop.remove_reader(self.fd)
+        deadline = self.loop.time() + timeout
+        while self.tcp.unsent():
+            if self.loop.time() >= deadline:
+                self.counters["exit_flush_timeout"] += 1
+                return False
+            await asyncio.sleep(DRAIN_POLL)
+        return True
 
     def _log_counters(self) -> None:
         cur = dict(self.counters)

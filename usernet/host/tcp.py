@@ -18,9 +18,11 @@ close (``SO_LINGER`` 0, so the host peer sees a reset, not a clean FIN).
 
 import asyncio
 import errno
+import fcntl
 import logging
 import socket
 import struct
+import termios
 
 from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
                             TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
@@ -274,6 +276,23 @@ class TcpHost:
         """Bytes still waiting in host sockets' write buffers."""
         return sum(p.transport.get_write_buffer_size() for p in self.protocols.values()
                    if not p.closed and p.transport is not None)
+
+    def unsent(self) -> int:
+        """Bytes not yet acknowledged by host peers: write buffers plus each
+        socket's kernel send queue (SIOCOUTQ)."""
+        n = 0
+        for p in self.protocols.values():
+            if p.closed or p.transport is None:
+                continue
+            n += p.transport.get_write_buffer_size()
+            sock = p.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                        b"\0\0\0\0"))[0]
+                except (OSError, ValueError):
+                    pass
+        return n
 
     def adopt(self, fid: int, proto: FlowProtocol) -> None:
         """Register a protocol created elsewhere (a port forward's accepted socket)."""

@@ -108,12 +108,12 @@ _TCP = (
     "tcp_drop_data_after_fin", "tcp_drop_no_ack", "tcp_drop_ooo_full", "tcp_drop_out_of_window",
     "tcp_drop_paws", "tcp_drop_rst_bad_ack", "tcp_drop_rst_no_ack",
     "tcp_drop_rst_out_of_window", "tcp_drop_syn_sent_no_syn", "tcp_drop_synack_data",
-    "tcp_drop_zero_window",
+    "tcp_drop_zero_window", "tcp_exit_reset",
 )
 # The host side (usernet/host/): the driver, host sockets, DNS upstream, forwards.
 _HOST = (
     "rx_gso_frames", "tx_frames", "drop_vnet_truncated", "drop_stack_error", "drop_tx_error",
-    "drop_tx_queue_full", "exit_drain_timeout", "host_event_unhandled",
+    "drop_tx_queue_full", "exit_drain_timeout", "exit_flush_timeout", "host_event_unhandled",
     "host_flush_rounds_exceeded", "tcp_host_data_after_close",
     "udp_host_socket_error", "udp_host_recv_error", "drop_udp_host_send_eagain",
     "drop_udp_host_send_error", "drop_udp_no_host_socket",

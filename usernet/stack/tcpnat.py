@@ -332,6 +332,18 @@ class TcpNat:
         self.output(flow, now)
         return flow.id
 
+    def reset_all(self, now: float) -> None:
+        """usernet is stopping: reset every flow toward the container (RFC
+        9293 3.10.5 ABORT), so its applications learn now instead of
+        retransmitting into a link nobody serves any more. Flows in TIME-WAIT
+        are finished and left alone."""
+        for flow in list(self.flows.tcp.by_id.values()):
+            if flow.conn.state == TIME_WAIT:
+                continue
+            self.counters["tcp_exit_reset"] += 1
+            flow.conn.abort(now)
+            self.output(flow, now)
+
     def active(self) -> int:
         """Flows still moving data or closing (TIME-WAIT ones are done)."""
         return sum(1 for f in self.flows.tcp.by_id.values() if f.conn.state != TIME_WAIT)
