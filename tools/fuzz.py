@@ -224,7 +224,7 @@ def build_seeds() -> list:
         add(e / ip(dst=dns) / UDP(sport=5354, dport=53)
             / DNS(id=8, rd=1, qd=DNSQR(qname="localhost", qtype="A")))
         for name, qt in (("host.containers.internal", "A"), ("host.usernet.internal", "AAAA"),
-                         ("host.containers.internal", "ANY"), ("HOST.usernet.internal.", "MX")):
+                         ("host.containers.internal", 255), ("HOST.usernet.internal.", "MX")):
             add(e / ip(dst=dns) / UDP(sport=5355, dport=53)
                 / DNS(id=9, rd=1, qd=DNSQR(qname=name, qtype=qt)))
         add(e / ip(dst=gw) / UDP(sport=6000, dport=9999) / Raw(b"hello"))
