@@ -434,7 +434,10 @@ def test_fragmented_echo_is_reassembled_and_answered_and_lone_fragment_expires()
     for f in reversed(frags):
         out += feed(gw, to_gw(f))
     assert gw.counters["frag_reassembled"] == 1 and gw.counters["frag6_received"] == len(frags)
-    assert Ether(out[0])[ICMPv6EchoReply].data == bytes(range(256)) * 10
+    # The 2568-byte reply does not fit the 1500-byte link: it comes in fragments.
+    assert len(out) == 2 and all(len(f) <= 14 + 1500 for f in out)
+    whole = defragment6([Ether(f)[IPv6] for f in out])
+    assert ICMPv6EchoReply(bytes(whole.payload)).data == bytes(range(256)) * 10
     feed(gw, to_gw(frags[0]), now=2.0)
     gw.handle_timer(100.0)
     assert gw.counters["frag_drop_timeout"] == 1 and gw.reasm.bytes_held == 0
@@ -611,3 +614,31 @@ def test_ipv6_needs_an_mtu_of_1280():
         NetConfig(enable_ipv6=True, mtu=1279)
     NetConfig(enable_ipv6=False, mtu=576)
     NetConfig(enable_ipv6=True, mtu=1280)
+
+
+def test_echo6_reply_to_a_reassembled_request_is_fragmented_to_the_mtu():
+    """Regression (issue 13, found by tools/fuzz.py): a 3000-byte echo to
+    fd00::2 arrives in fragments; the reply was one frame over the link MTU.
+    Now we, its source, fragment it (RFC 8200 4.5)."""
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+    gw = make_gw()
+    data = bytes(range(256)) * 12
+    req = IPv6(src=GUEST, dst=GW) / IPv6ExtHdrFragment(id=9) / ICMPv6EchoRequest(
+        id=5, seq=1, data=data)
+    out = []
+    for frag in fragment6(req, 1280):
+        out += feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / frag)
+    assert len(out) >= 3 and all(len(f) <= 14 + 1500 for f in out)
+    frags = sorted((Ether(f)[IPv6ExtHdrFragment] for f in out), key=lambda h: h.offset)
+    assert [h.m for h in frags] == [1] * (len(frags) - 1) + [0]
+    l4 = b"".join(bytes(h.payload) for h in frags)
+    reply = ICMPv6EchoReply(l4)
+    assert reply.id == 5 and reply.seq == 1 and reply.data == data
+    # The checksum over the pseudo-header and the whole message.
+    pseudo = ip6(GW) + ip6(GUEST) + len(l4).to_bytes(4, "big") + bytes([0, 0, 0, 58])
+    buf = pseudo + l4 + b"\0" * (len(l4) & 1)
+    t = sum(int.from_bytes(buf[i:i + 2], "big") for i in range(0, len(buf), 2))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    assert t == 0xFFFF
+    assert gw.counters["icmp_tx_fragments"] == len(out)

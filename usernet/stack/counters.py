@@ -53,7 +53,7 @@ _GATEWAY = (
     "icmp_error_suppressed_broadcast",
     "icmp_echo_local_reply", "icmp_echo_forward", "icmp_echo_refused_policy",
     "icmp_echo_reply_rx", "icmp_echo_admin_prohibited_tx", "drop_icmp_unhandled_type",
-    "udp_tx_datagrams", "udp_rx_datagrams", "udp_tx_fragments", "udp_refused_policy",
+    "udp_tx_datagrams", "udp_rx_datagrams", "udp_tx_fragments", "icmp_tx_fragments", "udp_refused_policy",
     "udp_port_unreachable_local", "udp_port_unreachable_tx", "udp_inbound_flow_open",
     "udp_inbound_source_port_picked", "udp_inbound_no_source_port",
     "drop_udp_broadcast", "drop_udp_too_big_for_ipv4",

@@ -38,7 +38,7 @@ from ..wire.icmp import (ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUES
                          ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
                          UNREACH_ADMIN_PROHIBITED, UNREACH_HOST, UNREACH_PORT)
 from ..wire.ipv6 import IPV6_LEN
-from ..wire.ipv4 import IPV4_LEN, PROTO_UDP
+from ..wire.ipv4 import IPV4_LEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP
 from ..wire.vnet import VNET_HDR_NONE
 from .arp import UNRESOLVED
 from .config import ICMP_IDLE_TIMEOUT
@@ -120,10 +120,11 @@ class DatagramNat:
         self.counters["icmp_echo_reply_rx"] += 1
         mac = self._lookup(flow.guest_ip)
         v6 = len(flow.guest_ip) == 16
-        self._to_guest(flow.guest_ip, mac, build_icmp(
+        self.to_guest_ip(build_icmp(
             mac or UNRESOLVED, self.mac, flow.remote_ip, flow.guest_ip,
             ICMP6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY, 0,
-            flow.guest_port, seq, data, ident=self._ident()), now)
+            flow.guest_port, seq, data, ident=self._ident()), flow.remote_ip, flow.guest_ip, mac,
+            PROTO_ICMPV6 if v6 else PROTO_ICMP, now)
 
     def echo_unavailable(self, fid: int, seq: int, data, now: float) -> None:
         """Neither a ping socket nor a raw socket can be had: answer the echo
@@ -235,34 +236,37 @@ class DatagramNat:
         dmac = mac or UNRESOLVED
         f = build_udp(dmac, self.mac, src_ip, guest_ip, src_port, guest_port, data,
                       ident=self._ident())
+        self.to_guest_ip(f, src_ip, guest_ip, mac, PROTO_UDP, now)
+
+    def to_guest_ip(self, f, src_ip: bytes, guest_ip: bytes, mac, proto: int,
+                    now: float) -> None:
+        """A plain IP frame for the guest (built for ``mac``, the result of
+        :meth:`_lookup`): whole when it fits the link MTU, else cut into
+        fragments, as a router does for IPv4 (RFC 791) and as the source
+        must for IPv6 (RFC 8200 4.5). Bigger-than-MTU datagrams are UDP
+        answers and echo replies to reassembled requests (``ping -s 3000``)."""
         mtu = self.config.mtu
         if len(f) - ETH_LEN <= mtu:
             self._to_guest(guest_ip, mac, f, now)
             return
-        if v6:
-            self._fragment6(f, src_ip, guest_ip, mac, now)
+        counter = "udp_tx_fragments" if proto == PROTO_UDP else "icmp_tx_fragments"
+        dmac = mac or UNRESOLVED
+        ident = self._ident()
+        if len(guest_ip) == 16:
+            payload = memoryview(f)[ETH_LEN + IPV6_LEN:]
+            step = (mtu - IPV6_LEN - 8) & ~7
+            for off in range(0, len(payload), step):
+                self.counters[counter] += 1
+                self._to_guest(guest_ip, mac, build_ipv6_fragment(
+                    dmac, self.mac, src_ip, guest_ip, proto, ident, off,
+                    off + step < len(payload), payload[off:off + step]), now)
             return
         payload = memoryview(f)[ETH_LEN + IPV4_LEN:]
         step = (mtu - IPV4_LEN) & ~7
-        ident = self._ident()
         for off in range(0, len(payload), step):
-            chunk = payload[off:off + step]
-            more = off + step < len(payload)
-            c["udp_tx_fragments"] += 1
+            self.counters[counter] += 1
             self._to_guest(guest_ip, mac, build_ipv4_fragment(
-                dmac, self.mac, src_ip, guest_ip, PROTO_UDP, ident, off, more, chunk), now)
-
-    def _fragment6(self, f, src_ip: bytes, guest_ip: bytes, mac, now: float) -> None:
-        """RFC 8200 4.5: cut the UDP datagram of frame ``f`` into fragments
-        of at most the link MTU (the source fragments in IPv6; we are it)."""
-        payload = memoryview(f)[ETH_LEN + IPV6_LEN:]
-        step = (self.config.mtu - IPV6_LEN - 8) & ~7
-        ident = self._ident()
-        dmac = mac or UNRESOLVED
-        for off in range(0, len(payload), step):
-            self.counters["udp_tx_fragments"] += 1
-            self._to_guest(guest_ip, mac, build_ipv6_fragment(
-                dmac, self.mac, src_ip, guest_ip, PROTO_UDP, ident, off,
+                dmac, self.mac, src_ip, guest_ip, proto, ident, off,
                 off + step < len(payload), payload[off:off + step]), now)
 
     def host_error(self, fid: int, quote_payload, now: float) -> None:

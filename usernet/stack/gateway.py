@@ -379,9 +379,10 @@ class Gateway:
             self.datagrams.echo_input(p, frame, now)
             return
         self.counters["icmp_echo_local_reply"] += 1
-        self.frames_out.append((VNET_HDR_NONE, build_icmp(
+        # A reassembled request gets a reply bigger than the MTU: fragmented.
+        self.datagrams.to_guest_ip(build_icmp(
             p[P_SRC_MAC], self.mac, dst, p[P_SRC], ICMP_ECHO_REPLY, 0, p[P_SEQ], p[P_ACK],
-            p[P_PAYLOAD], ident=self._ident())))
+            p[P_PAYLOAD], ident=self._ident()), dst, p[P_SRC], p[P_SRC_MAC], PROTO_ICMP, now)
 
     def _udp_input(self, p, frame, now) -> None:
         handler = self.udp_local_handlers.get((p[P_DST], p[P_DPORT]))
@@ -503,9 +504,9 @@ class Gateway:
                 c["drop_ipv6_bad_destination"] += 1    # ping to all-nodes: not a service
                 return
             c["icmp6_echo_local_reply"] += 1
-            self.frames_out.append((VNET_HDR_NONE, build_icmp(
+            self.datagrams.to_guest_ip(build_icmp(
                 p[P_SRC_MAC], self.mac, dst, p[P_SRC], ICMP6_ECHO_REPLY, 0, p[P_SEQ], p[P_ACK],
-                p[P_PAYLOAD])))
+                p[P_PAYLOAD]), dst, p[P_SRC], p[P_SRC_MAC], PROTO_ICMPV6, now)
             return
         if itype < 128:
             c["drop_icmp6_error_rx"] += 1   # an error from the container: no flow needs it
