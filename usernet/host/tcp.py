@@ -26,6 +26,7 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
+from .dns import DnsTcpSession
 from .outbound import local_addr
 
 log = logging.getLogger("usernet")
@@ -179,14 +180,16 @@ class TcpHost:
             self._connect(ev.fid, ev.host, ev.port))
 
     def connect_dns(self, ev: TcpConnectDns) -> None:
-        # TCP DNS to the forwarder address: splice to the first upstream
-        # resolver over TCP (local names are answered over UDP only).
+        # TCP DNS to the forwarder address ends here, in a session that
+        # reads DNS messages and relays them one by one (host/dns.py), never
+        # a byte stream spliced to the upstream resolver.
         d = self.driver
-        target = d.dns.tcp_upstream() if d.dns is not None else None
-        if target is None:
+        if d.dns is None:
             d.gw.tcp_refused(ev.fid, d.now(), "refused")
             return
-        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, *target))
+        d.counters["dns_tcp_session_open"] += 1
+        self.protocols[ev.fid] = DnsTcpSession(self, d.dns, ev.fid)
+        d.gw.tcp_connected(ev.fid, d.now())
 
     def cancel(self, ev: TcpCancel) -> None:
         t = self.connecting.pop(ev.fid, None)
