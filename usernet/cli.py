@@ -89,6 +89,13 @@ _publish = _arg_type(_parse_publish, "publish")
 _impair = _arg_type(_check_impair, "impair")
 
 
+def _parse_grace(text):
+    v = float(text)
+    if not 0 <= v <= 3600:
+        raise ValueError("must be 0..3600 seconds")
+    return v
+
+
 def _parse_prefix6(text):
     from .stack.config import NetConfig
     NetConfig(ipv6_prefix=text)          # the one check: a /64 that can be the container's
@@ -96,6 +103,7 @@ def _parse_prefix6(text):
 
 
 _prefix6 = _arg_type(_parse_prefix6, "prefix6")
+_grace = _arg_type(_parse_grace, "grace")
 
 
 def _common(p):
@@ -157,6 +165,10 @@ def build_parser():
 
     r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
     _common(r)
+    from .serve import KILL_GRACE
+    r.add_argument("--kill-grace", type=_grace, default=KILL_GRACE, metavar="SECONDS",
+                   help="after SIGTERM/SIGINT/SIGHUP is passed to CMD, kill CMD and every "
+                        f"process of its namespace if still running (default {KILL_GRACE:g})")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
     a = sub.add_parser("attach", help="give an existing namespace usernet's network")
