@@ -142,8 +142,12 @@ _DNS_GUARD = (
     "dns_tcp_idle_close", "dns_tcp_bad_framing", "dns_tcp_closed_on_garbage",
 )
 
+# The API socket (usernet/api.py): requests and its limits.
+_API = ("api_request", "api_request_too_large", "api_conn_timeout", "api_conn_evicted",
+        "api_conn_busy", "api_fwd_limit", "api_host_addr_not_unicast")
+
 DECLARED = frozenset(
-    _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
+    _API + _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
     + tuple("drop_" + r for r in PARSE_REASONS)
     + tuple("tcp_host_connect_failed_" + r for r in CONNECT_FAILURES)
     + tuple("dns_upstream_failed_" + r for r in DNS_FAILURES)
