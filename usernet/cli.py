@@ -119,7 +119,12 @@ def _common(p):
     g.add_argument("--cidr", type=_cidr, default=DEFAULT_CIDR,
                    help=f"virtual network (default {DEFAULT_CIDR}; prefix 1..25)")
     g.add_argument("--disable-host-loopback", action="store_true",
-                   help="refuse connections to the gateway address and 127.0.0.0/8")
+                   help="refuse every path to the host itself: the gateway address, 127.0.0.0/8, "
+                        "0.0.0.0, the host's own addresses (and ::1, fd00::2, ::ffff:127.0.0.1 "
+                        "with -6)")
+    g.add_argument("--allow-link-local", action="store_true",
+                   help="let the container reach 169.254.0.0/16 on the host side (refused by "
+                        "default: cloud metadata services live there)")
     g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")
     g.add_argument("--disable-dns", action="store_true", help="no DNS forwarder at network+3")
     g.add_argument("--dns-upstream", type=_hostport, action="append", default=[],
@@ -196,7 +201,7 @@ def make_config(args):
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
                      enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
-                     ipv6_prefix=args.ipv6_prefix)
+                     ipv6_prefix=args.ipv6_prefix, allow_link_local=args.allow_link_local)
 
 
 # --------------------------------------------------------------------- serve

@@ -27,7 +27,7 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
 from .dns import DnsTcpSession
-from .outbound import local_addr
+from .outbound import is_host_local, local_addr
 
 log = logging.getLogger("usernet")
 
@@ -176,8 +176,14 @@ class TcpHost:
 
     # ------------------------------------------------------------ events
     def connect(self, ev: TcpConnect) -> None:
-        self.connecting[ev.fid] = self.driver.loop.create_task(
-            self._connect(ev.fid, ev.host, ev.port))
+        d = self.driver
+        if not d.gw.config.host_loopback and is_host_local(ev.host):
+            # --disable-host-loopback: the host's own addresses are its
+            # loopback by another name (nat.py: the stack cannot know them).
+            d.counters["policy_refused_host_local"] += 1
+            d.gw.tcp_refused(ev.fid, d.now(), "denied")
+            return
+        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, ev.host, ev.port))
 
     def connect_dns(self, ev: TcpConnectDns) -> None:
         # TCP DNS to the forwarder address ends here, in a session that

@@ -70,6 +70,7 @@ class NetConfig:
     cidr: str = DEFAULT_CIDR
     mtu: int = DEFAULT_MTU
     host_loopback: bool = True
+    allow_link_local: bool = False     # --allow-link-local: 169.254.0.0/16 reachable on the host side
     gateway_mac: bytes = GATEWAY_MAC
     guest_mac: bytes | None = None     # --macaddress; else learned from the first frame
     enable_dns: bool = True

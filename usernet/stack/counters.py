@@ -20,6 +20,7 @@ becomes ``drop_<reason>`` (:data:`PARSE_REASONS`), a failed host connect
 from collections import Counter
 
 from .events import ALL_EVENTS
+from .nat import REFUSAL_REASONS
 
 #: ``usernet.wire.ParseError`` reasons; each is counted as ``drop_<reason>``.
 PARSE_REASONS = (
@@ -149,6 +150,7 @@ _API = ("api_request", "api_request_too_large", "api_conn_timeout", "api_conn_ev
 DECLARED = frozenset(
     _API + _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
     + tuple("drop_" + r for r in PARSE_REASONS)
+    + tuple("policy_refused_" + r for r in REFUSAL_REASONS)
     + tuple("tcp_host_connect_failed_" + r for r in CONNECT_FAILURES)
     + tuple("dns_upstream_failed_" + r for r in DNS_FAILURES)
     + tuple("tcp_drop_" + s for s in TCP_DEAD_STATES)

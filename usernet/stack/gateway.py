@@ -387,6 +387,7 @@ class Gateway:
         if handler is not None:
             handler(p, frame, now)
         elif p[P_DST] == self.config.dns_ip:
+            self.counters["policy_refused_dns_port"] += 1
             self._unreachable(p, frame, UNREACH_PORT, "udp_port_unreachable_local")
         else:
             self.datagrams.udp_input(p, frame, now)
