@@ -335,3 +335,25 @@ def test_tcp_dns_total_inflight_bound(monkeypatch):
         assert second[:2] == b"\x00\x01" and rcode(second) == 0
         assert driver.counters["dns_tcp_servfail_too_many_inflight"] == 1
     _with_upstream(body, tcp=False)
+
+
+def test_tcp_dns_reset_mid_query_frees_every_slot():
+    """The container resets its connection while queries are at a silent
+    upstream: the tasks are cancelled and the in-flight count drops to zero."""
+    async def body(driver, guest, up):
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))            # takes queries, never answers
+        driver.dns.fixed = [silent.getsockname()]
+        c = DnsClient(guest, 41006)
+        await c.connect()
+        c.seg("PA", b"".join(frame_tcp(query(id=i)) for i in range(3)))
+        await asyncio.sleep(0.2)
+        assert driver.dns.tcp_inflight == 3
+        c.seg("R")
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if driver.dns.tcp_inflight == 0:
+                break
+        assert driver.dns.tcp_inflight == 0, sorted((k, v) for k, v in driver.counters.items() if v)
+        silent.close()
+    _with_upstream(body, tcp=False)

@@ -97,6 +97,9 @@ class DnsForwarder:
         return ups[0] if ups else None
 
     # ------------------------------------------------ one message, for TCP
+    def tcp_query_done(self, _task) -> None:
+        self.tcp_inflight -= 1
+
     async def resolve(self, query: bytes) -> bytes | None:
         """The upstream's answer to one screened query, or None (SERVFAIL).
 
@@ -322,6 +325,7 @@ class DnsTcpSession:
         self.fid = fid
         self.transport = self
         self.closed = False
+        self._torn_down = False
         self.paused = False
         self.framer = DnsTcpFramer()
         self.out = bytearray()         # framed answers the flow has not taken yet
@@ -417,15 +421,16 @@ class DnsTcpSession:
         self._start(m)
 
     def _start(self, m: bytes) -> None:
-        self.fwd.tcp_inflight += 1
+        fwd = self.fwd
+        fwd.tcp_inflight += 1
         t = self.driver.loop.create_task(self._relay(m))
+        # A done callback, not a ``finally``: a task cancelled before its
+        # first step never runs its body, and the count must still drop.
+        t.add_done_callback(fwd.tcp_query_done)
         self.tasks.add(t)
 
     async def _relay(self, m: bytes) -> None:
-        try:
-            answer = await self.fwd.resolve(m)
-        finally:
-            self.fwd.tcp_inflight -= 1
+        answer = await self.fwd.resolve(m)
         if self.closed:
             return
         d = self.driver
@@ -484,8 +489,11 @@ class DnsTcpSession:
         d.gw.tcp_host_reset(self.fid, d.now())
 
     def _teardown(self) -> None:
-        if self.closed:
+        # Not ``closed`` as the guard: TcpHost.forget sets that before it
+        # calls abort(), and the work below must still happen.
+        if self._torn_down:
             return
+        self._torn_down = True
         self.closed = True
         if self._idle is not None:
             self._idle.cancel()
