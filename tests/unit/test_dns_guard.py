@@ -24,9 +24,9 @@ from usernet.stack.dns import DROP, FORWARD, REPLY, screen_query
 from usernet.stack.events import DnsQuery
 from usernet.wire import ParseError
 from usernet.wire.dns import (RCODE_FORMERR, RCODE_NOTIMP, TC, TYPE_A, build_response,
-                              check_query, frame_tcp, parse_header, parse_query)
+                              check_query, frame_tcp, parse_header)
 
-from test_host import GUEST, GUEST_MAC, GW_MAC, TIMEOUT, is_tcp, run
+from test_host import GUEST, GUEST_MAC, GW_MAC, is_tcp, run
 
 DNS_IP = "10.0.2.3"
 
