@@ -806,11 +806,22 @@ def _spawn_init(path, argv, environ) -> int:
         # namespace for which it has none (pid_namespaces(7)).
         signal.signal(sig, _ignore_signal)
     signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # Held open by this process alone: init reads EOF from it once we are gone.
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     init = os.fork()
     if init == 0:  # ---- PID 1 of the new namespace
         code = 1
         try:
+            os.close(alive_w)
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            # Our parent may have died before the line above (getppid() is 0
+            # for a namespace's init, so ask the pipe): EOF means it did.
+            try:
+                if os.read(alive_r, 1) == b"":
+                    return 1
+            except BlockingIOError:
+                pass
+            os.close(alive_r)
             _mount_proc()
             cmd = os.fork()
             if cmd == 0:  # ---- CMD, PID 2
@@ -828,6 +839,7 @@ def _spawn_init(path, argv, environ) -> int:
             # PID 1 leaving: the kernel SIGKILLs every process left in the
             # namespace and waits for them before this exit completes.
             os._exit(code)
+    os.close(alive_r)
     return _supervise(init, wanted)
 
 
