@@ -115,7 +115,7 @@ DESC_REMOVE_FAILED = "bad request: remove_hostfwd: slirp_remove_hostfwd failed"
 # Ours (slirp4netns has no equivalent: it serves one connection at a time).
 DESC_BUSY = "busy: too many API connections"
 DESC_HOST_ADDR_NOT_UNICAST = DESC_BAD_HOST_ADDR + ": not a unicast address"
-DESC_TOO_MANY_FORWARDS = "bad request: add_hostfwd: too many forwards (limit %d)" % API_MAX_FORWARDS
+DESC_TOO_MANY_FORWARDS = "bad request: add_hostfwd: too many forwards (limit {})"   # .format(limit)
 
 
 class ApiError(Exception):
@@ -176,7 +176,7 @@ class ForwarderBackend:
             raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6 forwards need --enable-ipv6
         if len(self.forwarder.forwards) >= self.max_forwards:
             self.forwarder.counters["api_fwd_limit"] += 1
-            raise ApiError(DESC_TOO_MANY_FORWARDS)
+            raise ApiError(DESC_TOO_MANY_FORWARDS.format(self.max_forwards))
         try:
             return self.forwarder.add(proto, host_addr, host_port, guest_addr, guest_port)
         except OSError as e:                     # PublishError: the port cannot be bound
