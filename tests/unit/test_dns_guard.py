@@ -238,13 +238,13 @@ def _with_upstream(body, **up_kw):
     return run(outer)
 
 
-@pytest.mark.parametrize("kind", ["udp-only", "tcp-only", "udp-truncates"])
+@pytest.mark.parametrize("kind", ["udp-only", "tcp-only", "both"])
 def test_tcp_dns_relayed_message_by_message(kind):
     """Two pipelined queries in one segment: each reaches the upstream as one
-    whole message (over UDP, or TCP when UDP is refused or truncated) and
-    both answers come back framed."""
+    whole message (over TCP, or UDP where TCP is refused) and both answers
+    come back framed."""
     kw = {"udp-only": dict(tcp=False), "tcp-only": dict(udp=False),
-          "udp-truncates": dict(truncate_udp=True)}[kind]
+          "both": dict(truncate_udp=True)}[kind]
 
     async def body(driver, guest, up):
         c = DnsClient(guest, 41000)
@@ -255,14 +255,11 @@ def test_tcp_dns_relayed_message_by_message(kind):
         assert got == {b"\x00\x01", b"\x00\x02"}
         msgs = {m for _t, m in up.messages}
         assert msgs == {q1, q2}, up.messages
-        if kind == "tcp-only":
-            assert {t for t, _m in up.messages} == {"tcp"}
-            assert driver.counters["dns_tcp_relayed_tcp"] == 2
-        elif kind == "udp-only":
+        if kind == "udp-only":
             assert {t for t, _m in up.messages} == {"udp"}
             assert driver.counters["dns_tcp_relayed_udp"] == 2
         else:
-            assert driver.counters["dns_tcp_upstream_truncated"] == 2
+            assert {t for t, _m in up.messages} == {"tcp"}
             assert driver.counters["dns_tcp_relayed_tcp"] == 2
         c.seg("FA")
         await c.recv_flags("F")
@@ -357,3 +354,14 @@ def test_tcp_dns_reset_mid_query_frees_every_slot():
         assert driver.dns.tcp_inflight == 0, sorted((k, v) for k, v in driver.counters.items() if v)
         silent.close()
     _with_upstream(body, tcp=False)
+
+
+def test_tcp_dns_udp_only_upstream_truncated_answer_passed_on():
+    async def body(driver, guest, up):
+        c = DnsClient(guest, 41007)
+        await c.connect()
+        c.seg("PA", frame_tcp(query(id=9)))
+        a = await c.recv_message()
+        assert a[:2] == b"\x00\x09" and a[2] & (TC >> 8)
+        assert driver.counters["dns_tcp_upstream_truncated"] == 1
+    _with_upstream(body, tcp=False, truncate_udp=True)

@@ -23,9 +23,9 @@ where a host socket's protocol would (``TcpHost`` writes the container's bytes
 to it and reads the answers from it): it splits the stream into messages (a
 2-byte length before each, RFC 1035 4.2.2), screens each one like a UDP
 query, answers local names itself, and relays the rest one message at a time
-(:meth:`DnsForwarder.resolve`): over UDP first, then over TCP to the same
-upstream when the UDP answer is truncated (TC) or UDP is refused, so an
-upstream that speaks only one of the two still works. A resolver on the
+(:meth:`DnsForwarder.resolve`): over TCP, or over UDP to the same upstream
+where TCP is refused or silent, so an upstream that speaks only one of the
+two still works. A resolver on the
 host's loopback therefore only ever sees whole, well-formed queries.
 
 Bounds, each with a name and a counter: ``DNS_MAX_QUERY_SIZE`` per message
@@ -103,9 +103,10 @@ class DnsForwarder:
     async def resolve(self, query: bytes) -> bytes | None:
         """The upstream's answer to one screened query, or None (SERVFAIL).
 
-        Each upstream in turn: UDP first (what every resolver speaks); a
-        truncated answer or a refused UDP port is asked again over TCP, one
-        message on its own connection. An answer must carry the query's id
+        Each upstream in turn: over TCP first (the client chose TCP, most
+        often because a UDP answer was truncated), one message on its own
+        connection; where TCP is refused or silent, over UDP (a truncated
+        answer is passed on as it is). An answer must carry the query's id
         and QR, else it is no answer. Bounded by ``DNS_QUERY_TIMEOUT`` in all.
         """
         try:
@@ -121,20 +122,17 @@ class DnsForwarder:
             c["dns_upstream_failed_no_upstream"] += 1
             return None
         for host, port in ups:
-            answer, refused = await self._ask_udp(host, port, query)
-            if answer is not None and not _truncated(answer):
+            answer = await self._ask_tcp(host, port, query)
+            if answer is not None:
+                c["dns_tcp_relayed_tcp"] += 1
+                return answer
+            # No TCP there (a UDP-only resolver, or a silent port): UDP.
+            answer, _refused = await self._ask_udp(host, port, query)
+            if answer is not None:
+                if _truncated(answer):
+                    c["dns_tcp_upstream_truncated"] += 1
                 c["dns_tcp_relayed_udp"] += 1
                 return answer
-            if answer is None and not refused:
-                continue                      # silent: the next upstream
-            if answer is not None:
-                c["dns_tcp_upstream_truncated"] += 1
-            tcp_answer = await self._ask_tcp(host, port, query)
-            if tcp_answer is not None:
-                c["dns_tcp_relayed_tcp"] += 1
-                return tcp_answer
-            if answer is not None:
-                return answer                 # truncated beats nothing
         c["dns_upstream_failed_unreachable"] += 1
         return None
 
