@@ -41,13 +41,29 @@ Deliberate differences from slirp4netns 1.2.0 (each where its behaviour is a cra
   bytes slirp4netns 1.2 sends;
 * extension: ``{"execute":"stats"}`` -> ``{"return":{...counters...}}``.
 
-Limits: a request is at most 4095 bytes (slirp4netns reads into a 4096-byte buffer and a full
-buffer is "too large message"; its manual: "A request must be less than 4096 bytes").
+Limits, each a named default with a counter (in the stack's counters when served by usernet):
+
+* a request is at most 4095 bytes (slirp4netns reads into a 4096-byte buffer and a full buffer
+  is "too large message"; its manual: "A request must be less than 4096 bytes"):
+  ``api_request_too_large``;
+* ``API_READ_TIMEOUT`` seconds for a whole request (``api_conn_timeout``);
+* ``API_MAX_CONNECTIONS`` connections at once, each served by its own task, so a slow or idle
+  client never holds up another; past the cap the *oldest* connection still waiting for its
+  request is closed to make room (``api_conn_evicted``): a thousand idle connections cannot make
+  a real client, which sends its request at once, get ``busy``. Only when every connection is
+  past its request is a newcomer told ``busy`` (``api_conn_busy``). ``API_LISTEN_BACKLOG`` queued
+  in the kernel;
+* ``API_MAX_FORWARDS`` forwards (each is a listening socket, an fd): more ->
+  ``DESC_TOO_MANY_FORWARDS`` (``api_fwd_limit``);
+* ``host_addr`` must be a unicast address or the unspecified one: broadcast
+  (255.255.255.255), multicast (224.0.0.0/4, ff00::/8) and the reserved 240.0.0.0/4 are refused
+  with ``DESC_HOST_ADDR_NOT_UNICAST`` (``api_host_addr_not_unicast``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import json
 import logging
@@ -74,6 +90,10 @@ log = logging.getLogger("usernet.api")
 #: slirp4netns allocates ``ctx->buflen = 4096`` and treats ``len == buflen`` as too large, so the
 #: largest accepted request is 4095 bytes.
 MAX_REQUEST = 4096
+API_READ_TIMEOUT = 5.0       # seconds for a whole request
+API_MAX_CONNECTIONS = 64     # served at once; past it the oldest one still reading is closed
+API_LISTEN_BACKLOG = 1024    # connections queued in the kernel before accept
+API_MAX_FORWARDS = 1024      # forwards in all (-p included): each holds a listening socket
 
 # The error descs, verbatim from slirp4netns 1.2.0's api.c (and `strings /usr/bin/slirp4netns`).
 DESC_TOO_LARGE = "bad request: too large message"
@@ -94,6 +114,8 @@ DESC_REMOVE_BAD_ID = "bad request: remove_hostfwd: bad arguments.id"
 DESC_REMOVE_FAILED = "bad request: remove_hostfwd: slirp_remove_hostfwd failed"
 # Ours (slirp4netns has no equivalent: it serves one connection at a time).
 DESC_BUSY = "busy: too many API connections"
+DESC_HOST_ADDR_NOT_UNICAST = DESC_BAD_HOST_ADDR + ": not a unicast address"
+DESC_TOO_MANY_FORWARDS = "bad request: add_hostfwd: too many forwards (limit {})"   # .format(limit)
 
 
 class ApiError(Exception):
@@ -143,14 +165,18 @@ class ForwarderBackend:
     its plain errors become the API's replies. ``stats`` is a callable
     giving the whole stack's counters (``usernet.services.stack_stats``)."""
 
-    def __init__(self, forwarder, stats) -> None:
+    def __init__(self, forwarder, stats, *, max_forwards: int = API_MAX_FORWARDS) -> None:
         self.forwarder = forwarder
         self._stats = stats
+        self.max_forwards = max_forwards
 
     def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_addr: str,
                     guest_port: int) -> int:
         if ":" in host_addr and not self.forwarder.cfg.enable_ipv6:
             raise ApiError(DESC_BAD_HOST_ADDR)   # IPv6 forwards need --enable-ipv6
+        if len(self.forwarder.forwards) >= self.max_forwards:
+            self.forwarder.counters["api_fwd_limit"] += 1
+            raise ApiError(DESC_TOO_MANY_FORWARDS.format(self.max_forwards))
         try:
             return self.forwarder.add(proto, host_addr, host_port, guest_addr, guest_port)
         except OSError as e:                     # PublishError: the port cannot be bound
@@ -255,7 +281,16 @@ def _addr_arg(v: Any, empty: str) -> str | None:
     return _ip(v)
 
 
-def _add_hostfwd(args: dict, backend: Backend) -> bytes:
+def _unicast_or_any(addr: str) -> bool:
+    """An address a listener may be bound to: a unicast one or the unspecified one. Broadcast,
+    multicast and reserved (240/4) ones would bind on Linux, and nobody could ever connect."""
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        return not (ip.is_multicast or int(ip) >= 0xF0000000)
+    return not ip.is_multicast
+
+
+def _add_hostfwd(args: dict, backend: Backend, counters=None) -> bytes:
     # Checked in slirp4netns 1.2.0's order: proto, host_addr, host_port, guest_addr, guest_port.
     proto = args.get("proto")
     if proto not in ("tcp", "udp"):
@@ -270,6 +305,10 @@ def _add_hostfwd(args: dict, backend: Backend) -> bytes:
         return _error(DESC_BAD_HOST_ADDR)
     if host_addr == "::":
         host_addr = "0.0.0.0"
+    if not _unicast_or_any(host_addr):
+        if counters is not None:
+            counters["api_host_addr_not_unicast"] += 1
+        return _error(DESC_HOST_ADDR_NOT_UNICAST)
 
     host_port = _port(args.get("host_port"))
     if host_port is None:
@@ -328,14 +367,19 @@ def _stats(backend: Backend) -> bytes:
     return _dumps({"return": dict(backend.stats())})
 
 
-def handle_request(raw: bytes, backend: Backend) -> bytes:
+def handle_request(raw: bytes, backend: Backend, counters=None) -> bytes:
     """Answer one API request; never raises.
 
     ``raw`` is everything the client sent (a trailing newline is fine). Returns the reply bytes,
-    exactly as slirp4netns would write them (no trailing newline).
+    exactly as slirp4netns would write them (no trailing newline). ``counters`` (a mapping of
+    counts, optional) gets ``api_*`` decisions.
     """
     raw = bytes(raw)
+    if counters is not None:
+        counters["api_request"] += 1
     if len(raw) >= MAX_REQUEST:
+        if counters is not None:
+            counters["api_request_too_large"] += 1
         return _error(DESC_TOO_LARGE)
     ok, req = _decode(raw)
     if not ok:
@@ -351,7 +395,7 @@ def handle_request(raw: bytes, backend: Backend) -> bytes:
         args = {}
     try:
         if execute == "add_hostfwd":
-            return _add_hostfwd(args, backend)
+            return _add_hostfwd(args, backend, counters)
         if execute == "list_hostfwd":
             return _list_hostfwd(backend)
         if execute == "remove_hostfwd":
@@ -409,7 +453,7 @@ def _bind_unix(path: str) -> socket.socket:
             raise OSError(e.errno, f"cannot bind API socket {path!r}: {e.strerror}") from None
         # Belt and braces, still before listen(2): nobody can connect yet.
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(API_LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -423,36 +467,45 @@ class ApiServer:
     Bounded in every dimension: ``MAX_REQUEST`` - 1 bytes per request (more -> the "too large"
     reply at once, as slirp4netns does, without waiting for EOF), ``read_timeout`` seconds for
     the whole request (a silent client gets whatever it sent answered, usually "cannot parse
-    JSON"), ``max_connections`` handled at once (more -> a "busy" error and close).
+    JSON"), ``max_connections`` served at once, each in its own task; a connection past that
+    makes room by closing the oldest one still waiting for its request, and is told "busy" only
+    when none is (see the module's "Limits").
 
     A reply is sent as soon as a complete JSON value has arrived or at EOF, whichever is first;
     then the connection lingers up to ``linger`` seconds for the client's EOF before closing.
-    The socket file is 0600 and is removed by :meth:`close`.
+    The socket file is 0600 and is removed by :meth:`close`. ``counters``: where ``api_*``
+    decisions are counted (the stack's counters under usernet; a plain Counter by default).
     """
 
     def __init__(self, path: str, backend: Backend, *, read_timeout: float,
-                 max_connections: int, linger: float) -> None:
+                 max_connections: int, linger: float, counters=None) -> None:
         self.path = path
         self.linger = linger
         self.backend = backend
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.counters = counters if counters is not None else collections.Counter()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        # Connections still reading their request, oldest first (dicts keep insertion order).
+        self._reading: dict[asyncio.Task, None] = {}
         self._ino: tuple[int, int] | None = None
         self.requests = 0  # handled requests (for tests and stats)
 
     @classmethod
-    async def start(cls, path: str | os.PathLike, backend: Backend, *, read_timeout: float = 5.0,
-                    max_connections: int = 8, linger: float = 0.25) -> "ApiServer":
+    async def start(cls, path: str | os.PathLike, backend: Backend, *,
+                    read_timeout: float = API_READ_TIMEOUT,
+                    max_connections: int = API_MAX_CONNECTIONS, linger: float = 0.25,
+                    counters=None) -> "ApiServer":
         """Listen on ``path`` (see :func:`_bind_unix` for what happens to an existing file)."""
         self = cls(os.fspath(path), backend, read_timeout=read_timeout,
-                   max_connections=max_connections, linger=linger)
+                   max_connections=max_connections, linger=linger, counters=counters)
         sock = _bind_unix(self.path)
         st = os.stat(self.path)
         self._ino = (st.st_dev, st.st_ino)
         try:
-            self._server = await asyncio.start_unix_server(self._on_client, sock=sock)
+            self._server = await asyncio.start_unix_server(self._on_client, sock=sock,
+                                                           backlog=API_LISTEN_BACKLOG)
         except BaseException:
             sock.close()
             self._unlink()
@@ -461,14 +514,29 @@ class ApiServer:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         try:
-            if len(self._tasks) > self.max_connections:
-                await self._reply(writer, _error(DESC_BUSY))
-                return
+            if len(self._tasks) >= self.max_connections:
+                # Room for this one: the oldest connection still waiting for its request goes
+                # (an idle hog, or a client far slower than any real one).
+                if self._reading:
+                    oldest = next(iter(self._reading))
+                    del self._reading[oldest]
+                    self._tasks.discard(oldest)
+                    oldest.cancel()
+                    self.counters["api_conn_evicted"] += 1
+                else:
+                    self.counters["api_conn_busy"] += 1
+                    await self._reply(writer, _error(DESC_BUSY))
+                    return
+            if task is not None:
+                self._tasks.add(task)
+                self._reading[task] = None
             await self._serve(reader, writer)
         except asyncio.CancelledError:
+            if task is not None and task.cancelling() and self._server is not None:
+                # Evicted, not shut down: end quietly (the task was ours to cancel).
+                task.uncancel()
+                return
             raise
         except Exception:  # a client problem must never take the server down
             log.debug("API connection failed", exc_info=True)
@@ -476,6 +544,7 @@ class ApiServer:
             writer.close()
             if task is not None:
                 self._tasks.discard(task)
+                self._reading.pop(task, None)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -494,9 +563,12 @@ class ApiServer:
                         break
         except TimeoutError:
             timed_out = True
+            self.counters["api_conn_timeout"] += 1
             log.debug("API client sent %d bytes and then nothing for %.1fs", len(buf),
                       self.read_timeout)
-        reply = handle_request(buf[:MAX_REQUEST], self.backend)
+        task = asyncio.current_task()
+        self._reading.pop(task, None)       # past its request: no longer evictable
+        reply = handle_request(buf[:MAX_REQUEST], self.backend, self.counters)
         self.requests += 1
         await self._reply(writer, reply, deadline=deadline + self.read_timeout)
         if not (eof or timed_out) and len(buf) < MAX_REQUEST:

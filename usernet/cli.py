@@ -89,6 +89,13 @@ _publish = _arg_type(_parse_publish, "publish")
 _impair = _arg_type(_check_impair, "impair")
 
 
+def _parse_grace(text):
+    v = float(text)
+    if not 0 <= v <= 3600:
+        raise ValueError("must be 0..3600 seconds")
+    return v
+
+
 def _parse_prefix6(text):
     from .stack.config import NetConfig
     NetConfig(ipv6_prefix=text)          # the one check: a /64 that can be the container's
@@ -96,6 +103,7 @@ def _parse_prefix6(text):
 
 
 _prefix6 = _arg_type(_parse_prefix6, "prefix6")
+_grace = _arg_type(_parse_grace, "grace")
 
 
 def _common(p):
@@ -111,7 +119,12 @@ def _common(p):
     g.add_argument("--cidr", type=_cidr, default=DEFAULT_CIDR,
                    help=f"virtual network (default {DEFAULT_CIDR}; prefix 1..25)")
     g.add_argument("--disable-host-loopback", action="store_true",
-                   help="refuse connections to the gateway address and 127.0.0.0/8")
+                   help="refuse every path to the host itself: the gateway address, 127.0.0.0/8, "
+                        "0.0.0.0, the host's own addresses (and ::1, fd00::2, ::ffff:127.0.0.1 "
+                        "with -6)")
+    g.add_argument("--allow-link-local", action="store_true",
+                   help="let the container reach 169.254.0.0/16 on the host side (refused by "
+                        "default: cloud metadata services live there)")
     g.add_argument("--macaddress", type=_mac, default=None, help="MAC address of the TAP")
     g.add_argument("--disable-dns", action="store_true", help="no DNS forwarder at network+3")
     g.add_argument("--dns-upstream", type=_hostport, action="append", default=[],
@@ -157,6 +170,10 @@ def build_parser():
 
     r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
     _common(r)
+    from .serve import KILL_GRACE
+    r.add_argument("--kill-grace", type=_grace, default=KILL_GRACE, metavar="SECONDS",
+                   help="after SIGTERM/SIGINT/SIGHUP is passed to CMD, kill CMD and every "
+                        f"process of its namespace if still running (default {KILL_GRACE:g})")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
     a = sub.add_parser("attach", help="give an existing namespace usernet's network")
@@ -184,7 +201,7 @@ def make_config(args):
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
                      enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
-                     ipv6_prefix=args.ipv6_prefix)
+                     ipv6_prefix=args.ipv6_prefix, allow_link_local=args.allow_link_local)
 
 
 # --------------------------------------------------------------------- serve

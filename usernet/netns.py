@@ -27,7 +27,8 @@ afterwards. So, like slirp4netns:
   are raised in the parent as :class:`NetnsError`.
 
 * **run** (``spawn_in_new_namespace(argv, resolv_conf_text=...)``): fork a
-  child that ``unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS)``s. The
+  child that ``unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS |
+  CLONE_NEWPID)``s. The
   handshake, over two pipes (``status``: child -> parent, lines of text;
   ``ctl``: parent -> child, single bytes):
 
@@ -40,8 +41,19 @@ afterwards. So, like slirp4netns:
      over ``/etc/resolv.conf``, say ``ready``;
   4. parent (the caller): ``attach(pid=handle.pid, configure=...)`` so the
      network is up before CMD starts, then ``handle.go()`` sends ``G``;
-  5. child: restore default signal dispositions and ``execvp`` CMD (127 if
-     not found, 126 if not executable, like a shell).
+  5. child: find CMD (127 if not found, 126 if not executable, like a
+     shell), then fork the new PID namespace's init (``unshare --pid
+     --fork`` semantics, with a small init of our own as PID 1, like tini):
+     it mounts a fresh ``/proc`` (best effort), forks CMD (PID 2), which
+     execs with default signals, and reaps every orphan. When CMD exits,
+     init exits with CMD's status, and the kernel kills whatever CMD left
+     behind in the namespace (``sleep 1000 &``, a hung ``curl``): nothing
+     outlives ``usernet run``. The child waits for init and exits with its
+     status, so ``handle.wait()`` is still CMD's status.
+
+  The PID namespace is why CMD is not PID 1 itself: PID 1 gets no signal
+  it has no handler for (pid_namespaces(7)), so a plain ``sleep`` would
+  ignore SIGTERM, and nobody would reap orphans.
 
   If the parent dies at any point before ``go``, the child sees EOF on
   ``ctl`` and exits; after ``go`` it has ``PR_SET_PDEATHSIG(SIGKILL)`` so CMD
@@ -51,8 +63,11 @@ Signals: children restore SIGINT/SIGTERM/SIGPIPE to their defaults (Python
 ignores SIGPIPE and turns SIGINT into KeyboardInterrupt; an exec'd CMD must
 see neither) and unblock all signals. CMD stays in usernet's process group,
 so a terminal's ^C reaches both; the CLI forwards SIGTERM/SIGINT it receives
-with ``handle.kill(sig)`` and reports ``handle.wait()``, which maps death by
-signal N to 128+N like a shell. ``handle.pidfd`` becomes readable when CMD
+with ``handle.kill(sig)`` (the run child and init pass ``FORWARDED_SIGNALS``
+sent by a process on to CMD, not the terminal's, which CMD got already) and
+reports ``handle.wait()``, which maps death by signal N to 128+N like a
+shell. ``handle.kill(SIGKILL)`` kills the run child; init has
+``PR_SET_PDEATHSIG(SIGKILL)``, and its death takes the namespace with it. ``handle.pidfd`` becomes readable when CMD
 exits (for ``loop.add_reader``).
 
 Cleanup: the namespaces vanish with their last user. The child's processes
@@ -85,12 +100,16 @@ log = logging.getLogger(__name__)
 
 # linux/sched.h
 CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
 # linux/mount.h
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
@@ -108,6 +127,13 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 _CHILD_TIMEOUT = 30.0  # seconds the parent waits for a namespace child's answer
+
+# Signals the run child and the namespace's init pass on to the command. The
+# terminal's own signals (si_code SI_KERNEL) are not passed on: the terminal
+# already sent them to the whole foreground process group, the command too.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+_SI_KERNEL = 0x80
 
 
 class NetnsError(RuntimeError):
@@ -725,7 +751,7 @@ def _run_child(argv, env, resolv_conf_text, status_w, ctl_r, stdio, parent_pid) 
         # owner of the new net and mount namespaces, which is what gives the
         # container's root its power over them. Unprivileged, NEWNET/NEWNS
         # alone would be EPERM.
-        unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS)
+        unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID)
     except OSError as exc:
         hint = ""
         if exc.errno in (errno.EPERM, errno.ENOSPC, errno.EINVAL):
@@ -764,12 +790,99 @@ def _run_child(argv, env, resolv_conf_text, status_w, ctl_r, stdio, parent_pid) 
     if path is None:
         os.write(2, f"usernet: {argv[0]}: {why}\n".encode())
         return 126 if why == "permission denied" else 127
+    return _spawn_init(path, argv, environ)
+
+
+def _spawn_init(path, argv, environ) -> int:
+    """Fork the PID namespace's init (PID 1), which runs CMD; return CMD's status.
+
+    Signals are blocked and taken with ``sigwaitinfo`` in both this process
+    and init (no handler runs in between, nothing is lost), so each is a
+    loop: a forwarded signal goes on to the one child; SIGCHLD reaps.
+    """
+    wanted = set(FORWARDED_SIGNALS) | {signal.SIGCHLD}
+    for sig in FORWARDED_SIGNALS:
+        # A handler of some kind: init gets no signal from outside its
+        # namespace for which it has none (pid_namespaces(7)).
+        signal.signal(sig, _ignore_signal)
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # Held open by this process alone: init reads EOF from it once we are gone.
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    init = os.fork()
+    if init == 0:  # ---- PID 1 of the new namespace
+        code = 1
+        try:
+            os.close(alive_w)
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            # Our parent may have died before the line above (getppid() is 0
+            # for a namespace's init, so ask the pipe): EOF means it did.
+            try:
+                if os.read(alive_r, 1) == b"":
+                    return 1
+            except BlockingIOError:
+                pass
+            os.close(alive_r)
+            _mount_proc()
+            cmd = os.fork()
+            if cmd == 0:  # ---- CMD, PID 2
+                try:
+                    for sig in FORWARDED_SIGNALS:
+                        signal.signal(sig, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                    os.execve(path, argv, environ)
+                except OSError as exc:
+                    os.write(2, f"usernet: {argv[0]}: {exc.strerror}\n".encode())
+                    os._exit(127 if exc.errno == errno.ENOENT else 126)
+                os._exit(126)
+            code = _supervise(cmd, wanted)
+        finally:
+            # PID 1 leaving: the kernel SIGKILLs every process left in the
+            # namespace and waits for them before this exit completes.
+            os._exit(code)
+    os.close(alive_r)
+    return _supervise(init, wanted)
+
+
+def _ignore_signal(_sig, _frame) -> None:
+    pass
+
+
+def _supervise(pid: int, wanted: set) -> int:
+    """Pass signals sent by processes on to ``pid``; reap every child; when
+    ``pid`` exits, return its status as a shell reports it (128+N for death
+    by signal N)."""
+    while True:
+        info = signal.sigwaitinfo(wanted)
+        if info.si_signo != signal.SIGCHLD:
+            if info.si_code != _SI_KERNEL:
+                try:
+                    os.kill(pid, info.si_signo)
+                except ProcessLookupError:
+                    pass
+            continue
+        while True:
+            try:
+                wpid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 1
+            if wpid == 0:
+                break
+            if wpid == pid:
+                code = os.waitstatus_to_exitcode(status)
+                return 128 - code if code < 0 else code
+
+
+def _mount_proc() -> None:
+    """A /proc showing this PID namespace (``ps`` inside sees CMD as PID 2).
+
+    Best effort: the kernel refuses a new procfs where the current one is
+    partly hidden (inside some containers); CMD then sees the outer /proc,
+    as it would without a PID namespace.
+    """
     try:
-        os.execve(path, argv, environ)
-    except OSError as exc:
-        os.write(2, f"usernet: {argv[0]}: {exc.strerror}\n".encode())
-        return 127 if exc.errno == errno.ENOENT else 126
-    return 126  # not reached
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:
+        pass
 
 
 def _find_command(name: str, environ) -> tuple[str | None, str]:
@@ -831,7 +944,7 @@ def _bind_resolv_conf(text: str) -> str | None:
 
 
 __all__ = [
-    "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWUSER", "IfConfig", "NetnsError", "RunNamespace",
+    "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWUSER", "IfConfig", "NetnsError", "RunNamespace",
     "attach", "configure_interface", "mount", "pidfd_open", "setns", "spawn_in_new_namespace",
     "unshare", "write_id_maps",
 ]

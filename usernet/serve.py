@@ -100,6 +100,12 @@ def new_loop():
 
 
 
+# Signals that stop usernet: passed on to a run command, or the end of an attach.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Seconds a run command has after a stop signal before it is killed (--kill-grace).
+KILL_GRACE = 10.0
+
+
 async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=None,
                 on_ready=None) -> int:
     """Run the stack on ``tap_fd`` until the child exits, the watched process
@@ -127,23 +133,46 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
         raise
     status = 0
     done = loop.create_future()
+    grace = getattr(args, "kill_grace", KILL_GRACE)
+    escalation = None
 
     def finish(code):
         if not done.done():
             done.set_result(code)
 
+    def stop_child(sig):
+        # Pass the signal on; a command that has not exited after the grace
+        # period is killed (SIGKILL to the run child takes the namespace's
+        # init with it, and with init every process in the namespace).
+        nonlocal escalation
+        child.kill(sig)
+        if escalation is None and grace is not None:
+            escalation = loop.call_later(grace, kill_child)
+
+    def kill_child():
+        if child.returncode is None:
+            log.warning("usernet: the command did not exit %gs after being told to stop; "
+                        "killing it", grace)
+            child.kill(signal.SIGKILL)
+
     def on_signal(sig):
+        if done.done():
+            return              # already stopping: the drain is bounded anyway
         if child is not None:
             log.debug("signal %d: passing it to the command", sig)
-            child.kill(sig)
+            stop_child(sig)
         else:
             finish(0)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    def print_counters():
+        log.info("usernet counters: %s", json.dumps(services.stats(), sort_keys=True))
+
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
-    # SIGUSR1: print every counter (drops included) without stopping.
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
-        "usernet counters: %s", json.dumps(services.stats(), sort_keys=True)))
+    # SIGUSR1: print every counter (drops included) without stopping; it
+    # stays handled through the exit drain. SIGUSR2 means nothing to us.
+    loop.add_signal_handler(signal.SIGUSR1, print_counters)
+    loop.add_signal_handler(signal.SIGUSR2, lambda: None)
     # Everything is open and listening: shut usernet in before CMD starts.
     from . import sandbox
     sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
@@ -171,7 +200,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
         # serve. A command still running gets SIGTERM; its exit (seen by the
         # pidfd reader) ends the run. Never a blocking wait in a callback.
         if child is not None:
-            child.kill(signal.SIGTERM)
+            stop_child(signal.SIGTERM)
         else:
             finish(0)
 
@@ -181,23 +210,36 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     try:
         status = await done
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
+        if escalation is not None:
+            escalation.cancel()
         if child is not None:
             loop.remove_reader(child.pidfd)
         if pfd is not None:
             loop.remove_reader(pfd)
             if pfd is not watch_pidfd:
                 os.close(pfd)
-        # Let what is in flight arrive before tearing down (bounded).
-        if not driver.stopped.done():
-            await driver.drain(DRAIN_TIMEOUT)
-        # What the container was told was delivered reaches the host peers
-        # before their sockets are reset.
-        await driver.flush_host(EXIT_FLUSH_TIMEOUT)
-        await services.close()
-        driver.close()
-        log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
+        # Let what is in flight arrive before tearing down (bounded). The
+        # signal handlers stay through it: a SIGUSR1 now prints counters, a
+        # SIGTERM is ignored (the drain ends by itself), and neither kills us
+        # with the API socket left behind.
+        try:
+            if not driver.stopped.done():
+                await driver.drain(DRAIN_TIMEOUT)
+            # What the container was told was delivered reaches the host peers
+            # before their sockets are reset.
+            await driver.flush_host(EXIT_FLUSH_TIMEOUT)
+        finally:
+            try:
+                await services.close()
+                driver.close()
+                log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
+            finally:
+                for sig in STOP_SIGNALS + (signal.SIGUSR1, signal.SIGUSR2):
+                    loop.remove_signal_handler(sig)
+                # Between here and the process's exit, a stray SIGUSR1/2
+                # must not kill us either (their default is to terminate).
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return status
 
 

@@ -85,7 +85,8 @@ async def setup_services(driver, opts: ServiceOptions, *, ns_pid: int | None = N
             for f in group:
                 fwd.add(f.proto, f.host_addr, f.host_port, "", f.guest_port)
         if opts.api_socket:
-            api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats))
+            api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats),
+                                        counters=driver.counters)
             s.api = api
             s.closers.append(api.wait_closed)   # closers run in reverse: close, then wait
             s.closers.append(api.close)

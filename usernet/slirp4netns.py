@@ -97,7 +97,8 @@ usernet: a userspace TCP/IP stack in slirp4netns's place (same options, fds and 
 fd00::/64 (fd00::2 is the host's ::1, fd00::3 the DNS forwarder).
 --target-type=bess is not supported. MTU 68..65520.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
-(default: the nameservers of /etc/resolv.conf).
+(default: the nameservers of /etc/resolv.conf); USERNET_ALLOW_LINK_LOCAL=1 lets the container
+reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there).
 """
 
 # (long name, short letter or None, takes an argument)
@@ -321,7 +322,8 @@ def network_config(o: Options):
     if not MIN_MTU <= o.mtu <= MAX_MTU:
         raise Exit(1, "", f"usernet: MTU {o.mtu} is outside usernet's range {MIN_MTU}..{MAX_MTU}\n")
     return NetConfig(cidr=cidr, mtu=o.mtu, host_loopback=not o.disable_host_loopback,
-                     guest_mac=mac, enable_dns=not o.disable_dns, enable_ipv6=o.enable_ipv6)
+                     guest_mac=mac, enable_dns=not o.disable_dns, enable_ipv6=o.enable_ipv6,
+                     allow_link_local=os.environ.get("USERNET_ALLOW_LINK_LOCAL", "") == "1")
 
 
 def _interface_address(name: str, family: int) -> str | None:

@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -226,6 +227,101 @@ def test_run_sigterm_stops_command_and_exits(request, user):
             p.wait(timeout=10)
         for pid in _procs_with_cmdline(["sleep", dur]):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_run_kills_what_the_command_left_behind(request, user):
+    """run -- sh -c 'sleep N &': when sh exits, the background sleep dies with
+    the command's PID namespace; the status stays the command's."""
+    user = _user(request, user)
+    dur = f"41.{random.randrange(10000, 99999)}"
+    try:
+        r = usernet_run([], ["sh", "-c", f"sleep {dur} & echo pid=$$; exit 5"], user=user,
+                        timeout=TIMEOUT)
+        assert r.returncode == 5, _out(r)
+        assert "pid=2" in r.stdout, _out(r)     # sh is PID 2, under our init
+        _wait_for(lambda: not _procs_with_cmdline(["sleep", dur]), 5, "the sleep to be gone")
+    finally:
+        for pid in _procs_with_cmdline(["sleep", dur]):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_run_sigterm_escalates_to_sigkill(request, user):
+    """A command that ignores SIGTERM is killed (with everything in its
+    namespace) once --kill-grace has passed: status 137."""
+    user = _user(request, user)
+    dur = f"42.{random.randrange(10000, 99999)}"
+    argv = USERNET + ["run", "--kill-grace", "1", "--", "sh", "-c", f"trap '' TERM; sleep {dur}"]
+    if user == "nobody":
+        argv = NOBODY + argv
+    p = subprocess.Popen(argv, env=ENV, cwd="/", stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _procs_with_cmdline(["sleep", dur]), 20, "the sleep to start")
+        rc, err = _stop(p, timeout=15)
+        assert rc == 137, err
+        assert "did not exit 1s after being told to stop" in err, err
+        assert "Traceback" not in err
+        _wait_for(lambda: not _procs_with_cmdline(["sleep", dur]), 5, "the sleep to be gone")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+        for pid in _procs_with_cmdline(["sleep", dur]):
+            os.kill(pid, signal.SIGKILL)
+
+
+_STUCK_WRITER = """
+import socket, sys
+s = socket.create_connection(("10.0.2.2", int(sys.argv[1])), timeout=5)
+s.setblocking(False)
+sent = 0
+for _ in range(4000):
+    try:
+        sent += s.send(b"x" * 65536)
+    except BlockingIOError:
+        break
+print("sent", sent, flush=True)
+"""
+
+
+def test_sigusr1_during_exit_drain(tmp_path):
+    """The command exits with data its kernel is still sending to a host peer
+    that never reads: usernet drains (bounded). SIGUSR1 then prints the
+    counters and does not kill usernet: exit status 0 (the command's), the
+    API socket removed."""
+    import socket as _socket
+    srv = _socket.socket()
+    srv.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    api = tmp_path / "api" / "usernet.sock"
+    api.parent.mkdir()
+    argv = USERNET + ["run", "--api-socket", str(api), "--", sys.executable, "-c",
+                      _STUCK_WRITER, str(port)]
+    p = subprocess.Popen(argv, env=ENV, cwd="/", stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("sent "), line
+        assert int(line.split()[1]) > 0
+        time.sleep(0.5)                         # the command is gone; usernet drains
+        assert p.poll() is None, "usernet did not drain"
+        for _ in range(3):
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(0.2)
+        _out_, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert "usernet counters" in err, err
+        assert "Traceback" not in err
+        assert not api.exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+        srv.close()
 
 
 # -------------------------------------------------------------------- attach

@@ -241,7 +241,8 @@ def test_run_sandboxed_sigterm_is_passed_on_and_api_socket_removed(apidir):
                       "--", "sleep", "60"]
     with _popen(argv, env=dict(os.environ, PYTHONPATH=REPO), cwd="/") as p:
         _wait_for(lambda: _sandboxed(p.pid) or p.poll() is not None, "the sandbox")
-        _wait_for(lambda: any(_comm(c) == "sleep" for c in _children(p.pid)), "the command")
+        # The command runs under the run child and its PID namespace's init.
+        _wait_for(lambda: any(_comm(c) == "sleep" for c in _descendants(p.pid)), "the command")
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=TIMEOUT)
     assert p.returncode == 128 + signal.SIGTERM, err
@@ -254,6 +255,15 @@ def _children(pid):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+def _descendants(pid):
+    out, todo = [], [pid]
+    while todo and len(out) < 100:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
 
 
 def _comm(pid):

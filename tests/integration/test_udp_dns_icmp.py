@@ -24,8 +24,8 @@ import pytest
 
 from conftest import (REPO, USERNET, free_port, need_root, need_tun, reopen_for_nobody, tool,
                       usernet_run)
-from usernet.wire.dns import (RCODE_NXDOMAIN, TYPE_A, build_error, build_response, frame_tcp,
-                              parse_query)
+from usernet.wire.dns import (RCODE_NXDOMAIN, TYPE_A, build_error, build_response, check_query,
+                              frame_tcp, parse_query)
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -182,6 +182,72 @@ def test_dns_tcp_answer_via_forwarder(dns_upstream):
                     _dig("+tcp", "@10.0.2.3", "db.usernet.test", "+short"), timeout=TIMEOUT)
     assert r.returncode == 0, _out(r)
     assert r.stdout.split() == ["192.0.2.11"], _out(r)
+
+
+_GARBAGE_CLIENT = textwrap.dedent(r"""
+    import os, random, socket, struct, sys
+    rng = random.Random(1234)
+    blobs = [b"GET / HTTP/1.0\r\n\r\n", b"\x00", b"\xff" * 11, os.urandom(0)]
+    blobs += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) for _ in range(200)]
+    blobs = [b for b in blobs if b]
+    for b in blobs:                                  # over UDP, one datagram each
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.05)
+        s.sendto(b, ("10.0.2.3", 53))
+        try:
+            s.recv(4096)
+        except OSError:
+            pass
+        s.close()
+    sent = 0
+    for i in range(0, len(blobs), 20):               # over TCP: raw bytes and framed garbage
+        for payload in (b"".join(blobs[i:i + 20]),
+                        b"".join(struct.pack("!H", len(b)) + b for b in blobs[i:i + 20])):
+            c = socket.create_connection(("10.0.2.3", 53), timeout=3)
+            try:
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65535):
+                    pass
+            except OSError:
+                pass
+            c.close()
+            sent += 1
+    print("sent", len(blobs), sent, flush=True)
+""")
+
+
+def test_dns_forwarder_passes_only_dns(dns_upstream):
+    """Arbitrary bytes to 10.0.2.3:53, over UDP and TCP, never reach the
+    loopback upstream; every message it does get is a well-formed query (the
+    valid ones sent afterwards, answered over UDP and TCP)."""
+    tool("dig")
+    seen = []
+
+    def recording(query):
+        seen.append(bytes(query))
+        return _answer(query)
+    dns_upstream.answer = recording
+    script = (f"{sys.executable} -c {_shq(_GARBAGE_CLIENT)} && "
+              "dig +tries=1 +time=5 @10.0.2.3 web.usernet.test +short && "
+              "dig +tcp +tries=1 +time=5 @10.0.2.3 db.usernet.test +short")
+    r = usernet_run(["--disable-host-loopback", "--dns-upstream", f"127.0.0.1:{dns_upstream.port}"],
+                    ["sh", "-c", script], timeout=TIMEOUT)
+    assert r.returncode == 0, _out(r)
+    lines = r.stdout.split()
+    assert lines[-2:] == ["192.0.2.10", "192.0.2.11"], _out(r)
+    # Only the two dig queries arrived (dig may retry; nothing else).
+    assert seen, _out(r)
+    names = set()
+    for q in seen:
+        check_query(q)
+        names.add(parse_query(q).qname)
+    assert names == {"web.usernet.test", "db.usernet.test"}, names
+    assert dns_upstream.queries == len(seen)
+
+
+def _shq(text):
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 @pytest.mark.parametrize("user", [None, "nobody"])

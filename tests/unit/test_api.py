@@ -476,21 +476,109 @@ def test_server_request_in_pieces(sock_path):
 
 
 def test_server_bounds_connections(sock_path):
+    """At the cap, a newcomer makes room: the oldest connection still waiting for
+    its request is closed (counted), and the newcomer is answered."""
     async def main():
-        async with await ApiServer.start(sock_path, FakeBackend(), read_timeout=1.0,
+        async with await ApiServer.start(sock_path, FakeBackend(), read_timeout=5.0,
                                          max_connections=1) as srv:
-            _r, hog = await asyncio.open_unix_connection(str(sock_path))
+            hog_r, hog = await asyncio.open_unix_connection(str(sock_path))
             hog.write(b"{")
             await hog.drain()
             while not srv._tasks:  # bounded by run()'s timeout
                 await asyncio.sleep(0.01)
-            assert await raw_exchange(sock_path, LIST) == err(api.DESC_BUSY)
-            hog.close()
-            await asyncio.sleep(0.05)
-            while srv._tasks:
-                await asyncio.sleep(0.01)
             assert (await raw_exchange(sock_path, LIST)).startswith(b'{"entries":[]')
+            assert await hog_r.read() == b""          # the hog was closed, without a reply
+            assert srv.counters["api_conn_evicted"] == 1
+            hog.close()
     run(main())
+
+
+def test_server_busy_only_when_no_connection_is_waiting(sock_path):
+    """Every connection past its request (writing its reply, say): busy."""
+    async def main():
+        async with await ApiServer.start(sock_path, FakeBackend(), max_connections=1) as srv:
+            # The one slot taken by a connection past its request (not evictable).
+            blocker = asyncio.get_running_loop().create_future()
+            srv._tasks.add(blocker)
+            assert await raw_exchange(sock_path, LIST) == err(api.DESC_BUSY)
+            assert srv.counters["api_conn_busy"] == 1
+            srv._tasks.discard(blocker)
+            blocker.cancel()
+    run(main())
+
+
+def test_thousand_idle_connections_do_not_make_a_request_busy(sock_path):
+    """Issue 13: 1,000 idle connections; a real request is still answered at
+    once, the idle ones closed oldest first (counted); none waits for a timeout."""
+    async def main():
+        async with await ApiServer.start(sock_path, FakeBackend(), read_timeout=30.0) as srv:
+            idle = []
+            for _ in range(1000):
+                idle.append(await asyncio.open_unix_connection(str(sock_path)))
+            while srv.counters["api_conn_evicted"] < 1000 - api.API_MAX_CONNECTIONS:
+                await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            assert (await raw_exchange(sock_path, LIST, timeout=2.0)).startswith(b'{"entries":[]')
+            assert time.monotonic() - t0 < srv.read_timeout      # not after an idle timeout
+            assert len(srv._tasks) <= api.API_MAX_CONNECTIONS
+            assert srv.counters["api_conn_busy"] == 0
+            for _r, w in idle:
+                w.close()
+    run(main(), timeout=60.0)
+
+
+def test_server_counts_timeouts_and_too_large(sock_path):
+    async def main():
+        async with await ApiServer.start(sock_path, FakeBackend(), read_timeout=0.2) as srv:
+            assert await raw_exchange(sock_path, b"{", shut=False) == err(api.DESC_CANNOT_PARSE)
+            assert srv.counters["api_conn_timeout"] == 1
+            assert await raw_exchange(sock_path, b" " * 5000 + LIST) == err(api.DESC_TOO_LARGE)
+            assert srv.counters["api_request_too_large"] == 1
+            assert srv.counters["api_request"] == 2
+    run(main())
+
+
+@pytest.mark.parametrize("addr", ["255.255.255.255", "224.0.0.1", "239.1.2.3", "240.0.0.1",
+                                  "ff02::1", "ff0e::1"])
+def test_host_addr_must_be_unicast(addr):
+    b = FakeBackend()
+    counters = {"api_request": 0, "api_host_addr_not_unicast": 0}
+    req = json.dumps({"execute": "add_hostfwd", "arguments": {
+        "proto": "tcp", "host_addr": addr, "host_port": 8080, "guest_port": 80}}).encode()
+    assert handle_request(req, b, counters) == err(api.DESC_HOST_ADDR_NOT_UNICAST)
+    assert counters["api_host_addr_not_unicast"] == 1
+    assert b.calls == []
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0", "127.0.0.1", "192.0.2.1", "::", "::1"])
+def test_host_addr_unicast_or_any_accepted(addr):
+    b = FakeBackend()
+    req = json.dumps({"execute": "add_hostfwd", "arguments": {
+        "proto": "tcp", "host_addr": addr, "host_port": 8080, "guest_port": 80}}).encode()
+    assert handle_request(req, b) == S4_ID1
+
+
+def test_forward_count_is_capped():
+    class Fwd:
+        def __init__(self):
+            self.forwards = {}
+            self.counters = {"api_fwd_limit": 0}
+            self.cfg = type("C", (), {"enable_ipv6": False})()
+
+        def add(self, proto, host_addr, host_port, guest_addr, guest_port):
+            fid = len(self.forwards) + 1
+            self.forwards[fid] = (proto, host_port)
+            return fid
+
+    f = Fwd()
+    b = api.ForwarderBackend(f, dict, max_forwards=3)
+    for port in (1, 2, 3):
+        assert b.add_hostfwd("tcp", "127.0.0.1", port, "", 80) == port
+    with pytest.raises(ApiError) as e:
+        b.add_hostfwd("tcp", "127.0.0.1", 4, "", 80)
+    assert e.value.desc == "bad request: add_hostfwd: too many forwards (limit 3)"
+    assert f.counters["api_fwd_limit"] == 1
+    assert api.API_MAX_FORWARDS == api.ForwarderBackend(f, dict).max_forwards
 
 
 def test_server_close_aborts_pending_connections(sock_path):

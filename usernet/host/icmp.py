@@ -29,7 +29,7 @@ from ..stack.events import IcmpClose, IcmpOpen, IcmpSend
 from ..wire.checksum import checksum
 from ..wire.icmp import (ICMP, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP_ECHO_REPLY,
                          ICMP_ECHO_REQUEST, ICMP_LEN)
-from .outbound import bind_outbound
+from .outbound import bind_outbound, is_host_local
 from .udp import recv_batch
 
 log = logging.getLogger("usernet")
@@ -50,6 +50,7 @@ class IcmpHost:
         self.mode = None          # "ping", "raw" or "none", decided on first use
         self.socks = {}           # flow id -> ping socket
         self.flows = {}           # flow id -> (host_addr, ident)
+        self.refused = set()      # flow ids refused by policy (the host's own addresses)
         self.raw = None
         self.raw6 = None          # the IPv6 raw socket, opened on first use in raw mode
         self.raw_index = {}       # (host_addr, ident) -> flow id
@@ -107,6 +108,12 @@ class IcmpHost:
         d = self.driver
         self.prepare()
         fid, host, ident = ev.fid, ev.host, ev.ident
+        if not d.gw.config.host_loopback and is_host_local(host):
+            # --disable-host-loopback: one of the host's own addresses (see
+            # nat.py). Its echoes are answered "administratively prohibited".
+            d.counters["policy_refused_host_local"] += 1
+            self.refused.add(fid)
+            return
         self.flows[fid] = (host, ident)
         v6 = ":" in host
         if self.mode == "ping":
@@ -142,6 +149,9 @@ class IcmpHost:
         d = self.driver
         fid, seq, data = ev.fid, ev.seq, ev.data
         info = self.flows.get(fid)
+        if info is None and fid in self.refused:
+            d.gw.icmp_host_unavailable(fid, seq, data, d.now())
+            return
         if info is None:
             d.counters["drop_icmp_no_host_socket"] += 1
             return
@@ -180,6 +190,7 @@ class IcmpHost:
     def close_flow(self, ev: IcmpClose) -> None:
         d = self.driver
         fid = ev.fid
+        self.refused.discard(fid)
         info = self.flows.pop(fid, None)
         if info is not None and self.raw_index.get(info) == fid:
             del self.raw_index[info]

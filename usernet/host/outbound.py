@@ -29,3 +29,31 @@ def bind_outbound(outbound: dict, sock: socket.socket) -> None:
     addr = outbound.get(sock.family) if outbound else None
     if addr:
         sock.bind((addr, 0))
+
+
+def is_host_local(host: str) -> bool:
+    """True when ``host`` (an address literal) is one of this host's own
+    addresses: its kernel would deliver a packet to it locally, as to
+    loopback (an interface's address, 127/8, 0.0.0.0, a ``local`` route).
+
+    Asked of the kernel, not of a list read at start (addresses come and
+    go): a connected UDP socket toward ``host`` gets ``host`` itself as its
+    source when it is an interface's address, and a loopback source when the
+    route goes through ``lo`` (the rest of 127/8, 0.0.0.0, a ``local``
+    route to a range). No packet is sent. An
+    address the kernel will not connect to (a broadcast one: EACCES) is
+    reported local too, so the caller refuses it.
+    """
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+    except OSError:
+        return True
+    try:
+        s.connect((host, 9))
+        src = s.getsockname()[0]
+        return src == host or src == "::1" or src.startswith("127.")
+    except OSError:
+        return True
+    finally:
+        s.close()

@@ -28,7 +28,8 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
-from .outbound import local_addr
+from .dns import DnsTcpSession
+from .outbound import is_host_local, local_addr
 
 log = logging.getLogger("usernet")
 
@@ -177,18 +178,26 @@ class TcpHost:
 
     # ------------------------------------------------------------ events
     def connect(self, ev: TcpConnect) -> None:
-        self.connecting[ev.fid] = self.driver.loop.create_task(
-            self._connect(ev.fid, ev.host, ev.port))
+        d = self.driver
+        if not d.gw.config.host_loopback and is_host_local(ev.host):
+            # --disable-host-loopback: the host's own addresses are its
+            # loopback by another name (nat.py: the stack cannot know them).
+            d.counters["policy_refused_host_local"] += 1
+            d.gw.tcp_refused(ev.fid, d.now(), "denied")
+            return
+        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, ev.host, ev.port))
 
     def connect_dns(self, ev: TcpConnectDns) -> None:
-        # TCP DNS to the forwarder address: splice to the first upstream
-        # resolver over TCP (local names are answered over UDP only).
+        # TCP DNS to the forwarder address ends here, in a session that
+        # reads DNS messages and relays them one by one (host/dns.py), never
+        # a byte stream spliced to the upstream resolver.
         d = self.driver
-        target = d.dns.tcp_upstream() if d.dns is not None else None
-        if target is None:
+        if d.dns is None:
             d.gw.tcp_refused(ev.fid, d.now(), "refused")
             return
-        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, *target))
+        d.counters["dns_tcp_session_open"] += 1
+        self.protocols[ev.fid] = DnsTcpSession(self, d.dns, ev.fid)
+        d.gw.tcp_connected(ev.fid, d.now())
 
     def cancel(self, ev: TcpCancel) -> None:
         t = self.connecting.pop(ev.fid, None)

@@ -14,7 +14,7 @@ import logging
 import socket
 
 from ..stack.events import UdpClose, UdpOpen, UdpSend
-from .outbound import bind_outbound
+from .outbound import bind_outbound, is_host_local
 
 log = logging.getLogger("usernet")
 
@@ -81,6 +81,12 @@ class UdpHost:
     def open(self, ev: UdpOpen) -> None:
         d = self.driver
         host, port = ev.host, ev.port
+        if not d.gw.config.host_loopback and is_host_local(host):
+            # --disable-host-loopback: one of the host's own addresses (see
+            # nat.py). No socket: each datagram gets port unreachable.
+            d.counters["policy_refused_host_local"] += 1
+            self.failed.add(ev.fid)
+            return
         try:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(fam, socket.SOCK_DGRAM)

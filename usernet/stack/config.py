@@ -29,6 +29,10 @@ FRAG_MAX_DATAGRAMS = 64
 FRAG_MAX_BYTES = 1 << 20
 DNS_QUERY_TIMEOUT = 5.0           # upstream silence this long -> SERVFAIL to the container
 DNS_MAX_PENDING = 256             # queries waiting for upstream; past it -> SERVFAIL at once
+# A query bigger than this is refused with FORMERR, never relayed: queries
+# are a question plus an EDNS record (and at most a TSIG); 4096 is the EDNS
+# buffer size RFC 6891 6.2.5 starts from, far above any honest query.
+DNS_MAX_QUERY_SIZE = 4096
 
 DEFAULT_IPV6_PREFIX = "fd00::/64"   # slirp4netns's
 GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
@@ -66,6 +70,7 @@ class NetConfig:
     cidr: str = DEFAULT_CIDR
     mtu: int = DEFAULT_MTU
     host_loopback: bool = True
+    allow_link_local: bool = False     # --allow-link-local: 169.254.0.0/16 reachable on the host side
     gateway_mac: bytes = GATEWAY_MAC
     guest_mac: bytes | None = None     # --macaddress; else learned from the first frame
     enable_dns: bool = True

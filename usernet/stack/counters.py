@@ -20,6 +20,7 @@ becomes ``drop_<reason>`` (:data:`PARSE_REASONS`), a failed host connect
 from collections import Counter
 
 from .events import ALL_EVENTS
+from .nat import REFUSAL_REASONS
 
 #: ``usernet.wire.ParseError`` reasons; each is counted as ``drop_<reason>``.
 PARSE_REASONS = (
@@ -27,7 +28,8 @@ PARSE_REASONS = (
     "dhcp_bad_op", "dhcp_bad_option", "dhcp_no_cookie", "dhcp_truncated",
     "dhcp_unsupported_htype",
     "dns_name_bad_label", "dns_name_bad_pointer", "dns_name_too_long", "dns_name_truncated",
-    "dns_no_question", "dns_not_query", "dns_tcp_empty", "dns_truncated",
+    "dns_bad_qdcount", "dns_no_question", "dns_not_query", "dns_tcp_empty", "dns_trailing_bytes",
+    "dns_truncated",
     "eth_not_ethernet_ii", "eth_truncated", "eth_vlan_stacked",
     "icmp_truncated",
     "ipv4_bad_ihl", "ipv4_bad_length", "ipv4_bad_version", "ipv4_truncated",
@@ -130,9 +132,25 @@ _HOST = (
     "fwd_udp_reply_tx", "fwd_udp_rx_datagrams",
 )
 
+# The DNS forwarder's screen (usernet/stack/dns.py screen_query) and its
+# TCP sessions (usernet/host/dns.py DnsTcpSession).
+_DNS_GUARD = (
+    "dns_query_ok", "dns_query_formerr", "dns_query_notimp", "dns_query_too_large_formerr",
+    "drop_dns_query_malformed", "drop_dns_query_is_response",
+    "dns_tcp_session_open", "dns_tcp_message_rx", "dns_tcp_answer_tx", "dns_tcp_local_answer",
+    "dns_tcp_relayed_udp", "dns_tcp_relayed_tcp", "dns_tcp_upstream_truncated",
+    "dns_tcp_servfail", "dns_tcp_servfail_too_many_inflight", "dns_tcp_message_limit",
+    "dns_tcp_idle_close", "dns_tcp_bad_framing", "dns_tcp_closed_on_garbage",
+)
+
+# The API socket (usernet/api.py): requests and its limits.
+_API = ("api_request", "api_request_too_large", "api_conn_timeout", "api_conn_evicted",
+        "api_conn_busy", "api_fwd_limit", "api_host_addr_not_unicast")
+
 DECLARED = frozenset(
-    _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
+    _API + _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
     + tuple("drop_" + r for r in PARSE_REASONS)
+    + tuple("policy_refused_" + r for r in REFUSAL_REASONS)
     + tuple("tcp_host_connect_failed_" + r for r in CONNECT_FAILURES)
     + tuple("dns_upstream_failed_" + r for r in DNS_FAILURES)
     + tuple("tcp_drop_" + s for s in TCP_DEAD_STATES)

@@ -100,6 +100,7 @@ class DatagramNat:
         if flow is None:
             host = self.nat.host_target(dst)
             if host is None:
+                c["policy_refused_" + self.nat.refusal(dst)] += 1
                 self._unreachable(p, frame, UNREACH_HOST, "icmp_echo_refused_policy")
                 return
             flow = self.flows.open_datagram(IcmpFlow, table, key, ICMP_IDLE_TIMEOUT)
@@ -170,6 +171,7 @@ class DatagramNat:
                 if nat.on_link_unowned(dst):
                     self._unreachable(p, frame, UNREACH_HOST, "icmp_dest_unreachable_local")
                 else:
+                    self.counters["policy_refused_" + nat.refusal(dst)] += 1
                     self._unreachable(p, frame, UNREACH_PORT, "udp_refused_policy")
                 return
             cfg = self.config

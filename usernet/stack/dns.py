@@ -19,8 +19,10 @@ import ipaddress
 
 from ..wire import ParseError
 from ..wire.dns import (
-    CLASS_ANY, CLASS_IN, OPCODE_QUERY, TYPE_A, TYPE_AAAA, TYPE_ANY, build_response, parse_query,
+    CLASS_ANY, CLASS_IN, DNS_HDR_LEN, OPCODE_MASK, OPCODE_QUERY, QR, RCODE_FORMERR, RCODE_NOTIMP,
+    TYPE_A, TYPE_AAAA, TYPE_ANY, build_error, build_response, check_query, parse_query,
 )
+from .config import DNS_MAX_QUERY_SIZE
 
 HOST_NAMES = frozenset({"host.containers.internal", "host.usernet.internal"})
 LOCAL_TTL = 60      # seconds: short, so a restarted usernet with new addresses is seen soon
@@ -60,6 +62,44 @@ class LocalNames:
         # No answers is NODATA (NOERROR, empty answer section): the name
         # exists, just not with this type. We are its authority, hence AA.
         return build_response(query, answers, aa=True)
+
+
+# What screen_query decides.
+FORWARD = 0     # a well-formed query: answer locally or relay upstream
+REPLY = 1       # answer the container with the error reply given
+DROP = 2        # not even an id to answer to, or a response: say nothing
+
+
+def screen_query(query, max_size: int = DNS_MAX_QUERY_SIZE) -> tuple[int, bytes | None, str]:
+    """Decide what happens to one DNS message from the container, over UDP or TCP.
+
+    Only well-formed queries reach the upstream resolver, which is often on
+    the host's loopback (127.0.0.53) and must not become a port the
+    container can send arbitrary bytes to. Returns ``(action, reply,
+    counter)``: ``FORWARD`` for a query that parses in full
+    (:func:`~usernet.wire.dns.check_query`) with opcode QUERY; ``REPLY`` with
+    FORMERR (RFC 1035 4.1.1: "unable to interpret the query") for one whose
+    header is readable but the rest is not, or that is bigger than
+    ``max_size``, and NOTIMP for other opcodes (NOTIFY, UPDATE: nothing a
+    stub resolver sends); ``DROP`` for fewer than 12 bytes (no id to answer)
+    and for responses (QR set: answering them could loop between two
+    resolvers). ``counter`` names the decision.
+    """
+    n = len(query)
+    if n < DNS_HDR_LEN:
+        return DROP, None, "drop_dns_query_malformed"
+    flags = (query[2] << 8) | query[3]
+    if flags & QR:
+        return DROP, None, "drop_dns_query_is_response"
+    if n > max_size:
+        return REPLY, build_error(query, RCODE_FORMERR), "dns_query_too_large_formerr"
+    try:
+        check_query(query)
+    except ParseError:
+        return REPLY, build_error(query, RCODE_FORMERR), "dns_query_formerr"
+    if (flags & OPCODE_MASK) >> 11 != OPCODE_QUERY:
+        return REPLY, build_error(query, RCODE_NOTIMP), "dns_query_notimp"
+    return FORWARD, None, "dns_query_ok"
 
 
 def parse_resolv_conf(text: str) -> list[tuple[str, int]]:

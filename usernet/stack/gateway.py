@@ -93,7 +93,7 @@ from .config import (DNS_MAX_PENDING, DNS_QUERY_TIMEOUT, FRAG_MAX_BYTES, FRAG_MA
 from .counters import Counters
 from .datagrams import ICMP_QUOTE_MAX, DatagramNat
 from .dhcp import DhcpConfig, DhcpServer
-from .dns import LocalNames
+from .dns import FORWARD as DNS_FORWARD, LocalNames, screen_query
 from .events import DnsQuery
 from .flows import Flows
 from .ipfrag import Reassembler
@@ -389,6 +389,7 @@ class Gateway:
         if handler is not None:
             handler(p, frame, now)
         elif p[P_DST] == self.config.dns_ip:
+            self.counters["policy_refused_dns_port"] += 1
             self._unreachable(p, frame, UNREACH_PORT, "udp_port_unreachable_local")
         else:
             self.datagrams.udp_input(p, frame, now)
@@ -607,6 +608,12 @@ class Gateway:
     def _dns_input(self, p, frame, now) -> None:
         c = self.counters
         query = bytes(p[P_PAYLOAD])
+        action, reply, why = screen_query(query)
+        c[why] += 1
+        if action != DNS_FORWARD:
+            if reply is not None:
+                self._dns_send(p[P_SRC], p[P_SPORT], reply, now)
+            return
         local = self.local_names.answer(query)
         if local is not None:
             c["dns_local_answer"] += 1

@@ -6,9 +6,18 @@ Every decision the stack makes about an address asks :class:`AddressPolicy`:
 
 * where a flow from the container goes on the host (:meth:`host_target`):
   network+2 (the gateway) is host loopback ``127.0.0.1`` unless host
-  loopback is disabled; loopback, "this network" (0/8), multicast and the
+  loopback is disabled; loopback (all of 127/8), "this network" (0/8, so
+  0.0.0.0, which Linux delivers locally), multicast, broadcast and the
   reserved class E block, and the rest of the virtual network are refused;
-  everything else goes out to the same address;
+  link-local 169.254.0.0/16 is refused unless ``--allow-link-local`` (a
+  cloud's metadata service lives at 169.254.169.254: a container must not
+  read its host's credentials by default); everything else goes out to the
+  same address. Why a flow was refused is :meth:`refusal`, counted as
+  ``policy_refused_<reason>``. The host's *own* addresses (an address of
+  one of its interfaces, which its kernel delivers locally, like loopback)
+  change at run time and are not known here: with host loopback disabled
+  the host side refuses them when it opens the flow
+  (``host/outbound.py`` ``is_host_local``, ``policy_refused_host_local``);
 * which addresses the stack answers itself (:meth:`is_ours`: the gateway, and
   the DNS forwarder when enabled);
 * which sources a guest frame may carry (:meth:`bad_guest_source`) and which
@@ -33,6 +42,11 @@ Pure functions of the config: no state, no counters, no clock.
 import ipaddress
 
 from .config import NetConfig
+
+#: Why a destination is refused (``policy_refused_<reason>``); "host_local"
+#: and "dns_port" are decided outside :meth:`AddressPolicy.host_target`.
+REFUSAL_REASONS = ("gateway", "loopback", "this_network", "multicast", "link_local", "v4_mapped",
+                   "own_network", "host_local", "dns_port")
 
 _ANY4 = b"\0\0\0\0"
 _LIMITED_BROADCAST = b"\xff\xff\xff\xff"
@@ -144,7 +158,38 @@ class AddressPolicy:
             return "127.0.0.1" if cfg.host_loopback else None
         if dst[0] == 127 or dst[0] == 0 or _multicast_or_reserved(dst) or cfg.in_network(dst):
             return None
+        if dst[0] == 169 and dst[1] == 254 and not cfg.allow_link_local:
+            return None
         return str(ipaddress.ip_address(dst))
+
+    def refusal(self, dst: bytes) -> str:
+        """Why :meth:`host_target` refused ``dst``: one of ``REFUSAL_REASONS``
+        (called only on a refusal, for its counter)."""
+        if len(dst) == 16:
+            if dst == self.gateway6:
+                return "gateway"
+            if dst == _LOOPBACK6:
+                return "loopback"
+            if dst == _UNSPECIFIED6:
+                return "this_network"
+            if dst[0] == 0xFF:
+                return "multicast"
+            if dst[0] == 0xFE and dst[1] & 0xC0 == 0x80:
+                return "link_local"
+            if dst[:12] == _V4_MAPPED:
+                return "v4_mapped"
+            return "own_network"
+        if dst == self.gateway_ip:
+            return "gateway"
+        if dst[0] == 127:
+            return "loopback"
+        if dst[0] == 0:
+            return "this_network"
+        if _multicast_or_reserved(dst) or dst == self.cfg.broadcast_ip:
+            return "multicast"
+        if dst[0] == 169 and dst[1] == 254:
+            return "link_local"
+        return "own_network"
 
     def inbound_source(self, client: bytes) -> bytes | None:
         """The address the container sees for a port forward's client, or

@@ -125,6 +125,8 @@ class TcpNat:
                 self._unreachable(p, frame, UNREACH_HOST, "icmp_dest_unreachable_local")
             else:
                 c["tcp_syn_refused_policy"] += 1
+                c["policy_refused_" + ("dns_port" if dst == cfg.dns_ip or dst == cfg.dns6
+                                       else self.nat.refusal(dst))] += 1
                 self._rst_for(p, seg)
             return
         if flows.tcp.full():

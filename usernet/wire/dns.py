@@ -223,6 +223,35 @@ def parse_query(buf) -> DnsQuery:
     return _parse_question(buf)[0]
 
 
+def check_query(buf) -> DnsQuery:
+    """Parse a whole query, every section, as a forwarder must before relaying it.
+
+    :func:`parse_query` reads the header and the first question; this also
+    walks the answer, authority and additional records (an EDNS OPT, a TSIG,
+    an UPDATE's prerequisites) record by record and insists the message ends
+    exactly where its counts say. So what is relayed upstream is a DNS query
+    in every byte, not arbitrary bytes behind a DNS-looking header. Exactly
+    one question (RFC 9619); a response (QR set) is not a query.
+    """
+    q = parse_query(buf)
+    _ident, _flags, qdcount, ancount, nscount, arcount = parse_header(buf)
+    if qdcount != 1:
+        raise ParseError("dns_bad_qdcount")
+    pos = q.question_end
+    n = len(buf)
+    for _ in range(ancount + nscount + arcount):
+        _labels, pos = parse_name(buf, pos)
+        if pos + DNS_RRFIXED.size > n:
+            raise ParseError("dns_truncated")
+        rdlength = DNS_RRFIXED.unpack_from(buf, pos)[3]
+        pos += DNS_RRFIXED.size + rdlength
+        if pos > n:
+            raise ParseError("dns_truncated")
+    if pos != n:
+        raise ParseError("dns_trailing_bytes")
+    return q
+
+
 def _reply_flags(qflags: int, rcode: int, aa: bool) -> int:
     # RFC 1035 4.1.1: QR set; OPCODE and RD copied from the query; RA says we
     # recurse (we forward, which to the client is the same); CD copied
