@@ -25,13 +25,14 @@ import socket
 
 from ..stack.dns import parse_resolv_conf
 from ..stack.events import DnsQuery
-from ..stack.config import DNS_QUERY_TIMEOUT
+from ..stack.config import DNS_MAX_PENDING, DNS_QUERY_TIMEOUT
 from .outbound import bind_outbound
 
 log = logging.getLogger("usernet")
 
 RESOLV_CONF = "/etc/resolv.conf"
 ATTEMPT_TIMEOUT = 2.0     # seconds of upstream silence before the next upstream is tried
+INFLIGHT_SWEEP = 2 * DNS_MAX_PENDING   # this many sockets: drop those the gateway gave up on
 
 
 class DnsForwarder:
@@ -74,6 +75,10 @@ class DnsForwarder:
         if not ups:
             self.driver.gw.dns_failed(qid, self.driver.now(), "no_upstream")
             return
+        if len(self.inflight) >= INFLIGHT_SWEEP:
+            # The gateway evicts old queries when its table is full
+            # (dns_pending_evicted); let their sockets go too.
+            self.expire()
         self.inflight[qid] = [None, query, ups, None]
         self._try_next(qid)
 
