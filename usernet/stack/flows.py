@@ -46,7 +46,7 @@ class TcpFlow:
 
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
                  "connecting", "connect_deadline", "armed", "inbound", "neigh",
-                 "charged", "backlog", "squeezed", "last_rx", "ka_at", "probes", "probe_sent")
+                 "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
@@ -63,6 +63,7 @@ class TcpFlow:
         # held small because the budget is spent.
         self.charged = 0
         self.backlog = 0
+        self.host_held = 0            # bytes read from the host socket and not taken yet
         self.squeezed = False
         # Liveness of the container side (stack/tcpnat.py keepalive): when
         # it last sent anything, the next check, probes sent unanswered.

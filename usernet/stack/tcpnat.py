@@ -34,7 +34,8 @@ closing or unanswered-handshake flow, or an established one silent for
 host connects in flight (a SYN past it is dropped; the container retries).
 
 Memory budget (stack/budget.py): :meth:`output` charges each flow's held
-bytes (send queue, out-of-order pieces, host write backlog) by difference;
+bytes (send queue, out-of-order pieces, host write backlog, and what the
+host side read but we did not take) by difference;
 past the budget a SYN is reset (``tcp_syn_budget_rst``), a port forward
 refused, the window toward the container held to ``BUDGET_FLOW_WINDOW``
 (zero while the host peer has a backlog: ``tcp_budget_window_squeezed``)
@@ -294,7 +295,7 @@ class TcpNat:
             self._forget(flow)
             return
         # The memory budget: what the flow holds now, charged by difference.
-        held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog
+        held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
             self.budget.used += held - flow.charged
             flow.charged = held
@@ -407,9 +408,11 @@ class TcpNat:
                 n = conn.send(memoryview(data)[:room], now) if room > 0 else 0
                 if len(conn._sndbuf) and not conn.closed:
                     conn._paused = True      # its ACKs bring the TcpResume
+                flow.host_held = len(data) - n
                 self.output(flow, now)
                 return n
         n = conn.send(data, now)
+        flow.host_held = len(data) - n       # the host side keeps these until TcpResume
         self.output(flow, now)
         return n
 
