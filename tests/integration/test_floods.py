@@ -432,3 +432,93 @@ def test_hostile_flows_stay_under_the_memory_budget(tmp_path):
     assert int(flow0.split()[1]) == per_flow, flow0
     assert c["tcp_budget_send_capped"] > 0, c
     assert peak - base < budget_mib + overhead_mib, (base, peak)
+
+
+# ------------------------------------------------------- half-closed flows
+_ORPHANS = r"""
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+# The container's kernel forgets an orphaned FIN-WAIT-2 socket after this.
+with open("/proc/sys/net/ipv4/tcp_fin_timeout", "w") as f:
+    f.write("2")
+for i in range(n):
+    s = socket.create_connection(("10.0.2.2", port), timeout=10)
+    s.sendall(b"bye %d\n" % i)
+    s.shutdown(socket.SHUT_WR)
+    s.close()                   # the host peer stays open: the socket is an orphan now
+print("closed", flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+s = socket.create_connection(("10.0.2.2", port), timeout=10)   # a new flow still works
+s.close()
+print("new %.3f" % (time.monotonic() - t), flush=True)
+sys.stdin.readline()
+"""
+
+
+TCP_CLOSE = 7      # tcpi_state (include/net/tcp_states.h)
+
+
+def _tcp_state(sock) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def test_half_closed_flows_die_with_the_container_socket(tmp_path):
+    """The container closes (FIN) connections to a host server that accepts
+    and never closes; its kernel forgets them (tcp_fin_timeout 2 s inside).
+    usernet, with --tcp-fin-timeout 3, probes each and tears it down: every
+    host socket sees its end within a bound, and the table is empty again."""
+    n, fin_timeout = 50, 3.0
+    conns = []
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(256)
+    ls.settimeout(0.2)
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                c, _ = ls.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            conns.append(c)
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    u = _Usernet(tmp_path, ["--tcp-fin-timeout", str(fin_timeout)], _ORPHANS,
+                 [ls.getsockname()[1], n])
+    try:
+        u.expect("closed", timeout=60)
+        t0 = time.monotonic()
+        ended = 0
+        deadline = t0 + 2 + fin_timeout + 5 * 3 + 10     # container + probe + retries + margin
+        while len(conns) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The host peer stays silent (data from it would make the
+        # container's kernel answer RST by itself): watch its sockets' TCP
+        # state until usernet's reset closes them.
+        while time.monotonic() < deadline:
+            ended = sum(_tcp_state(c) == TCP_CLOSE for c in conns)
+            if ended == n:
+                break
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        u.say()
+        new = u.expect("new", timeout=30)
+        u.say()
+        c = u.finish()
+    finally:
+        u.kill()
+        stop.set()
+        th.join(5)
+        ls.close()
+        for s in conns:
+            s.close()
+    print(f"\nhalf-closed: {ended}/{n} host sockets ended {took:.1f} s after the container "
+          f"closed; probes={c.get('tcp_keepalive_probe_tx')} "
+          f"timeouts={c.get('tcp_keepalive_timeout')} rst_rx={c.get('tcp_rst_rx')}")
+    assert ended == n, (ended, n)
+    assert c["tcp_keepalive_probe_tx"] >= n, c
+    assert c["tcp_flows"] == 0, c
+    assert float(new.split()[1]) < LIVENESS, new
