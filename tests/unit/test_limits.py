@@ -350,3 +350,28 @@ def test_default_limits_are_named():
     cfg = NetConfig()
     assert cfg.dns_max_pending == DNS_MAX_PENDING
     assert cfg.memory_budget == 256 << 20
+
+
+# ------------------------------------------------ per-flow and in-flight limits
+def test_bytes_per_flow_are_bounded_and_the_flow_keeps_moving():
+    gw = make_gw()
+    f = Flow(gw, 6001)
+    assert gw.tcp_host_data(f.fid, b"b" * (SND_BUF + 1000), 0.1) == SND_BUF
+    assert gw.flows.tcp.by_id[f.fid].host_held == 1000       # charged while the host holds it
+    assert gw.budget.used == SND_BUF + 1000
+    sent = f.flow.conn.snd_max - f.flow.conn.snd_una
+    gw.frames_out.clear()
+    f.send(b"", 0.2, ack=(f.ack + sent) & 0xFFFFFFFF)
+    assert gw.tcp_host_data(f.fid, b"b" * 1000, 0.3) == 1000   # room again after the ACK
+    assert gw.flows.tcp.by_id[f.fid].host_held == 0
+
+
+def test_connects_in_flight_limit_leaves_existing_flows_working():
+    gw = make_gw(max_tcp_connects=1)
+    f = Flow(gw, 6101)
+    feed(gw, ip() / TCP(sport=6102, dport=80, flags="S", seq=5), 0.1)   # in flight
+    feed(gw, ip() / TCP(sport=6103, dport=80, flags="S", seq=5), 0.1)   # past the limit
+    assert gw.counters["tcp_syn_connect_limit_drop"] == 1
+    gw.events_out.clear()
+    f.send(b"data", 0.2, flags="PA")
+    assert any(getattr(e, "data", None) == b"data" for e in gw.events_out)
