@@ -297,9 +297,13 @@ class TcpNat:
         # The memory budget: what the flow holds now, charged by difference.
         held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
-            self.budget.used += held - flow.charged
+            b = self.budget
+            b.used += held - flow.charged
             flow.charged = held
-        if flow.squeezed and not self.budget.over():
+            if flow.squeezed and b.used < b.limit:
+                flow.squeezed = False
+                conn.set_host_backlog(flow.backlog, now)
+        elif flow.squeezed and self.budget.used < self.budget.limit:
             flow.squeezed = False
             conn.set_host_backlog(flow.backlog, now)
         if flow.inbound and flow.connect_deadline is not None and conn.state != SYN_SENT:
@@ -399,7 +403,8 @@ class TcpNat:
         if flow is None:
             return len(data)
         conn = flow.conn
-        if self.budget.over():
+        b = self.budget
+        if b.used >= b.limit:
             # Past the budget the queue toward the container stays small; the
             # host side keeps the rest (reading paused) until TcpResume.
             room = BUDGET_FLOW_WINDOW - len(conn._sndbuf)
@@ -436,7 +441,8 @@ class TcpNat:
         if flow is not None:
             flow.backlog = nbytes
             conn = flow.conn
-            if self.budget.over():
+            b = self.budget
+            if b.used >= b.limit:
                 # Shrink the window: none while the host peer is behind, a
                 # small one while it keeps up.
                 self.counters["tcp_budget_window_squeezed"] += 1
