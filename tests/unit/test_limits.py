@@ -5,6 +5,8 @@ broken container) and then checks the named counter and that existing flows
 keep working. Time is an explicit float; no sockets.
 """
 
+import ipaddress
+
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.l2 import ARP, Ether
@@ -375,3 +377,18 @@ def test_connects_in_flight_limit_leaves_existing_flows_working():
     gw.events_out.clear()
     f.send(b"data", 0.2, flags="PA")
     assert any(getattr(e, "data", None) == b"data" for e in gw.events_out)
+
+
+def test_forged_neighbor_advertisement_does_not_move_the_container():
+    from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+    gw = make_gw(enable_ipv6=True)
+    me6 = "fd00::5055:ff:fe00:64"
+    real = bytes.fromhex(GUEST_MAC.replace(":", ""))
+    feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IPv6(src=me6, dst="fd00::2") /
+         ICMPv6EchoRequest())
+    key = ipaddress.IPv6Address(me6).packed
+    assert gw.neigh6.table[key] == real
+    feed(gw, Ether(src=EVIL_MAC, dst="33:33:00:00:00:01") / IPv6(
+        src=me6, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=me6, O=1) /
+        ICMPv6NDOptDstLLAddr(lladdr=EVIL_MAC))
+    assert gw.neigh6.table[key] == real and gw.counters["ndp_change_ignored"] == 1

@@ -416,8 +416,12 @@ class Gateway:
         src = p[P_SRC]
         known = self.neigh6.table.get(src)
         if known is not None:
-            if known != p[P_SRC_MAC]:
-                self.neigh6.learn(src, p[P_SRC_MAC], True)     # as for IPv4
+            if known != p[P_SRC_MAC] and not (
+                    p[P_PROTO] == PROTO_ICMPV6
+                    and ND_ROUTER_SOLICIT <= p[P_SPORT] <= ND_NEIGHBOR_ADVERT):
+                # As for IPv4; but neighbour discovery itself is what a
+                # forged advertisement would use, so it never moves an entry.
+                self.neigh6.learn(src, p[P_SRC_MAC], True)
         else:
             if src == _ANY6:
                 # The unspecified source is only for a node that has no
