@@ -26,7 +26,8 @@ a flow whose host peer is not reading), so bytes already accepted drain and
 existing flows keep moving. ``used`` can pass ``limit`` by at most that
 window per flow: the budget is a soft limit with a hard bound.
 
-``peak`` (the most ever used) and ``used`` are reported as gauges.
+``used`` and ``peak`` (the most seen when new work was weighed against the
+limit) are reported as gauges.
 """
 
 
