@@ -9,7 +9,7 @@ What each test proves:
 
 * ``test_flood`` (SYN flood, UDP to 10,000 ports, ICMP echo flood, fragment
   flood, ARP flood, thousands of half-open connections): a normal TCP
-  exchange started during the flood completes (a liveness bound, not a speed
+  exchange and a new UDP flow started during the flood complete (a liveness bound, not a speed
   figure: the latency is printed), the defence's counter moved, and usernet's
   RSS after the flood is back near its baseline.
 * ``test_hostile_flows_stay_under_the_memory_budget``: 200 flows whose host
@@ -130,8 +130,8 @@ print("flooded", kind, sent, full, flush=True)
 # The container: baseline, flood in a child, one normal exchange during it.
 _SCENARIO = r"""
 import socket, subprocess, sys, time
-kind, flood_port, echo_port, count, secs, liveness = sys.argv[1:7]
-flood = sys.argv[7]
+kind, flood_port, echo_port, count, secs, liveness, udp_port = sys.argv[1:8]
+flood = sys.argv[8]
 print("baseline", flush=True)
 sys.stdin.readline()
 child = subprocess.Popen([sys.executable, "-c", flood, kind, flood_port, count, secs],
@@ -149,6 +149,18 @@ while not got.endswith(b"\n"):
 s.close()
 lat = time.monotonic() - t
 print("served %r %.4f" % (got, lat), flush=True)
+# A new UDP flow during the flood too (a full UDP table evicts, never locks out).
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(0.5)
+t = time.monotonic()
+answer = None
+while answer is None and time.monotonic() - t < float(liveness):
+    u.sendto(b"uping", ("10.0.2.2", int(udp_port)))
+    try:
+        answer = u.recv(64)
+    except socket.timeout:
+        pass
+print("udp %r %.4f" % (answer, time.monotonic() - t), flush=True)
 out, _ = child.communicate(timeout=float(secs) + 60)
 print(out.strip(), flush=True)
 print("settle", flush=True)
@@ -178,6 +190,23 @@ class _Servers:
         self.stop = threading.Event()
         self.echo = self._listen(self._echo)
         self.sink = self._listen(lambda c: None)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.settimeout(0.2)
+        self.udp_port = self.udp.getsockname()[1]
+
+        def udp_echo():
+            while not self.stop.is_set():
+                try:
+                    data, addr = self.udp.recvfrom(64)
+                except (TimeoutError, socket.timeout):
+                    continue
+                except OSError:
+                    return
+                self.udp.sendto(b"upong", addr)
+            self.udp.close()
+
+        threading.Thread(target=udp_echo, daemon=True).start()
 
     def _listen(self, handler):
         ls = socket.socket()
@@ -286,13 +315,14 @@ RESULTS = {}
 def test_flood(tmp_path, kind):
     srv = _Servers()
     u = _Usernet(tmp_path, [], _SCENARIO, [kind, srv.sink, srv.echo, FLOOD_COUNT,
-                                           FLOOD_SECONDS, LIVENESS, _FLOOD])
+                                           FLOOD_SECONDS, LIVENESS, srv.udp_port, _FLOOD])
     try:
         u.expect("baseline")
         time.sleep(0.5)
         base = _rss(u.p.pid)
         u.say()
         served = u.expect("served", timeout=FLOOD_SECONDS + LIVENESS + 30)
+        udp = u.expect("udp", timeout=LIVENESS + 30)
         flooded = u.expect("flooded", timeout=FLOOD_SECONDS + 90)
         u.expect("settle")
         # Let short-lived state go (TIME-WAIT, fragment and ARP timers).
@@ -306,10 +336,12 @@ def test_flood(tmp_path, kind):
         srv.stop.set()
     got, lat = served.split()[1], float(served.split()[2])
     assert got == repr(b"pong\n"), served
+    assert udp.split()[1] == repr(b"upong"), udp
     sent = int(flooded.split()[2])
     moved = {k: c.get(k, 0) for k in FLOODS[kind]}
     RESULTS[kind] = (sent, lat, base, peak, after)
-    print(f"\nflood {kind}: {sent} frames; served during flood in {lat * 1000:.1f} ms; "
+    print(f"\nflood {kind}: {sent} frames; served during flood in {lat * 1000:.1f} ms "
+          f"(UDP {float(udp.split()[2]) * 1000:.1f} ms); "
           f"RSS baseline {base:.1f} MiB, peak {peak:.1f}, after {after:.1f}; {moved}; "
           f"rx_frames={c.get('rx_frames')}")
     assert sent > 1000, flooded
