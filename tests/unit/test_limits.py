@@ -392,3 +392,23 @@ def test_forged_neighbor_advertisement_does_not_move_the_container():
         src=me6, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=me6, O=1) /
         ICMPv6NDOptDstLLAddr(lladdr=EVIL_MAC))
     assert gw.neigh6.table[key] == real and gw.counters["ndp_change_ignored"] == 1
+
+
+def test_full_tcp_table_evicts_half_open_handshakes():
+    """SYNs whose SYN-ACK is never answered (a half-open flood) fill the
+    table; a new SYN evicts the oldest of them, not a working flow."""
+    gw = make_gw(max_tcp_flows=3)
+    a = Flow(gw, 7001)
+    half = []
+    for sport in (7002, 7003):
+        gw.events_out.clear()
+        feed(gw, ip() / TCP(sport=sport, dport=80, flags="S", seq=5), 1.0)
+        (ev,) = [e for e in gw.events_out if isinstance(e, TcpConnect)]
+        gw.tcp_connected(ev.fid, 1.0)            # SYN-ACK sent, never answered
+        half.append(ev.fid)
+    gw.frames_out.clear()
+    gw.events_out.clear()
+    feed(gw, ip() / TCP(sport=7004, dport=80, flags="S", seq=5), 2.0)
+    assert gw.counters["tcp_flow_evicted"] == 1 and TcpAbort(half[0]) in gw.events_out
+    assert a.flow is not None and half[0] not in gw.flows.tcp.by_id
+    assert any(isinstance(e, TcpConnect) for e in gw.events_out)

@@ -92,7 +92,7 @@ _FLOWS = ("udp_flow_open", "udp_flow_expired", "drop_udp_flow_limit",
           "udp_flow_evicted", "icmp_flow_evicted", "drop_udp_budget", "drop_icmp_budget")
 _FRAG = ("frag_received", "frag_reassembled", "frag_duplicate", "frag_drop_bad_fragment",
          "frag_drop_inconsistent", "frag_drop_memory_limit", "frag_drop_overlap",
-         "frag_drop_timeout", "frag_drop_too_many_datagrams", "drop_frag_too_big",
+         "frag_drop_timeout", "drop_frag_too_big",
          "frag_evicted_oldest", "frag_drop_budget")
 _DHCP = ("dhcp_discover", "dhcp_offer", "dhcp_request", "dhcp_ack", "dhcp_nak", "dhcp_decline",
          "dhcp_release", "dhcp_inform", "dhcp_pool_exhausted", "dhcp_request_other_server",
