@@ -14,7 +14,7 @@ from scapy.packet import Raw
 
 from usernet.stack.config import (BUDGET_FLOW_WINDOW, DNS_MAX_PENDING, FRAG_MAX_DATAGRAMS,
                                   TCP_MIN_PEER_MSS, NetConfig)
-from usernet.stack.events import DnsQuery, TcpAbort, TcpConnect, TcpShutdown
+from usernet.stack.events import DnsQuery, TcpAbort, TcpConnect, TcpData, TcpShutdown
 from usernet.stack.gateway import Gateway
 from usernet.stack.tcp import SND_BUF
 
@@ -412,3 +412,22 @@ def test_full_tcp_table_evicts_half_open_handshakes():
     assert gw.counters["tcp_flow_evicted"] == 1 and TcpAbort(half[0]) in gw.events_out
     assert a.flow is not None and half[0] not in gw.flows.tcp.by_id
     assert any(isinstance(e, TcpConnect) for e in gw.events_out)
+
+
+def test_squeezed_window_asks_the_host_for_a_fresh_backlog():
+    """Past the budget a host backlog shuts the window; a small backlog
+    drains without a report, so the container's next segment (a zero-window
+    probe) asks for one (an empty TcpData), and the window reopens with it."""
+    gw = make_gw(memory_budget=1 << 20)
+    a, b = Flow(gw, 8001), Flow(gw, 8002)
+    gw.tcp_host_data(a.fid, b"x" * SND_BUF, 0.1)
+    gw.tcp_host_data(b.fid, b"y" * SND_BUF, 0.1)
+    gw.frames_out.clear()
+    gw.events_out.clear()
+    gw.tcp_host_backlog(a.fid, BUDGET_FLOW_WINDOW, 0.2)        # window: 16K - 16K = none
+    conn = a.flow.conn
+    assert conn.rcv_buf - conn._backlog == 0
+    a.send(b"", 0.3)                                           # its zero-window probe
+    assert TcpData(a.fid, b"") in gw.events_out and gw.events_out[-1].data == b""
+    gw.tcp_host_backlog(a.fid, 0, 0.3)                         # the host: drained
+    assert conn.rcv_buf - conn._backlog == BUDGET_FLOW_WINDOW

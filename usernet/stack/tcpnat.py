@@ -38,10 +38,12 @@ bytes (send queue, out-of-order pieces, host write backlog, and what the
 host side read but we did not take) by difference;
 past the budget a SYN is reset (``tcp_syn_budget_rst``), a port forward
 refused, the window toward the container held to ``BUDGET_FLOW_WINDOW``
-(zero while the host peer has a backlog: ``tcp_budget_window_squeezed``)
-and the send queue toward it to the same (``tcp_budget_send_capped``).
-A squeezed window reopens on the flow's next segment once the budget has
-room again.
+less the host write backlog (``tcp_budget_window_squeezed``) and the send
+queue toward it to ``BUDGET_FLOW_WINDOW`` (``tcp_budget_send_capped``). A
+squeezed window reopens on the flow's next segment once the budget has
+room again; while it is shut by a backlog, each segment from the container
+(its zero-window probes) asks the host side for a fresh backlog report (an
+empty ``TcpData``), since a small backlog drains without one.
 
 Liveness (the container side gone): every flow remembers when the container
 last sent anything (``last_rx``, one store per segment). A flow the
@@ -64,10 +66,10 @@ from ..wire.ipv6 import IPV6_LEN
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TCP_LEN, build_tcp_options
 from ..wire.vnet import VNET_HDR_NONE, tcp_offload_hdr
 from .arp import UNRESOLVED
-from .events import TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpInboundRefused
+from .events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
+                     TcpInboundRefused)
 from .budget import MemoryBudget
 from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE
-from .events import TcpAbort
 from .flows import TcpFlow
 from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                   SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
@@ -132,6 +134,12 @@ class TcpNat:
         if flow is not None:
             flow.last_rx = now
             flow.conn.on_segment(seg, now)
+            if flow.squeezed and flow.backlog:
+                # Its window is held shut by a backlog that may drain
+                # without a report (only a backlog past the host's high-water
+                # mark brings one): an empty TcpData makes the host side
+                # report it at the end of this flush.
+                self.events_out.append(TcpData(flow.id, b""))
             self.output(flow, now)
             if not (flags & SYN and not flags & ACK and flow.id not in flows.tcp.by_id):
                 return
@@ -447,7 +455,8 @@ class TcpNat:
                 # small one while it keeps up.
                 self.counters["tcp_budget_window_squeezed"] += 1
                 flow.squeezed = True
-                nbytes = conn.rcv_buf if nbytes else max(0, conn.rcv_buf - BUDGET_FLOW_WINDOW)
+                # window = BUDGET_FLOW_WINDOW - backlog, at least 0
+                nbytes = min(conn.rcv_buf, max(0, conn.rcv_buf - BUDGET_FLOW_WINDOW) + nbytes)
             conn.set_host_backlog(nbytes, now)
             self.output(flow, now)
 
