@@ -67,7 +67,36 @@ def _parse_mac(text):
     return mac
 
 
+def parse_size(text):
+    """A byte count: an integer with an optional K, M or G suffix (powers of 1024)."""
+    from .stack.config import MIN_MEMORY_BUDGET
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = 1 << (10 * ("KMG".index(t[-1]) + 1))
+        t = t[:-1]
+    try:
+        v = int(t) * mult
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 256M)") from None
+    if v < MIN_MEMORY_BUDGET:
+        raise ValueError(f"{text!r}: at least {MIN_MEMORY_BUDGET >> 20}M")
+    return v
+
+
+def _parse_seconds(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v <= 86400:
+        raise ValueError(f"{text!r}: seconds in (0, 86400]")
+    return v
+
+
 _mtu = _arg_type(_parse_mtu, "mtu")
+_size = _arg_type(parse_size, "size")
+_seconds = _arg_type(_parse_seconds, "seconds")
 _cidr = _arg_type(_parse_cidr, "cidr")
 _mac = _arg_type(_parse_mac, "mac")
 
@@ -151,6 +180,13 @@ def _common(p):
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
     g.add_argument("--debug", action="store_true", help="log at debug level")
     h = p.add_argument_group("hardening")
+    from .stack.config import DEFAULT_MEMORY_BUDGET, TCP_FIN_TIMEOUT
+    h.add_argument("--memory-budget", type=_size, default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+                   help="bytes buffered across all flows, reassembly and DNS; past it new "
+                        f"flows are refused and windows shrink (default {DEFAULT_MEMORY_BUDGET >> 20}M)")
+    h.add_argument("--tcp-fin-timeout", type=_seconds, default=TCP_FIN_TIMEOUT, metavar="SECONDS",
+                   help="probe a flow the container half-closed after this much silence, "
+                        f"and tear it down if the container's side is gone (default {TCP_FIN_TIMEOUT:g})")
     h.add_argument("--enable-sandbox", "--create-sandbox", dest="enable_sandbox",
                    action="store_true",
                    help="once set up, pivot_root into an empty read-only tmpfs keeping only "
@@ -201,7 +237,8 @@ def make_config(args):
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
                      enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
-                     ipv6_prefix=args.ipv6_prefix, allow_link_local=args.allow_link_local)
+                     ipv6_prefix=args.ipv6_prefix, allow_link_local=args.allow_link_local,
+                     memory_budget=args.memory_budget, tcp_fin_timeout=args.tcp_fin_timeout)
 
 
 # --------------------------------------------------------------------- serve

@@ -416,9 +416,10 @@ def test_udp_port_67_elsewhere_is_nat_not_dhcp():
     assert [type(e) for e in gw.events_out] == [UdpOpen, UdpSend]
 
 
-def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
-    """Past max_udp_flows / max_icmp_flows new flows are dropped with a
-    counter while existing ones keep working; expiry frees the slots."""
+def test_udp_and_icmp_full_tables_evict_the_oldest_idle_flow():
+    """Past max_udp_flows / max_icmp_flows a new flow evicts the flow nearest
+    its idle expiry (its host side gets the close) instead of being refused;
+    a flow with recent traffic is kept; expiry frees the slots."""
     gw = make_gw(max_udp_flows=2, max_icmp_flows=1)
 
     def udp(sport, now):
@@ -429,16 +430,23 @@ def test_udp_and_icmp_flow_limits_hold_and_free_on_expiry():
         feed(gw, Ether(src=GUEST_MAC, dst=GW_MAC) / IP(src=GUEST, dst="192.0.2.1") / ICMP(
             type=8, id=ident, seq=1) / Raw(b"x"), now=now)
 
-    for sport in (1, 2, 3):
-        udp(sport, 0.0)
-    echo(10, 0.0)
-    echo(11, 0.0)
-    assert len(gw.flows.udp.by_id) == 2 and gw.counters["drop_udp_flow_limit"] == 1
-    assert len(gw.flows.icmp.by_id) == 1 and gw.counters["drop_icmp_flow_limit"] == 1
+    udp(1, 0.0)
+    udp(2, 1.0)
+    udp(1, 2.0)                 # flow 1 is the busier one now
     gw.events_out.clear()
-    udp(1, 1.0)  # an existing flow still carries traffic
+    udp(3, 3.0)                 # full: flow 2 (idle longest) makes room
+    ports = sorted(f.guest_port for f in gw.flows.udp.by_id.values())
+    assert ports == [1, 3] and gw.counters["udp_flow_evicted"] == 1
+    assert gw.counters["drop_udp_flow_limit"] == 0
+    assert [type(e) for e in gw.events_out] == [UdpClose, UdpOpen, UdpSend]
+    echo(10, 3.0)
+    echo(11, 3.0)
+    assert [f.guest_port for f in gw.flows.icmp.by_id.values()] == [11]
+    assert gw.counters["icmp_flow_evicted"] == 1
+    gw.events_out.clear()
+    udp(1, 4.0)  # an existing flow still carries traffic
     assert [type(e) for e in gw.events_out] == [UdpSend]
-    gw.handle_timer(1.0 + gw.config.udp_idle_timeout + 1)
+    gw.handle_timer(4.0 + gw.config.udp_idle_timeout + 1)
     assert not gw.flows.udp.by_id and not gw.flows.icmp.by_id
     udp(3, 200.0)
     assert len(gw.flows.udp.by_id) == 1

@@ -46,7 +46,7 @@ import struct
 
 from ..stack.dns import DROP, REPLY, parse_resolv_conf, screen_query
 from ..stack.events import DnsQuery
-from ..stack.config import DNS_QUERY_TIMEOUT
+from ..stack.config import DNS_MAX_PENDING, DNS_QUERY_TIMEOUT
 from ..wire import ParseError
 from ..wire.dns import QR, TC, DnsTcpFramer, build_servfail, frame_tcp
 from .outbound import bind_outbound, local_addr
@@ -60,6 +60,7 @@ DNS_TCP_MAX_INFLIGHT = 16          # queries of one connection at the upstream a
 DNS_TCP_MAX_INFLIGHT_TOTAL = 256   # across all TCP connections; past it SERVFAIL at once
 DNS_TCP_IDLE_TIMEOUT = 30.0        # seconds without a message before we close (FIN)
 _LEN16 = struct.Struct("!H")
+INFLIGHT_SWEEP = 2 * DNS_MAX_PENDING   # this many sockets: drop those the gateway gave up on
 
 
 class DnsForwarder:
@@ -198,6 +199,10 @@ class DnsForwarder:
         if not ups:
             self.driver.gw.dns_failed(qid, self.driver.now(), "no_upstream")
             return
+        if len(self.inflight) >= INFLIGHT_SWEEP:
+            # The gateway evicts old queries when its table is full
+            # (dns_pending_evicted); let their sockets go too.
+            self.expire()
         self.inflight[qid] = [None, query, ups, None]
         self._try_next(qid)
 

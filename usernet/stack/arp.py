@@ -18,6 +18,17 @@ counters: the gateway keeps a second cache for IPv6 built with
 ``names=NDP_NAMES`` (a 16-byte key never meets a 4-byte one, but the two
 protocols' drops are told apart).
 
+Who may change an entry. ARP (or NDP) may add an address, never move a
+known one to another MAC: one forged gratuitous ARP for the container's own
+address would otherwise cut it off until it next ARPs (``arp_change_ignored``).
+The container's IP traffic is what moves an entry (``confirmed=True``:
+``arp_relearned_ip``), at once, so a container whose MAC really changed is
+followed on its first packet. The gateway never learns its own addresses
+(the address policy's ``may_learn``).
+
+Held frames count against the stack's memory budget (stack/budget.py); past
+it a frame is dropped instead of held (``drop_arp_hold_budget``).
+
 Entries are queued as ``(vnet_hdr, frame)`` pairs, the one shape of
 ``frames_out``. The cache is bounded (``max_entries``): a container cannot
 grow it by spoofing sources.
@@ -32,11 +43,14 @@ RETRY = 1.0             # seconds between solicitations for a held address
 TRIES = 3               # solicitations before the held frames are dropped
 TABLE_MAX = 256         # addresses learned; a spoofing container cannot grow it further
 UNRESOLVED = bytes(6)   # destination MAC of a frame built before its neighbour is known
-# Counter names: learned, table full, solicitation sent, hold full, unresolved.
+# Counter names: learned, table full, solicitation sent, hold full, unresolved,
+# a change refused, a change from IP traffic, a hold past the memory budget.
 ARP_NAMES = ("arp_learned", "arp_table_full", "arp_request_tx", "drop_arp_hold_full",
-             "drop_arp_unresolved")
+             "drop_arp_unresolved", "arp_change_ignored", "arp_relearned_ip",
+             "drop_arp_hold_budget")
 NDP_NAMES = ("ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
-             "drop_ndp_unresolved")
+             "drop_ndp_unresolved", "ndp_change_ignored", "ndp_relearned_ip",
+             "drop_ndp_hold_budget")
 
 
 class _Hold:
@@ -53,10 +67,12 @@ class _Hold:
 class NeighbourCache:
     def __init__(self, counters, frames_out: list, timers: Timers, solicit, vnet_plain: bytes, *,
                  max_entries: int = TABLE_MAX, hold_max: int = HOLD_MAX, retry: float = RETRY,
-                 tries: int = TRIES, names: tuple = ARP_NAMES):
+                 tries: int = TRIES, names: tuple = ARP_NAMES, budget=None):
         self.counters = counters
         (self._c_learned, self._c_full, self._c_solicit, self._c_hold_full,
-         self._c_unresolved) = names
+         self._c_unresolved, self._c_change_ignored, self._c_relearned,
+         self._c_hold_budget) = names
+        self.budget = budget
         self.frames_out = frames_out
         self.table: dict[bytes, bytes] = {}
         self.held: dict[bytes, _Hold] = {}
@@ -72,15 +88,23 @@ class NeighbourCache:
     def lookup(self, ip: bytes) -> bytes | None:
         return self.table.get(ip)
 
-    def learn(self, ip: bytes, mac: bytes) -> None:
-        """Record ``ip -> mac`` (bounded) and release the frames waiting for it."""
+    def learn(self, ip: bytes, mac: bytes, confirmed: bool = False) -> None:
+        """Record ``ip -> mac`` (bounded) and release the frames waiting for
+        it. A known address moves to another MAC only when ``confirmed``
+        (seen in the container's IP traffic), never by ARP/NDP alone."""
         known = self.table.get(ip)
         if known == mac:
             return
-        if known is None and len(self.table) >= self.max_entries:
-            self.counters[self._c_full] += 1
+        if known is None:
+            if len(self.table) >= self.max_entries:
+                self.counters[self._c_full] += 1
+                return
+            self.counters[self._c_learned] += 1
+        elif not confirmed:
+            self.counters[self._c_change_ignored] += 1
             return
-        self.counters[self._c_learned] += 1
+        else:
+            self.counters[self._c_relearned] += 1
         self.table[ip] = mac
         hold = self.held.pop(ip, None)
         if hold is not None:
@@ -88,6 +112,11 @@ class NeighbourCache:
             for entry in hold.frames:
                 entry[1][0:6] = mac      # the one place a frame's MAC is written late
                 out.append(entry)
+            self._release(hold)
+
+    def _release(self, hold: _Hold) -> None:
+        if self.budget is not None:
+            self.budget.used -= sum(len(e[1]) for e in hold.frames)
 
     def output(self, ip: bytes, mac: bytes | None, entry: tuple, now: float) -> None:
         """Queue ``entry`` (a ``(vnet_hdr, frame)`` pair built for ``mac``,
@@ -102,6 +131,12 @@ class NeighbourCache:
         if len(hold.frames) >= self.hold_max:
             self.counters[self._c_hold_full] += 1
             return
+        b = self.budget
+        if b is not None:
+            if b.over():
+                self.counters[self._c_hold_budget] += 1
+                return
+            b.used += len(entry[1])
         hold.frames.append(entry)
 
     def _send_solicit(self, ip: bytes, hold: _Hold, now: float) -> None:
@@ -122,3 +157,4 @@ class NeighbourCache:
             return
         del self.held[ip]
         self.counters[self._c_unresolved] += len(hold.frames)
+        self._release(hold)

@@ -28,11 +28,50 @@ FRAG_TIMEOUT = 5.0
 FRAG_MAX_DATAGRAMS = 64
 FRAG_MAX_BYTES = 1 << 20
 DNS_QUERY_TIMEOUT = 5.0           # upstream silence this long -> SERVFAIL to the container
-DNS_MAX_PENDING = 256             # queries waiting for upstream; past it -> SERVFAIL at once
+DNS_MAX_PENDING = 256             # queries waiting for upstream; past it -> the oldest is
+                                  # answered SERVFAIL and the new one takes its place,
+DNS_EVICT_AGE = 1.0               # if it has waited this long (else the new one: SERVFAIL)
+
 # A query bigger than this is refused with FORMERR, never relayed: queries
 # are a question plus an EDNS record (and at most a TSIG); 4096 is the EDNS
 # buffer size RFC 6891 6.2.5 starts from, far above any honest query.
 DNS_MAX_QUERY_SIZE = 4096
+
+# The global memory budget (usernet/stack/budget.py): bytes buffered across
+# every flow in both directions (stack queues and host write queues),
+# reassembly, neighbour holds and DNS in flight. Past it new work is refused
+# (SYN -> RST, new UDP/echo flow -> dropped and counted, DNS -> SERVFAIL)
+# and windows shrink; existing flows keep moving.
+DEFAULT_MEMORY_BUDGET = 256 << 20
+MIN_MEMORY_BUDGET = 1 << 20
+# Past the budget a TCP flow still gets this much window (container -> host)
+# while its host peer keeps up, and this much send queue (host -> container):
+# it keeps moving, slowly, and what it can hold is bounded by the flow count.
+BUDGET_FLOW_WINDOW = 16 * 1024
+# TCP flows whose container side may be gone (stack/tcpnat.py, like Linux's
+# tcp_fin_timeout and keepalive): a flow the container half-closed (its FIN
+# in, the host peer still open) is probed after this much silence from the
+# container; an established one after TCP_KEEPALIVE_IDLE. A probe is an ACK
+# for old data: a live socket answers with an ACK, a gone one with RST (torn
+# down at once); TCP_KEEPALIVE_PROBES unanswered probes TCP_KEEPALIVE_INTVL
+# apart tear it down too.
+TCP_FIN_TIMEOUT = 60.0
+TCP_KEEPALIVE_IDLE = 600.0
+TCP_KEEPALIVE_INTVL = 5.0
+TCP_KEEPALIVE_PROBES = 3
+# A full table evicts before it refuses: the oldest among this many flows
+# from the table's old end (a full scan per new flow would make a flood
+# quadratic). TCP takes half-closed, closing and unanswered-handshake flows
+# at any age, established ones silent for TCP_EVICT_IDLE.
+EVICT_SCAN = 64
+TCP_EVICT_IDLE = 120.0
+# The least MSS accepted from the container (smaller ones are raised to it,
+# never above our own link's MSS). RFC 9293 3.7.1 / RFC 1122 3.3.3: every
+# IPv4 host takes 576-byte datagrams, i.e. a 536-byte MSS; the container's
+# link is the TAP whose MTU usernet chose, so a smaller MSS buys nothing but
+# frames (MSS 1 made ~343,000 frames for 48 KB). Linux's floor is 48
+# (tcp_min_snd_mss); ours is higher because each frame costs Python ~10x.
+TCP_MIN_PEER_MSS = 536
 
 DEFAULT_IPV6_PREFIX = "fd00::/64"   # slirp4netns's
 GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
@@ -82,6 +121,14 @@ class NetConfig:
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     udp_dns_idle_timeout: float = UDP_DNS_IDLE_TIMEOUT
     max_icmp_flows: int = MAX_ICMP_FLOWS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    tcp_fin_timeout: float = TCP_FIN_TIMEOUT
+    tcp_keepalive_idle: float = TCP_KEEPALIVE_IDLE
+    tcp_keepalive_intvl: float = TCP_KEEPALIVE_INTVL
+    tcp_keepalive_probes: int = TCP_KEEPALIVE_PROBES
+    frag_max_datagrams: int = FRAG_MAX_DATAGRAMS
+    frag_max_bytes: int = FRAG_MAX_BYTES
+    dns_max_pending: int = DNS_MAX_PENDING
     enable_ipv6: bool = False
     ipv6_prefix: str = DEFAULT_IPV6_PREFIX
     network: ipaddress.IPv4Network = field(init=False)
@@ -89,6 +136,9 @@ class NetConfig:
     def __post_init__(self):
         net = parse_cidr(self.cidr)
         check_mtu(self.mtu)
+        if self.memory_budget < MIN_MEMORY_BUDGET:
+            raise ValueError(f"the memory budget must be at least {MIN_MEMORY_BUDGET} bytes, "
+                             f"got {self.memory_budget}")
         if self.enable_ipv6 and self.mtu < IPV6_MIN_MTU:
             # The container's kernel turns IPv6 off on such a link anyway.
             raise ValueError(f"IPv6 needs an MTU of at least {IPV6_MIN_MTU}, got {self.mtu}")

@@ -43,7 +43,7 @@ PARSE_REASONS = (
 #: Why a host connect failed (``host/tcp.py`` maps errnos to these).
 CONNECT_FAILURES = ("refused", "unreachable", "timeout", "denied", "error")
 #: Why no upstream resolver answered.
-DNS_FAILURES = ("timeout", "no_upstream", "unreachable", "error")
+DNS_FAILURES = ("timeout", "no_upstream", "unreachable", "error", "evicted")
 #: TCP states in which a segment can only be dropped (``tcp_drop_<state>``).
 TCP_DEAD_STATES = ("listen", "closed")
 
@@ -67,11 +67,17 @@ _GATEWAY = (
     "tcp_inbound_no_source_port", "fwd_client_addr_as_gateway",
     "dns_local_answer", "dns_query_forwarded", "dns_servfail_too_many_pending",
     "dns_servfail_tx", "dns_answer_rx", "dns_late_answer", "drop_dns_unparsable_query",
+    # limits and the memory budget (stack/budget.py, stack/tcpnat.py, stack/flows.py)
+    "dns_servfail_budget", "dns_pending_evicted", "tcp_syn_budget_rst",
+    "tcp_inbound_budget_refused", "tcp_budget_window_squeezed", "tcp_budget_send_capped",
+    "tcp_flow_evicted", "tcp_keepalive_probe_tx", "tcp_keepalive_timeout",
 )
-_ARP = ("arp_learned", "arp_table_full", "arp_gratuitous", "arp_reply_tx", "arp_reply_rx",
+_ARP = ("arp_change_ignored", "arp_relearned_ip", "drop_arp_hold_budget",
+        "arp_learned", "arp_table_full", "arp_gratuitous", "arp_reply_tx", "arp_reply_rx",
         "arp_ignored_not_ours", "arp_request_tx", "drop_arp_bad_oper", "drop_arp_hold_full",
         "drop_arp_unresolved")
-_NDP = ("ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
+_NDP = ("ndp_change_ignored", "ndp_relearned_ip", "drop_ndp_hold_budget",
+        "ndp_learned", "ndp_table_full", "ndp_ns_tx", "drop_ndp_hold_full",
         "drop_ndp_unresolved",
         # the router's link services (usernet/stack/ndp.py)
         "ndp_ra_unsolicited", "ndp_ra_solicited", "ndp_na_sent", "ndp_na_received",
@@ -84,10 +90,12 @@ _IPV6 = ("drop_ipv6_bad_source", "drop_ipv6_bad_destination",
          "icmp6_param_problem_tx", "icmp6_error_suppressed", "udp6_port_unreachable_local",
          "drop_udp_too_big_for_ipv6", "frag6_received")
 _FLOWS = ("udp_flow_open", "udp_flow_expired", "drop_udp_flow_limit",
-          "icmp_flow_open", "icmp_flow_expired", "drop_icmp_flow_limit")
+          "icmp_flow_open", "icmp_flow_expired", "drop_icmp_flow_limit",
+          "udp_flow_evicted", "icmp_flow_evicted", "drop_udp_budget", "drop_icmp_budget")
 _FRAG = ("frag_received", "frag_reassembled", "frag_duplicate", "frag_drop_bad_fragment",
          "frag_drop_inconsistent", "frag_drop_memory_limit", "frag_drop_overlap",
-         "frag_drop_timeout", "frag_drop_too_many_datagrams", "drop_frag_too_big")
+         "frag_drop_timeout", "drop_frag_too_big",
+         "frag_evicted_oldest", "frag_drop_budget")
 _DHCP = ("dhcp_discover", "dhcp_offer", "dhcp_request", "dhcp_ack", "dhcp_nak", "dhcp_decline",
          "dhcp_release", "dhcp_inform", "dhcp_pool_exhausted", "dhcp_request_other_server",
          "dhcp_drop_bad", "dhcp_drop_bad_chaddr", "dhcp_drop_bad_request", "dhcp_drop_bad_type",
@@ -110,7 +118,7 @@ _TCP = (
     "tcp_drop_data_after_fin", "tcp_drop_no_ack", "tcp_drop_ooo_full", "tcp_drop_out_of_window",
     "tcp_drop_paws", "tcp_drop_rst_bad_ack", "tcp_drop_rst_no_ack",
     "tcp_drop_rst_out_of_window", "tcp_drop_syn_sent_no_syn", "tcp_drop_synack_data",
-    "tcp_drop_zero_window", "tcp_exit_reset",
+    "tcp_drop_zero_window", "tcp_exit_reset", "tcp_peer_mss_clamped",
 )
 # The host side (usernet/host/): the driver, host sockets, DNS upstream, forwards.
 _HOST = (

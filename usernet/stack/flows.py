@@ -10,7 +10,10 @@ from one counter for all kinds, so an id never names two live flows.
 
 :class:`FlowTable` holds one kind, by key and by id, with a limit; past the
 limit :meth:`Flows.open_datagram` refuses with the kind's counter and TCP
-refuses at its SYN. Every datagram flow is opened through
+refuses at its SYN -- but only after trying to evict: a full datagram table
+forgets the flow nearest its idle expiry among the oldest
+(:meth:`Flows.evict_datagram`), a full TCP table its oldest half-closed or
+long-silent flow (``TcpNat._evict``). Every datagram flow is opened through
 :meth:`Flows.open_datagram`, every TCP flow through :meth:`Flows.add_tcp`:
 one path each.
 
@@ -31,6 +34,7 @@ share these tables (a 16-byte address is a different key), and so this code;
 an IPv6 flow shown from the gateway is shown from prefix::2.
 """
 
+from .config import EVICT_SCAN
 from .events import IcmpClose, UdpClose
 
 PICK_PORTS = (49152, 65535)  # source ports the stack picks when the client's own cannot be used
@@ -41,9 +45,10 @@ class TcpFlow:
     """One TCP flow's gateway-side bookkeeping; the protocol lives in ``conn``."""
 
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
-                 "connecting", "connect_deadline", "armed", "inbound", "neigh")
+                 "connecting", "connect_deadline", "armed", "inbound", "neigh",
+                 "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent")
 
-    def __init__(self, fid, key, conn, inbound: bool, neigh=None):
+    def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
         self.key = key
         self.conn = conn
@@ -53,12 +58,28 @@ class TcpFlow:
         self.armed = None
         self.inbound = inbound        # a port forward: we opened toward the container
         self.neigh = neigh            # the neighbour cache of its family (ARP or NDP)
+        # The memory budget (stack/budget.py): bytes this flow has charged,
+        # the host write backlog last reported, and whether its window is
+        # held small because the budget is spent.
+        self.charged = 0
+        self.backlog = 0
+        self.host_held = 0            # bytes read from the host socket and not taken yet
+        self.squeezed = False
+        # Liveness of the container side (stack/tcpnat.py keepalive): when
+        # it last sent anything, the next check, probes sent unanswered.
+        self.last_rx = now
+        self.ka_at = None
+        self.probes = 0
+        self.probe_sent = 0.0
 
     def deadline(self):
         t = self.conn.get_timer()
         d = self.connect_deadline
         if d is not None and (t is None or d < t):
-            return d
+            t = d
+        d = self.ka_at
+        if d is not None and (t is None or d < t):
+            t = d
         return t
 
 
@@ -68,7 +89,7 @@ class DatagramFlow:
     __slots__ = ("id", "key", "guest_ip", "guest_port", "remote_ip", "remote_port", "deadline",
                  "armed", "idle")
     CLOSE = None            # the event the host side gets when the flow expires
-    OPENED = EXPIRED = LIMIT = ""   # counter names
+    OPENED = EXPIRED = LIMIT = EVICTED = BUDGET = ""   # counter names
 
     def __init__(self, fid, key, idle: float):
         self.id = fid
@@ -83,6 +104,7 @@ class UdpFlow(DatagramFlow):
     __slots__ = ()
     CLOSE = UdpClose
     OPENED, EXPIRED, LIMIT = "udp_flow_open", "udp_flow_expired", "drop_udp_flow_limit"
+    EVICTED, BUDGET = "udp_flow_evicted", "drop_udp_budget"
 
 
 class IcmpFlow(DatagramFlow):
@@ -90,6 +112,7 @@ class IcmpFlow(DatagramFlow):
     __slots__ = ()
     CLOSE = IcmpClose
     OPENED, EXPIRED, LIMIT = "icmp_flow_open", "icmp_flow_expired", "drop_icmp_flow_limit"
+    EVICTED, BUDGET = "icmp_flow_evicted", "drop_icmp_budget"
 
 
 class FlowTable:
@@ -126,8 +149,10 @@ class FlowTable:
 class Flows:
     """The three tables and the id space."""
 
-    def __init__(self, cfg, counters, nat):
+    def __init__(self, cfg, counters, nat, budget=None, events_out: list | None = None):
         self.counters = counters
+        self.budget = budget            # the stack's MemoryBudget (None: unbounded)
+        self.events_out = events_out if events_out is not None else []
         self.nat = nat
         self.gateway_ip = cfg.gateway_ip
         self.gateway6 = cfg.gateway6
@@ -147,14 +172,40 @@ class Flows:
 
     def open_datagram(self, cls, table: FlowTable, key: tuple, idle: float):
         """Register a new UDP or ICMP echo flow, or count the drop and return
-        None at the table's limit."""
-        if table.full():
+        None past the memory budget or at the table's limit when no flow
+        could be evicted."""
+        b = self.budget
+        if b is not None and b.over():
+            self.counters[cls.BUDGET] += 1
+            return None
+        if table.full() and not self.evict_datagram(table):
             self.counters[cls.LIMIT] += 1
             return None
         flow = cls(self.new_id(), key, idle)
         table.add(flow)
         self.counters[cls.OPENED] += 1
         return flow
+
+    def evict_datagram(self, table: FlowTable) -> bool:
+        """Make room in a full datagram table: forget the flow nearest its
+        idle expiry among the :data:`EVICT_SCAN` oldest (conntrack's
+        early drop). Its host side gets the flow's close event. False if the
+        table is empty."""
+        best = None
+        n = 0
+        for flow in table.by_id.values():
+            d = flow.deadline or 0.0
+            if best is None or d < best.deadline:
+                best = flow
+            n += 1
+            if n >= EVICT_SCAN:
+                break
+        if best is None:
+            return False
+        table.remove(best)
+        self.counters[best.EVICTED] += 1
+        self.events_out.append(best.CLOSE(best.id))
+        return True
 
     def inbound_key(self, table: FlowTable, guest_ip: bytes, guest_port: int,
                     src_ip: bytes | None, src_port: int | None) -> tuple | None:

@@ -88,8 +88,8 @@ from ..wire.ipv6 import DISCARD, IPV6, IPV6_LEN, NH_NONE, ext_header_problem, ne
 from ..wire.ndp import ND_HOP_LIMIT, build_ns
 from ..wire.vnet import VNET_HDR_NONE
 from .arp import NDP_NAMES, NeighbourCache
-from .config import (DNS_MAX_PENDING, DNS_QUERY_TIMEOUT, FRAG_MAX_BYTES, FRAG_MAX_DATAGRAMS,
-                     FRAG_TIMEOUT, NetConfig)
+from .budget import MemoryBudget
+from .config import DNS_EVICT_AGE, DNS_QUERY_TIMEOUT, FRAG_TIMEOUT, NetConfig
 from .counters import Counters
 from .datagrams import ICMP_QUOTE_MAX, DatagramNat
 from .dhcp import DhcpConfig, DhcpServer
@@ -138,22 +138,28 @@ class Gateway:
         self.mac = cfg.gateway_mac
         self.nat = AddressPolicy(cfg)
         self.timers = Timers()
+        # The one memory accountant (stack/budget.py): every buffer below
+        # charges it; past its limit new work is refused.
+        self.budget = budget = MemoryBudget(cfg.memory_budget)
         self.neigh = NeighbourCache(self.counters, self.frames_out, self.timers,
-                                    self._arp_solicit, VNET_HDR_NONE)
+                                    self._arp_solicit, VNET_HDR_NONE, budget=budget)
         if cfg.guest_mac is not None:
             self.neigh.table[cfg.guest_ip] = cfg.guest_mac
         # IPv6's neighbour cache: the same structure, Neighbor Solicitations
         # instead of ARP requests, its own counters.
         self.neigh6 = NeighbourCache(self.counters, self.frames_out, self.timers,
-                                     self._nd_solicit, VNET_HDR_NONE, names=NDP_NAMES)
-        self.flows = Flows(cfg, self.counters, self.nat)
-        self.reasm = Reassembler(self.counters, FRAG_TIMEOUT, FRAG_MAX_DATAGRAMS, FRAG_MAX_BYTES)
+                                     self._nd_solicit, VNET_HDR_NONE, names=NDP_NAMES,
+                                     budget=budget)
+        self.flows = Flows(cfg, self.counters, self.nat, budget, self.events_out)
+        self.reasm = Reassembler(self.counters, FRAG_TIMEOUT, cfg.frag_max_datagrams,
+                                 cfg.frag_max_bytes, budget)
         self._frag_armed = None
         self._ip_ident = self.rng.randrange(65536)
         t = self.timers
         self.tcp = TcpNat(cfg, self.counters, self.flows, self.nat, self.neigh, t,
                           self.frames_out, self.events_out, self.mac, self.rng,
-                          ident=self._ident, unreachable=self._unreachable, offload=offload)
+                          ident=self._ident, unreachable=self._unreachable, offload=offload,
+                          budget=budget)
         # The host side's TCP notifications are TcpNat's; the contract names them here.
         tcp = self.tcp
         self.tcp_connected, self.tcp_refused = tcp.connected, tcp.refused
@@ -183,7 +189,8 @@ class Gateway:
         if cfg.enable_dns:
             self.local_names = LocalNames(cfg.gateway_ip if cfg.host_loopback else None)
             self.udp_local_handlers[(cfg.dns_ip, 53)] = self._dns_input
-        # DNS queries waiting for upstream: id -> (guest_ip, guest_port, query)
+        # DNS queries waiting for upstream: id -> (guest_ip, guest_port,
+        # query, asked at), oldest first (dicts keep insertion order).
         self.dns_pending: dict[int, tuple] = {}
         self.router6 = None
         if cfg.enable_ipv6:
@@ -276,7 +283,8 @@ class Gateway:
             c["drop_ipv4_ttl_zero"] += 1
             return
         src = p[P_SRC]
-        if src not in self.neigh.table:
+        known = self.neigh.table.get(src)
+        if known is None:
             if self.nat.bad_guest_source(src, p[P_PROTO] == PROTO_UDP and p[P_DPORT] == 67):
                 c["drop_ipv4_bad_source"] += 1
                 return
@@ -284,6 +292,10 @@ class Gateway:
                 # Learn the guest's MAC from its IP traffic too (no ARP needed
                 # for replies: the container always ARPs us first anyway).
                 self.neigh.learn(src, p[P_SRC_MAC])
+        elif known != p[P_SRC_MAC]:
+            # Its IP traffic says where it is now (a forged ARP cannot move
+            # an entry; a real MAC change is followed at once).
+            self.neigh.learn(src, p[P_SRC_MAC], True)
         if p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40 and not csum_ok:
             # Bigger than the link MTU (someone raised the TAP's MTU inside the
             # container) with DF set: RFC 1191 says answer "fragmentation
@@ -405,7 +417,15 @@ class Gateway:
         right (the container fragmented it to fit)."""
         c = self.counters
         src = p[P_SRC]
-        if src not in self.neigh6.table:
+        known = self.neigh6.table.get(src)
+        if known is not None:
+            if known != p[P_SRC_MAC] and not (
+                    p[P_PROTO] == PROTO_ICMPV6
+                    and ND_ROUTER_SOLICIT <= p[P_SPORT] <= ND_NEIGHBOR_ADVERT):
+                # As for IPv4; but neighbour discovery itself is what a
+                # forged advertisement would use, so it never moves an entry.
+                self.neigh6.learn(src, p[P_SRC_MAC], True)
+        else:
             if src == _ANY6:
                 # The unspecified source is only for a node that has no
                 # address yet: duplicate-address probes and router
@@ -619,12 +639,25 @@ class Gateway:
             c["dns_local_answer"] += 1
             self._dns_send(p[P_SRC], p[P_SPORT], local, now)
             return
-        if len(self.dns_pending) >= DNS_MAX_PENDING:
-            c["dns_servfail_too_many_pending"] += 1
+        pending = self.dns_pending
+        if self.budget.over():
+            c["dns_servfail_budget"] += 1
             self._dns_servfail(p[P_SRC], p[P_SPORT], query, now)
             return
+        if len(pending) >= self.config.dns_max_pending:
+            # Full: the oldest query, if it has waited DNS_EVICT_AGE, gets
+            # its SERVFAIL now and the new one takes its place (a burst of
+            # unanswerable names must not lock out every later one).
+            oldest = next(iter(pending))
+            if now - pending[oldest][3] < DNS_EVICT_AGE:
+                c["dns_servfail_too_many_pending"] += 1
+                self._dns_servfail(p[P_SRC], p[P_SPORT], query, now)
+                return
+            c["dns_pending_evicted"] += 1
+            self.dns_failed(oldest, now, "evicted")
         qid = self.flows.new_id()
-        self.dns_pending[qid] = (p[P_SRC], p[P_SPORT], query)
+        pending[qid] = (p[P_SRC], p[P_SPORT], query, now)
+        self.budget.used += len(query)
         self.timers.push(now + DNS_QUERY_TIMEOUT, self._t_dns, qid)
         c["dns_query_forwarded"] += 1
         self.events_out.append(DnsQuery(qid, query))
@@ -649,6 +682,7 @@ class Gateway:
         if q is None:
             self.counters["dns_late_answer"] += 1
             return
+        self.budget.used -= len(q[2])
         self.counters["dns_answer_rx"] += 1
         self._dns_send(q[0], q[1], answer, now)
 
@@ -657,6 +691,7 @@ class Gateway:
         q = self.dns_pending.pop(qid, None)
         if q is None:
             return
+        self.budget.used -= len(q[2])
         self.counters["dns_upstream_failed_" + reason] += 1
         self._dns_servfail(q[0], q[1], q[2], now)
 
@@ -700,4 +735,6 @@ class Gateway:
                 "udp_flows": len(f.udp), "icmp_flows": len(f.icmp),
                 "frag_in_progress": len(self.reasm.partials),
                 "neighbours6": len(self.neigh6.table),
-                "dns_pending": len(self.dns_pending)}
+                "dns_pending": len(self.dns_pending),
+                "memory_budget": self.budget.limit, "memory_used": self.budget.used,
+                "memory_peak": max(self.budget.peak, self.budget.used)}

@@ -3,8 +3,13 @@
 Owns: partially received datagrams keyed by (src, dst, proto, ident).
 Limits: at most ``max_datagrams`` in progress and ``max_bytes`` buffered in
 all; a datagram's fragments must all arrive within ``timeout`` seconds of the
-first. Past any limit the fragment (or the oldest datagram) is dropped with a
-counter; nothing grows without bound. Overlapping fragments (RFC 5722's
+first. A new datagram past ``max_datagrams`` evicts the oldest one in
+progress (``frag_evicted_oldest``: a flood of incomplete sets cannot lock out
+a valid datagram); a fragment past ``max_bytes`` evicts the oldest sets
+before it, or drops its own datagram when that is the oldest. Bytes
+held are charged to the stack's memory budget (stack/budget.py); past the
+budget a new datagram is not started (``frag_drop_budget``). Nothing grows
+without bound. Overlapping fragments (RFC 5722's
 lesson for v6, and a classic v4 evasion trick) drop the whole datagram.
 
 Timer: the earliest datagram deadline, exposed through :meth:`next_deadline`.
@@ -25,8 +30,10 @@ class _Partial:
 
 
 class Reassembler:
-    def __init__(self, counters, timeout: float, max_datagrams: int, max_bytes: int):
+    def __init__(self, counters, timeout: float, max_datagrams: int, max_bytes: int,
+                 budget=None):
         self.counters = counters
+        self.budget = budget
         self.timeout = timeout
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
@@ -38,9 +45,15 @@ class Reassembler:
         c = self.counters
         part = self.partials.get(key)
         if part is None:
-            if len(self.partials) >= self.max_datagrams:
-                c["frag_drop_too_many_datagrams"] += 1
+            b = self.budget
+            if b is not None and b.over():
+                c["frag_drop_budget"] += 1
                 return None
+            if len(self.partials) >= self.max_datagrams:
+                # Evict the oldest set (dicts keep insertion order): incomplete
+                # sets sent to fill the table must not lock out a valid one.
+                c["frag_evicted_oldest"] += 1
+                self._forget(next(iter(self.partials)))
             part = self.partials[key] = _Partial(now + self.timeout)
         n = len(data)
         end = offset + n
@@ -48,10 +61,15 @@ class Reassembler:
             c["frag_drop_bad_fragment"] += 1
             self._forget(key)
             return None
-        if self.bytes_held + n > self.max_bytes:
-            c["frag_drop_memory_limit"] += 1
-            self._forget(key)
-            return None
+        while self.bytes_held + n > self.max_bytes:
+            oldest = next(iter(self.partials))
+            if oldest == key:
+                # This datagram alone is past the bound.
+                c["frag_drop_memory_limit"] += 1
+                self._forget(key)
+                return None
+            c["frag_evicted_oldest"] += 1
+            self._forget(oldest)
         if not more:
             if part.total is not None and part.total != end:
                 c["frag_drop_inconsistent"] += 1
@@ -74,6 +92,8 @@ class Reassembler:
         part.pieces[offset] = bytes(data)
         part.size += n
         self.bytes_held += n
+        if self.budget is not None:
+            self.budget.used += n
         c["frag_received"] += 1
         if part.total is None or part.size != part.total:
             if part.total is not None and part.size > part.total:
@@ -90,6 +110,8 @@ class Reassembler:
         part = self.partials.pop(key, None)
         if part is not None:
             self.bytes_held -= part.size
+            if self.budget is not None:
+                self.budget.used -= part.size
 
     def next_deadline(self):
         if not self.partials:

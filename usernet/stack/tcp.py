@@ -111,6 +111,7 @@ from typing import NamedTuple
 from usernet.wire.tcp import (ACK, FIN, NO_OPTIONS, O_MSS, O_SACK_BLOCKS, O_SACK_PERM, O_TS_VAL,
                                O_WSCALE, PSH, RST, SYN, TcpOptions)
 
+from .config import TCP_MIN_PEER_MSS
 from .events import (TcpAbort, TcpData, TcpInboundConnected, TcpInboundRefused, TcpPause,
                      TcpResume, TcpShutdown)
 
@@ -325,6 +326,11 @@ class TcpConnection:
     def _negotiate(self, o: TcpOptions) -> None:
         """Record the options of the peer's SYN (or SYN-ACK)."""
         self.peer_mss = o[O_MSS] if o[O_MSS] else DEFAULT_MSS
+        if self.peer_mss < TCP_MIN_PEER_MSS:
+            # A tiny MSS only multiplies our frames (config.TCP_MIN_PEER_MSS);
+            # raised to the floor, never above what our own link carries.
+            self.counters["tcp_peer_mss_clamped"] += 1
+            self.peer_mss = min(TCP_MIN_PEER_MSS, self.mss)
         # RFC 7323 2.2: scaling is on only if both sides sent the option.
         if o[O_WSCALE] is not None and self.wscale is not None:
             self._ws_ok = True
@@ -429,6 +435,14 @@ class TcpConnection:
         if grow >= self._sws_thresh and old_wnd < self.rcv_buf // 2:
             self.counters["tcp_window_update_tx"] += 1
             self._send_ack(now)
+
+    def send_keepalive(self, now: float) -> None:
+        """A keepalive probe (the owner decides when): an ACK for old data,
+        ``SND.UNA - 1``, which the peer must answer -- with an ACK if its
+        socket lives, with RST if it is gone (RFC 9293 3.8.4, RFC 1122
+        4.2.3.6)."""
+        if self.state in _SYNCHRONIZED and self.state != TIME_WAIT:
+            self._emit(self.snd_una - 1, ACK, b"", now)
 
     # ------------------------------------------------------------------
     # timers

@@ -27,8 +27,34 @@ outbound flow (``TcpCancel``, then RST to the container), and the same for
 the container's answer to a port forward's SYN
 (``TcpInboundRefused(timed_out=True)``; no RST, the container never spoke).
 
-Limits: ``max_tcp_flows`` (a SYN past it is reset), ``max_tcp_connects``
+Limits: ``max_tcp_flows`` (a SYN past it is reset, once no flow could be
+evicted: :meth:`TcpNat._evict` takes the longest-silent half-closed,
+closing or unanswered-handshake flow, or an established one silent for
+``TCP_EVICT_IDLE``, among the ``EVICT_SCAN`` oldest), ``max_tcp_connects``
 host connects in flight (a SYN past it is dropped; the container retries).
+
+Memory budget (stack/budget.py): :meth:`output` charges each flow's held
+bytes (send queue, out-of-order pieces, host write backlog, and what the
+host side read but we did not take) by difference;
+past the budget a SYN is reset (``tcp_syn_budget_rst``), a port forward
+refused, the window toward the container held to ``BUDGET_FLOW_WINDOW``
+less the host write backlog (``tcp_budget_window_squeezed``) and the send
+queue toward it to ``BUDGET_FLOW_WINDOW`` (``tcp_budget_send_capped``). A
+squeezed window reopens on the flow's next segment once the budget has
+room again; while it is shut by a backlog, each segment from the container
+(its zero-window probes) asks the host side for a fresh backlog report (an
+empty ``TcpData``), since a small backlog drains without one.
+
+Liveness (the container side gone): every flow remembers when the container
+last sent anything (``last_rx``, one store per segment). A flow the
+container half-closed (CLOSE-WAIT: its FIN in, the host peer still open) is
+probed after ``tcp_fin_timeout`` of silence, an established one (or
+FIN-WAIT-2) after ``tcp_keepalive_idle``: the probe is an ACK for old data
+(``SND.UNA - 1``, Linux's keepalive), which a live socket answers with an
+ACK and a gone one with RST (the connection then aborts as for any RST).
+``tcp_keepalive_probes`` unanswered probes ``tcp_keepalive_intvl`` apart
+abort the flow (RST both ways: ``tcp_keepalive_timeout``). The check is
+one timer per flow at most once per ``tcp_fin_timeout``.
 """
 
 from ..wire.ether import ETH_LEN
@@ -40,9 +66,19 @@ from ..wire.ipv6 import IPV6_LEN
 from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TCP_LEN, build_tcp_options
 from ..wire.vnet import VNET_HDR_NONE, tcp_offload_hdr
 from .arp import UNRESOLVED
-from .events import TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpInboundRefused
+from .events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
+                     TcpInboundRefused)
+from .budget import MemoryBudget
+from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE
 from .flows import TcpFlow
-from .tcp import SYN_SENT, TIME_WAIT, Segment, TcpConnection
+from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
+                  SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
+
+#: States in which the container's side is probed when silent.
+_PROBED = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2))
+#: States a full table may evict at any age: the container half-closed or
+#: the flow is closing, or our SYN-ACK went unanswered (half-open).
+_EVICTABLE = frozenset((CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT))
 
 # With TAP offloads, the most payload one TCP frame toward the container
 # carries: an IPv4 datagram's 65535 bytes less the IP and TCP headers and the
@@ -53,7 +89,8 @@ TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
 
 class TcpNat:
     def __init__(self, config, counters, flows, nat, neigh, timers, frames_out: list,
-                 events_out: list, mac: bytes, rng, *, ident, unreachable, offload: bool):
+                 events_out: list, mac: bytes, rng, *, ident, unreachable, offload: bool,
+                 budget: MemoryBudget | None = None):
         """``ident()``: the next IPv4 identification; ``unreachable(p, frame,
         code, counter)``: the gateway's ICMP destination unreachable about a
         parsed frame (sent for a SYN to an address nobody on the link owns)."""
@@ -73,6 +110,7 @@ class TcpNat:
         self._tcp_max_seg = TSO_MAX_SEG if offload else None
         self._kind = timers.kind(self._live, self._timer)
         self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
+        self.budget = budget if budget is not None else MemoryBudget(config.memory_budget)
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -94,7 +132,14 @@ class TcpNat:
         seg = Segment(p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS], p[P_PAYLOAD])
         flags = seg.flags
         if flow is not None:
+            flow.last_rx = now
             flow.conn.on_segment(seg, now)
+            if flow.squeezed and flow.backlog:
+                # Its window is held shut by a backlog that may drain
+                # without a report (only a backlog past the host's high-water
+                # mark brings one): an empty TcpData makes the host side
+                # report it at the end of this flush.
+                self.events_out.append(TcpData(flow.id, b""))
             self.output(flow, now)
             if not (flags & SYN and not flags & ACK and flow.id not in flows.tcp.by_id):
                 return
@@ -129,7 +174,11 @@ class TcpNat:
                                        else self.nat.refusal(dst))] += 1
                 self._rst_for(p, seg)
             return
-        if flows.tcp.full():
+        if self.budget.over():
+            c["tcp_syn_budget_rst"] += 1
+            self._rst_for(p, seg)
+            return
+        if flows.tcp.full() and not self._evict(now):
             c["tcp_syn_flow_limit_rst"] += 1
             self._rst_for(p, seg)
             return
@@ -157,9 +206,42 @@ class TcpNat:
         mss = self.config.mss - (IPV6_LEN - IPV4_LEN if v6 else 0)
         conn = TcpConnection(now, self.rng.getrandbits(32), mss, self.counters,
                              max_seg=self._tcp_max_seg, fid=fid, events=self.events_out)
-        flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh)
+        flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh, now)
+        cfg = self.config
+        flow.ka_at = now + min(cfg.tcp_fin_timeout, cfg.tcp_keepalive_idle)
         self.flows.tcp.add(flow)
         return flow
+
+    def _evict(self, now: float) -> bool:
+        """Make room in a full table: abort the flow silent longest among the
+        ``EVICT_SCAN`` oldest that is half-closed, closing, an unanswered
+        handshake, or established but silent for ``TCP_EVICT_IDLE``. The
+        flows looked at and kept move to the table's young end, so the next
+        eviction looks further. False if none qualified."""
+        by_id = self.flows.tcp.by_id
+        best = None
+        seen = []
+        for flow in by_id.values():
+            st = flow.conn.state
+            if (st in _EVICTABLE or (st == SYN_RECEIVED and not flow.connecting)
+                    or now - flow.last_rx >= TCP_EVICT_IDLE):
+                if best is None or flow.last_rx < best.last_rx:
+                    best = flow
+            else:
+                seen.append(flow)
+            if len(seen) + (best is not None) >= EVICT_SCAN:
+                break
+        for flow in seen:
+            del by_id[flow.id]
+            by_id[flow.id] = flow
+        if best is None:
+            return False
+        self.counters["tcp_flow_evicted"] += 1
+        if best.conn.state != TIME_WAIT:
+            self.events_out.append(TcpAbort(best.id))
+        best.conn.abort(now)
+        self.output(best, now)
+        return True
 
     def _rst_for(self, p, seg) -> None:
         """RFC 9293 3.10.7.1: answer a segment that has no connection.
@@ -222,6 +304,18 @@ class TcpNat:
         if conn.closed:
             self._forget(flow)
             return
+        # The memory budget: what the flow holds now, charged by difference.
+        held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
+        if held != flow.charged:
+            b = self.budget
+            b.used += held - flow.charged
+            flow.charged = held
+            if flow.squeezed and b.used < b.limit:
+                flow.squeezed = False
+                conn.set_host_backlog(flow.backlog, now)
+        elif flow.squeezed and self.budget.used < self.budget.limit:
+            flow.squeezed = False
+            conn.set_host_backlog(flow.backlog, now)
         if flow.inbound and flow.connect_deadline is not None and conn.state != SYN_SENT:
             flow.connect_deadline = None    # the container answered our SYN
         self._arm(flow)
@@ -229,6 +323,8 @@ class TcpNat:
     def _forget(self, flow: TcpFlow) -> None:
         if not self.flows.tcp.remove(flow):
             return
+        self.budget.used -= flow.charged
+        flow.charged = 0
         if flow.connecting:
             flow.connecting = False
             self.flows.tcp_connecting -= 1
@@ -253,7 +349,37 @@ class TcpNat:
                 return
         else:
             flow.conn.handle_timer(now)
+            if flow.ka_at is not None and flow.ka_at <= now and not flow.conn.closed:
+                self._keepalive(flow, now)
         self.output(flow, now)
+
+    def _keepalive(self, flow: TcpFlow, now: float) -> None:
+        """Is the container's side of a silent flow still there? See the
+        module docstring (liveness)."""
+        cfg = self.config
+        conn = flow.conn
+        st = conn.state
+        if flow.probes and flow.last_rx >= flow.probe_sent:
+            flow.probes = 0                  # it answered
+        if st not in _PROBED:
+            flow.probes = 0
+            flow.ka_at = now + cfg.tcp_fin_timeout
+            return
+        limit = cfg.tcp_fin_timeout if st == CLOSE_WAIT else cfg.tcp_keepalive_idle
+        if not flow.probes and now - flow.last_rx < limit:
+            flow.ka_at = min(flow.last_rx + limit, now + cfg.tcp_fin_timeout)
+            return
+        if flow.probes >= cfg.tcp_keepalive_probes:
+            self.counters["tcp_keepalive_timeout"] += 1
+            self.events_out.append(TcpAbort(flow.id))
+            conn.abort(now)
+            return
+        if not flow.probes:
+            flow.probe_sent = now
+        flow.probes += 1
+        self.counters["tcp_keepalive_probe_tx"] += 1
+        conn.send_keepalive(now)
+        flow.ka_at = now + cfg.tcp_keepalive_intvl
 
     def connected(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)
@@ -286,7 +412,22 @@ class TcpNat:
         flow = self.flows.tcp.by_id.get(fid)
         if flow is None:
             return len(data)
-        n = flow.conn.send(data, now)
+        conn = flow.conn
+        b = self.budget
+        if b.used >= b.limit:
+            # Past the budget the queue toward the container stays small; the
+            # host side keeps the rest (reading paused) until TcpResume.
+            room = BUDGET_FLOW_WINDOW - len(conn._sndbuf)
+            if room < len(data):
+                self.counters["tcp_budget_send_capped"] += 1
+                n = conn.send(memoryview(data)[:room], now) if room > 0 else 0
+                if len(conn._sndbuf) and not conn.closed:
+                    conn._paused = True      # its ACKs bring the TcpResume
+                flow.host_held = len(data) - n
+                self.output(flow, now)
+                return n
+        n = conn.send(data, now)
+        flow.host_held = len(data) - n       # the host side keeps these until TcpResume
         self.output(flow, now)
         return n
 
@@ -308,7 +449,17 @@ class TcpNat:
         reports it once per flush for every flow it wrote to)."""
         flow = self.flows.tcp.by_id.get(fid)
         if flow is not None:
-            flow.conn.set_host_backlog(nbytes, now)
+            flow.backlog = nbytes
+            conn = flow.conn
+            b = self.budget
+            if b.used >= b.limit:
+                # Shrink the window: none while the host peer is behind, a
+                # small one while it keeps up.
+                self.counters["tcp_budget_window_squeezed"] += 1
+                flow.squeezed = True
+                # window = BUDGET_FLOW_WINDOW - backlog, at least 0
+                nbytes = min(conn.rcv_buf, max(0, conn.rcv_buf - BUDGET_FLOW_WINDOW) + nbytes)
+            conn.set_host_backlog(nbytes, now)
             self.output(flow, now)
 
     def open_inbound(self, guest_ip: bytes, guest_port: int, src_ip: bytes | None,
@@ -324,7 +475,10 @@ class TcpNat:
         c = self.counters
         if key is None:
             return None
-        if self.flows.tcp.full():
+        if self.budget.over():
+            c["tcp_inbound_budget_refused"] += 1
+            return None
+        if self.flows.tcp.full() and not self._evict(now):
             c["tcp_inbound_flow_limit"] += 1
             return None
         flow = self._new_flow(key, True, now)
