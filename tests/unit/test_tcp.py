@@ -1120,10 +1120,6 @@ def drain(h) -> list:
     return out
 
 
-def sack_established(**kw) -> H:
-    return established(syn_options=TcpOptions(mss=MSS, sack_perm=True), timestamps=False, **kw)
-
-
 def test_window_changing_acks_without_sack_are_not_dupacks():
     # RFC 5681 2: a duplicate ACK has "the advertised window in the incoming
     # acknowledgment equals the advertised window in the last incoming

@@ -195,7 +195,7 @@ def test_probe_answered_with_dsack_was_spurious():
     assert h.conn._tlp_end is None and h.conn.cwnd >= cwnd
 
 
-def test_lost_retransmission_falls_back_to_rto():
+def test_lost_retransmission_probed_then_rto_as_last_resort():
     h = rack_established()
     flight(h, 10)
     h.advance(RTT)
@@ -204,9 +204,15 @@ def test_lost_retransmission_falls_back_to_rto():
     for hi in range(6, 11):
         h.send(**sack(1, (2, hi)))
     h.recv_nothing()                             # ...lost too; nothing newer to tell
+    # No ACK for a PTO in the recovery: the first hole is probed once...
+    assert h.fire() == pytest.approx(2 * RTT)
+    h.recv(seq=S(1), payload=b"d" * MSS)
+    h.recv_nothing()
+    assert h.c["tcp_recovery_probe"] == 1 and h.c["tcp_retransmit_timeout"] == 0
+    # ...and if that is lost too, the RTO is the last resort.
     rto = h.conn.rto
     assert h.fire() == pytest.approx(rto)
-    assert h.c["tcp_retransmit_timeout"] == 1
+    assert h.c["tcp_retransmit_timeout"] == 1 and h.c["tcp_recovery_probe"] == 1
     h.recv(seq=S(1))                             # go back N from SND.UNA
     assert h.conn._rp is None and h.conn._rto_rp == S(10)
 

@@ -219,6 +219,20 @@ def _range_add(ranges: list, s: int, e: int) -> None:
     ranges[:] = out
 
 
+def _range_sub(ranges: list, s: int, e: int) -> None:
+    """Remove [s, e) from the sorted, disjoint list ``ranges`` (in place)."""
+    out = []
+    for rng in ranges:
+        if rng[1] <= s or rng[0] >= e:
+            out.append(rng)
+            continue
+        if rng[0] < s:
+            out.append([rng[0], s])
+        if rng[1] > e:
+            out.append([e, rng[1]])
+    ranges[:] = out
+
+
 class Segment(NamedTuple):
     """One TCP segment as the gateway parses / frames it.
 
@@ -910,7 +924,7 @@ class TcpConnection:
                 # (RFC 8985), not by counting duplicates.
                 self.counters["tcp_dup_ack_rx"] += 1
             else:
-                self._dup_ack(now, opts[O_SACK_BLOCKS])
+                self._dup_ack(now)
         if ack >= una:
             # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
             # updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2
@@ -1149,7 +1163,8 @@ class TcpConnection:
             self._rto_at = None
             self._pto = False
 
-    def _dup_ack(self, now: float, sack_blocks=()) -> None:
+    def _dup_ack(self, now: float) -> None:
+        """A duplicate ACK without SACK: RFC 5681 / RFC 6582 (with SACK, RACK decides)."""
         self._dupacks += 1
         self.counters["tcp_dup_ack_rx"] += 1
         seg = self.snd_mss
@@ -1175,16 +1190,6 @@ class TcpConnection:
         else:
             # "For each additional duplicate ACK received ... increment cwnd by SMSS."
             self.cwnd += seg
-            # A lost retransmission (the idea of RFC 8985 RACK): the container
-            # SACKs data we first sent *after* resending snd_una, yet snd_una
-            # is still missing. Resend it now instead of waiting for the RTO.
-            mark = self._rexmit_mark
-            if mark is not None and sack_blocks and self.sack_ok:
-                una = self.snd_una
-                hi = max(una + ((r - una + _HALF) & _M) - _HALF for _, r in sack_blocks)
-                if hi >= mark + DUPACK_THRESHOLD * seg:
-                    self.counters["tcp_retransmit_lost_rexmit"] += 1
-                    self._retransmit_head(now)
 
     def _retransmit_head(self, now: float) -> None:
         """Resend one segment at snd_una (fast retransmit / partial ACK)."""
@@ -1232,7 +1237,10 @@ class TcpConnection:
         when one may be sent, else the RTO (RFC 6298)."""
         rto = self._cur_rto()
         srtt = self.srtt
-        if self.sack_ok and srtt is not None and self._rp is None and self._tlp_end is None \
+        # In a recovery too (unlike RFC 8985 7.2): when the retransmissions
+        # sent are all the container has to answer, a lost one would
+        # otherwise wait for the RTO; on a link this short the probe is cheap.
+        if self.sack_ok and srtt is not None and (self._rp is not None or self._tlp_end is None) \
                 and self._rto_rp is None and not self._backoff and self.state in _OUTPUT_STATES:
             # "PTO = 2*SRTT ... If FlightSize is one segment, PTO += WCDelAckT"
             pto = 2 * srtt
@@ -1515,11 +1523,9 @@ class TcpConnection:
         self.cwnd = self.ssthresh
         self._rp = self.snd_max
         self._tlp_end = None                # this recovery is the congestion response
-        if self._pto:
-            self._pto = False
-            self._rto_at = now + self._cur_rto()
         # 4.3: "Retransmit the first data segment presumed dropped" whatever the pipe.
         self._retransmit_lost(now)
+        self._arm_rtx(now)
 
     def _retransmit_lost(self, now: float) -> int:
         """Resend the first lost range (one segment of at most ``_seg_size``)."""
@@ -1604,6 +1610,23 @@ class TcpConnection:
         una = self.snd_una
         snd_max = self.snd_max
         if self.state not in _OUTPUT_STATES or snd_max <= una:
+            return
+        if self._rp is not None:
+            # In a recovery nothing was acknowledged for a PTO: the
+            # retransmission of the first hole (or its answer) is likely
+            # lost and nothing sent after it will tell RACK. Resend it.
+            self.counters["tcp_recovery_probe"] += 1
+            sb = self._sb
+            e = sb[0][0] if sb and sb[0][0] > una else snd_max
+            n = e - una
+            if n > self._seg_size:
+                n = self._seg_size
+            if self._lost:
+                _range_sub(self._lost, una, una + n)
+            self._retransmit(una, n, now)
+            self._rx_add(una, una + n, now)
+            self._pto = False
+            self._rto_at = now + self._cur_rto()
             return
         self.counters["tcp_tlp_probes"] += 1
         buf_end = self._buf_seq + len(self._sndbuf)
