@@ -352,6 +352,7 @@ class TcpConnection:
         self._min_rtt = None                  # RACK.min_RTT
         self._rack_at = None                  # RACK reordering timer
         self._pto = False                     # _rto_at is a TLP PTO, not an RTO
+        self._pto_base = TLP_MIN              # PTO for a flight of several segments
         self._tlp_end = None                  # TLP.end_seq
         self._tlp_rexmit = False              # TLP.is_retrans
 
@@ -1158,7 +1159,12 @@ class TcpConnection:
         # acknowledges new data, restart the retransmission timer" (RFC 8985
         # 7.2: or the loss probe timer, which stands in front of it).
         if self.snd_max > ack:
-            self._arm_rtx(now)
+            if self._pto and self.snd_max - ack > self.snd_mss:
+                # Still probing (nothing that stops probes happens without
+                # re-arming): the per-ACK fast path of _arm_rtx.
+                self._rto_at = now + self._pto_base
+            else:
+                self._arm_rtx(now)
         else:
             self._rto_at = None
             self._pto = False
@@ -1663,6 +1669,10 @@ class TcpConnection:
         self.rto = RTO_MIN if rto < RTO_MIN else RTO_MAX if rto > RTO_MAX else rto
         if self._min_rtt is None or r < self._min_rtt:
             self._min_rtt = r
+        pto = 2 * self.srtt
+        if pto < TLP_MIN:
+            pto = TLP_MIN
+        self._pto_base = pto if pto < self.rto else self.rto
 
     # ------------------------------------------------------------------
     # output
