@@ -77,7 +77,11 @@ be the only guard, a tail loss probe (TLP) is armed at 2 SRTT (+ a delayed
 ACK's worth for a lone segment, at least :data:`TLP_MIN`, never after the
 RTO); it sends one new segment or resends the last one, so the container's
 answer (a SACK, or a D-SACK when nothing was lost) brings RACK in instead of
-a timeout. The RTO (RFC 6298, go-back-N from ``snd_una``, cwnd to one
+a timeout. Unlike RFC 8985 (and Linux), the probe timer also runs during a
+recovery: when the retransmissions are all the container has left to answer
+(pipe full, nothing newer sent), a lost one leaves RACK nothing to compare
+with, so after a PTO without a cumulative ACK the first hole is resent
+(``tcp_recovery_probe``), with the RTO behind it. The RTO (RFC 6298, go-back-N from ``snd_una``, cwnd to one
 segment) remains the last resort; after it the scoreboard is dropped and no
 fast recovery starts before everything then outstanding is acknowledged.
 
