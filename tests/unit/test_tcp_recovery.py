@@ -6,10 +6,17 @@ here agreed SACK and has an RTT sample of ``RTT`` from the handshake (so
 RACK.min_RTT = SRTT = RTT, reo_wnd = RTT / 4 while no reordering is seen).
 """
 
+import random
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from test_tcp import ISS, MSS, M, H, drain
 from usernet.stack import tcp as T
+from usernet.stack.counters import Counters
+from usernet.stack.events import TcpData
+from usernet.stack.tcp import TcpConnection
 from usernet.wire.tcp import ACK, FIN, NO_OPTIONS, SYN, TcpOptions
 
 RTT = 0.01
@@ -337,3 +344,73 @@ def test_probe_that_repaired_a_loss_halves_cwnd_once_acked_beyond():
     half = cwnd // 2                             # then one ACK of congestion avoidance
     assert h.conn.ssthresh == half and h.conn.cwnd == half + MSS * MSS // half
     assert h.c["tcp_retransmit_timeout"] == 0
+
+
+# ---------------------------------------------------------------------------
+# property: losses of first transmissions never need the RTO
+# ---------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 32), size=st.integers(1, 400_000),
+       loss=st.sampled_from((0.01, 0.05, 0.2)),
+       max_seg=st.sampled_from((None, 4 * MSS, 44 * MSS)), timestamps=st.booleans())
+def test_lost_first_transmissions_are_repaired_without_rto(seed, size, loss, max_seg, timestamps):
+    """Our sender toward our own receiver (SACK on both, at most 3 blocks per
+    ACK, no D-SACK), a FIFO link of 100 us per segment that drops first
+    transmissions only, never what a timer sent (a loss probe may be new
+    data): every byte arrives in order and no RTO fires -- RACK, the
+    recovery and the loss probes repair everything."""
+    rng = random.Random(seed)
+    data = rng.randbytes(size)
+    now = 0.0
+    cs, cr = Counters(), Counters()
+    snd = TcpConnection(now, rng.randrange(1 << 32), MSS, cs, max_seg=max_seg,
+                        timestamps=timestamps, snd_buf=1 << 20)
+    rcv = TcpConnection(now, rng.randrange(1 << 32), MSS, cr, rcv_buf=1 << 20,
+                        timestamps=timestamps)
+    rcv.open_active(now)
+    snd.on_syn(rcv.segments_out.pop(), now)
+    snd.host_connected(now)
+    got = bytearray()
+    pending = memoryview(data)
+    high = None                          # highest sequence end sent so far (wire, unwrapped)
+    link = []                            # (deliver_at, to, segment)
+    timer_sent = False
+    for _ in range(200_000):
+        if pending and snd.state == T.ESTABLISHED:
+            n = snd.send(pending[:65536], now)
+            pending = pending[n:]
+        for s in snd.segments_out:
+            end = snd.iss + ((s.seq - snd.iss) & M) + len(s.payload)
+            first = high is None or end > high
+            if first:
+                high = end
+            if first and s.payload and not timer_sent and rng.random() < loss:
+                continue
+            link.append((now + 1e-4, rcv, s._replace(payload=bytes(s.payload))))
+        snd.segments_out.clear()
+        timer_sent = False
+        for s in rcv.segments_out:
+            link.append((now + 1e-4, snd, s))
+        rcv.segments_out.clear()
+        for e in rcv.events:
+            if type(e) is TcpData:
+                got += e.data
+        rcv.events.clear()
+        rcv.set_host_backlog(0, now)
+        if len(got) == size:
+            break
+        if link:
+            t, dst, s = link.pop(0)
+            now = max(now, t)
+            dst.on_segment(s, now)
+            continue
+        deadlines = [d for d in (snd.get_timer(), rcv.get_timer()) if d is not None]
+        assert deadlines, "stuck with nothing in flight"
+        now = max(now, min(deadlines))
+        for c in (snd, rcv):
+            d = c.get_timer()
+            if d is not None and d <= now:
+                c.handle_timer(now)
+        timer_sent = True
+    assert bytes(got) == data
+    assert cs["tcp_retransmit_timeout"] == 0, dict(cs)
