@@ -1119,7 +1119,7 @@ def test_two_endpoints_clean_network_bulk():
 
 
 # ---------------------------------------------------------------------------
-# loss recovery: SACK dupacks, limited transmit, lost retransmissions
+# loss recovery without SACK: dupacks, limited transmit, NewReno recovery probe
 # ---------------------------------------------------------------------------
 def S(i):
     """Wire start of our i-th full data segment (timestamps off: MSS-sized)."""
@@ -1137,34 +1137,13 @@ def drain(h) -> list:
     return out
 
 
-def sack_established(**kw) -> H:
-    return established(syn_options=TcpOptions(mss=MSS, sack_perm=True), timestamps=False, **kw)
-
-
-def test_sack_dupacks_count_whatever_their_window():
-    # A Linux receiver grows its window as out-of-order data arrives: its
-    # dupacks then differ in window, but carry SACK blocks.
-    h = sack_established()
-    h.window = 30000
-    h.send()
-    h.conn.send(b"s" * (6 * MSS), h.now)
-    assert [s.seq for s in drain(h)] == [S(i) for i in range(6)]
-    h.send(window=31000, **sacked(1, 2))
-    h.send(window=32000, **sacked(1, 3))
-    h.recv_nothing()                               # nothing unsent to limited-transmit
-    assert h.c["tcp_dup_ack_rx"] == 2 and h.c["tcp_fast_retransmit"] == 0
-    h.send(window=33000, **sacked(1, 4))
-    h.recv(seq=S(0), payload=b"s" * MSS)           # fast retransmit of snd_una
-    h.recv_nothing()
-    assert h.c["tcp_dup_ack_rx"] == 3 and h.c["tcp_fast_retransmit"] == 1
-    assert h.conn._recover == S(6) and h.conn.snd_wnd == 33000
-
-
 def test_window_changing_acks_without_sack_are_not_dupacks():
     # RFC 5681 2: a duplicate ACK has "the advertised window in the incoming
     # acknowledgment equals the advertised window in the last incoming
     # acknowledgment" -- without SACK blocks, a changed window is an update.
-    h = sack_established()
+    # (Without SACK: with it, RACK finds losses from the scoreboard, see
+    # test_tcp_recovery.py.)
+    h = established(timestamps=False)
     h.window = 30000
     h.send()
     h.conn.send(b"s" * (6 * MSS), h.now)
@@ -1232,6 +1211,9 @@ def test_limited_transmit_respects_the_receiver_window():
 def into_sack_recovery(h, extra, base=0) -> int:
     """Segment `base` lost, the container SACKs the next three: fast retransmit.
 
+    (On a connection without SACK the blocks are ignored and the three ACKs
+    are plain duplicates: NewReno. With SACK, see test_tcp_recovery.py.)
+
     Queues a full cwnd (n0 segments, returned), two for limited transmit and
     `extra` more; the recovery point is then S(base + n0 + 2).
     """
@@ -1250,61 +1232,13 @@ def into_sack_recovery(h, extra, base=0) -> int:
     return n0
 
 
-def test_lost_retransmission_is_resent_when_later_data_is_sacked():
-    h = sack_established()
-    assert into_sack_recovery(h, 28) == 10
-    # The container SACKs the rest of the first flight; cwnd inflation sends
-    # segments 12.. (first sent *after* the retransmission of segment 0).
-    new = []
-    for hi in range(5, 13):
-        h.send(**sacked(1, hi))
-        new += drain(h)
-    assert [s.seq for s in new] == [S(i) for i in range(12, 17)]
-    assert all(s.seq != S(0) for s in new)
-    # SACKs of 12 and 13 are not yet proof (DUPACK_THRESHOLD segments past the mark).
-    for hi in (13, 14):
-        h.send(**sacked(1, hi))
-        assert all(s.seq != S(0) for s in drain(h))
-    assert h.c["tcp_retransmit_lost_rexmit"] == 0
-    # Segment 14 SACKed, segment 0 still missing: the retransmission was lost.
-    assert h.conn.snd_una == S(0)
-    snd_max = h.conn.snd_max
-    h.send(**sacked(1, 15))
-    out = drain(h)
-    assert out[0].seq == S(0) and bytes(out[0].payload) == b"r" * MSS
-    assert h.c["tcp_retransmit_lost_rexmit"] == 1
-    assert h.conn._rexmit_mark == snd_max           # the new mark: sent before the resend
-    # More SACKs below the new mark do not resend it again.
-    for hi in (16, 17):
-        h.send(**sacked(1, hi))
-        assert all(s.seq != S(0) for s in drain(h))
-    assert h.c["tcp_retransmit_lost_rexmit"] == 1
-    # The resend arrives: the ACK advances past the recovery point, recovery
-    # ends, and SACK blocks far ahead no longer resend anything.
-    h.send(ack=S(17), options=NO_OPTIONS)
-    assert h.conn._recover is None
-    drain(h)
-    h.send(ack=S(17), options=TcpOptions(sack_blocks=((S(18) & M, S(30) & M),)))
-    assert all(s.seq != S(17) for s in drain(h))
-    assert h.c["tcp_retransmit_lost_rexmit"] == 1 and h.c["tcp_fast_retransmit"] == 1
-
-
-def test_lost_retransmission_not_guessed_without_sack_blocks():
-    h = sack_established()
-    into_sack_recovery(h, 28)
-    for _ in range(12):                            # plain dupacks (same window)
-        h.send(ack=ISS + 1)
-        assert all(s.seq != S(0) for s in drain(h))
-    assert h.c["tcp_retransmit_lost_rexmit"] == 0
-
-
 def srtt_established() -> H:
     """RTT samples of 10 ms then 300 ms: srtt ~46 ms while the RTO is ~350 ms.
 
     One segment (S(0)) is sent and acknowledged on the way.
     """
     h = H(timestamps=False)
-    h.syn(options=TcpOptions(mss=MSS, sack_perm=True))
+    h.syn(options=TcpOptions(mss=MSS))             # no SACK: the NewReno recovery probe
     h.conn.host_connected(h.now)
     h.recv(flags=SYN | ACK)
     h.advance(0.01)
@@ -1342,7 +1276,7 @@ def test_recovery_probe_resends_head_after_two_srtt_with_backoff():
 
 
 def test_recovery_probe_has_a_floor():
-    h = sack_established()                         # handshake RTT 0: srtt == 0
+    h = established(timestamps=False)                         # handshake RTT 0: srtt == 0
     into_sack_recovery(h, 0)
     assert h.fire() == pytest.approx(T.RECOVERY_PROBE_MIN)
     h.recv(seq=S(0))

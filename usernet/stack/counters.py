@@ -111,7 +111,11 @@ _TCP = (
     "tcp_zero_window_tx", "tcp_zero_window_probe", "tcp_sws_override",
     "tcp_pause_reading", "tcp_resume_reading",
     "tcp_retransmit", "tcp_retransmit_timeout", "tcp_fast_retransmit", "tcp_limited_transmit",
-    "tcp_recovery_probe", "tcp_retransmit_lost_rexmit",
+    "tcp_recovery_probe",
+    # SACK-based recovery (RFC 6675) and RACK-TLP (RFC 8985)
+    "tcp_fast_recoveries", "tcp_rack_retransmits", "tcp_rack_lost_marked", "tcp_rack_timer",
+    "tcp_tlp_probes", "tcp_tlp_new_data", "tcp_tlp_spurious", "tcp_tlp_loss_repaired",
+    "tcp_dsack_rx", "tcp_reordering_seen", "tcp_sack_scoreboard_full",
     "tcp_dup_ack_rx", "tcp_dup_data_rx", "tcp_ooo_queued", "tcp_ooo_duplicate",
     "tcp_rx_trimmed_to_window",
     "tcp_drop_ack_too_old", "tcp_drop_ack_unsent", "tcp_drop_before_answer",

@@ -51,16 +51,47 @@ arrive bigger than our MSS (the container's TSO super-segments, ~64 KiB) are
 taken like any other: only the window bounds what we accept. In flight is capped by
 ``min(cwnd, snd_wnd)``; cwnd starts at 10 segments (RFC 6928), grows by
 bytes acked in slow start (the peer is a local kernel, so no ABC limit) and
-by ~1 MSS per RTT in congestion avoidance (RFC 5681). Loss recovery: RTO per
-RFC 6298 (go-back-N from ``snd_una``, cwnd to one segment), fast retransmit
-after 3 duplicate ACKs with NewReno partial-ACK handling (RFC 6582), limited
-transmit on the first two (RFC 3042). An ACK carrying SACK blocks counts as
-a duplicate whatever its window (Linux grows its window as out-of-order data
-arrives). SACK blocks are otherwise used only to spot a lost retransmission
-(data first sent after it is SACKed); and in recovery, a head retransmission
-unanswered after ~2 SRTT (:data:`RECOVERY_PROBE_MIN` floor, backed off) is
-sent again, RACK/TLP-like, instead of waiting out the RTO. A closed peer window
-starts the persist timer (zero-window probes, Linux style: an ACK with
+by ~1 MSS per RTT in congestion avoidance (RFC 5681).
+
+Loss recovery with SACK (the Linux container always agrees to it; RFC 6675
+and RFC 8985). ACKs carrying SACK blocks fill a *scoreboard* (``_sb``, sorted
+``[s, e)`` ranges above SND.UNA; empty, and never looked at, until the first
+block arrives). RACK finds losses by time, not by counting duplicates: a
+transmit-time log (``_xl_end``/``_xl_ts``: one entry per distinct ``now`` at
+which new data went out, so a 64 KiB GSO segment or a whole burst is one
+entry and no object is made per segment) and the retransmitted ranges
+(``_rx``) give every byte's RACK.xmit_ts; each ACK moves RACK.xmit_ts /
+RACK.end_seq / RACK.rtt to the most recently sent delivered data, and any
+hole sent before that by more than RACK.reo_wnd is marked lost (``_lost``).
+reo_wnd is RACK.min_RTT/4 (times a multiplier grown by D-SACKs, capped at
+SRTT), or 0 once DupThresh segments' worth is SACKed and no reordering was
+seen; a hole still inside it arms the RACK timer. The first loss starts a
+recovery: ssthresh = cwnd = FlightSize/2, RecoveryPoint = SND.MAX, the first
+lost range is resent at once, then lost ranges and new data go out while
+``cwnd - pipe >= MSS`` (pipe = in flight - SACKed - lost). Retransmissions
+are sized like any segment (up to ``_seg_size``): the container acknowledges
+a lost 64 KiB segment in MSS pieces, and the hole it leaves is resent as one.
+A retransmission that is lost again is found the same way once data sent
+after it is SACKed. The tail: when the retransmission timer would otherwise
+be the only guard, a tail loss probe (TLP) is armed at 2 SRTT (+ a delayed
+ACK's worth for a lone segment, at least :data:`TLP_MIN`, never after the
+RTO); it sends one new segment or resends the last one, so the container's
+answer (a SACK, or a D-SACK when nothing was lost) brings RACK in instead of
+a timeout. Unlike RFC 8985 (and Linux), the probe timer also runs during a
+recovery: when the retransmissions are all the container has left to answer
+(pipe full, nothing newer sent), a lost one leaves RACK nothing to compare
+with, so after a PTO without a cumulative ACK the first hole is resent
+(``tcp_recovery_probe``), with the RTO behind it. The RTO (RFC 6298, go-back-N from ``snd_una``, cwnd to one
+segment) remains the last resort; after it the scoreboard is dropped and no
+fast recovery starts before everything then outstanding is acknowledged.
+
+Without SACK: RTO as above, fast retransmit after 3 duplicate ACKs with
+NewReno partial-ACK handling (RFC 6582), limited transmit on the first two
+(RFC 3042); in recovery, a head retransmission unanswered after ~2 SRTT
+(:data:`RECOVERY_PROBE_MIN` floor, backed off) is sent again instead of
+waiting out the RTO.
+
+A closed peer window starts the persist timer (zero-window probes, Linux style: an ACK with
 ``seq = snd_una - 1``, which the peer must answer). After
 :data:`MAX_RETRIES` timeouts or :data:`GIVE_UP_AFTER` seconds without
 progress we send RST, emit ``TcpAbort`` and close.
@@ -90,14 +121,16 @@ host socket still holds) + a small constant (timers, a few hundred bytes of
 state, at most :data:`OOO_MAX_PIECES` piece headers).
 
 Timers are data: ``get_timer()`` returns the earliest of the retransmission
-(also SYN / SYN-ACK), persist, delayed-ACK and TIME-WAIT deadlines;
+(also SYN / SYN-ACK; or the loss probe standing in front of it), RACK
+reordering, persist, delayed-ACK and TIME-WAIT deadlines;
 ``handle_timer(now)`` runs what is due. TIME-WAIT lasts
 :data:`TIME_WAIT_TIME` (we are a proxy on a virtual link); retransmitted
 FINs are re-ACKed meanwhile. A SYN arriving in TIME-WAIT closes the
 connection at once without an answer: the gateway, seeing ``closed`` and
 the SYN, may treat it as a new flow (RFC 6191 style reuse).
 
-Limits: no urgent data, no TCP Fast Open, no SACK-based retransmission, no
+Limits: no urgent data, no TCP Fast Open, no PRR (RFC 6937) or undo of
+spurious recoveries (D-SACKs only widen the reordering window), no
 keepalive (idle flows are the gateway's business), no simultaneous close
 subtleties beyond RFC 9293's CLOSING state.
 
@@ -105,7 +138,7 @@ Counters (all ``tcp_*``) are incremented in the shared ``collections.Counter``
 for every decision and every drop.
 """
 
-from bisect import insort
+from bisect import bisect_right, insort
 from typing import NamedTuple
 
 from usernet.wire.tcp import (ACK, FIN, NO_OPTIONS, O_MSS, O_SACK_BLOCKS, O_SACK_PERM, O_TS_VAL,
@@ -154,11 +187,55 @@ TS_OPT_LEN = 12            # NOP NOP TS: payload per segment shrinks by this (RF
 MAX_SACK_BLOCKS = 3        # 3 fit beside timestamps in 40 option bytes
 OOW_ACK_INTERVAL = 0.5     # min gap between ACKs to bare unacceptable segments (Linux: 500 ms)
 RECOVERY_PROBE_MIN = 0.02  # floor of the in-recovery re-retransmission timer (2 x SRTT)
+TLP_MIN = 0.005            # floor of the loss probe timeout (Linux: 10 ms; this link is local)
+TLP_DELACK = 0.2           # RFC 8985 7.2 WCDelAckT: a lone segment may wait for a delayed ACK
+SACK_MAX_RANGES = 64       # bound on scoreboard ranges (more are forgotten: data is resent)
 RCV_BUF = 256 * 1024       # default receive buffer (window toward the container)
 SND_BUF = 512 * 1024       # default send queue toward the container
 
 _M = 0xFFFFFFFF
 _HALF = 0x80000000
+
+
+def _covered(ranges: list, s: int, e: int) -> bool:
+    """Is [s, e) inside one of the sorted, disjoint ``ranges``?"""
+    for rs, re_ in ranges:
+        if rs <= s:
+            if e <= re_:
+                return True
+        else:
+            break
+    return False
+
+
+def _range_add(ranges: list, s: int, e: int) -> None:
+    """Merge [s, e) into the sorted, disjoint list ``ranges`` (in place)."""
+    out = []
+    for rng in ranges:
+        if rng[1] < s or rng[0] > e:
+            out.append(rng)
+        else:
+            if rng[0] < s:
+                s = rng[0]
+            if rng[1] > e:
+                e = rng[1]
+    out.append([s, e])
+    out.sort()
+    ranges[:] = out
+
+
+def _range_sub(ranges: list, s: int, e: int) -> None:
+    """Remove [s, e) from the sorted, disjoint list ``ranges`` (in place)."""
+    out = []
+    for rng in ranges:
+        if rng[1] <= s or rng[0] >= e:
+            out.append(rng)
+            continue
+        if rng[0] < s:
+            out.append([rng[0], s])
+        if rng[1] > e:
+            out.append([e, rng[1]])
+    ranges[:] = out
 
 
 class Segment(NamedTuple):
@@ -255,6 +332,34 @@ class TcpConnection:
         self._rexmit_mark = None              # snd_max when snd_una was last resent in recovery
         self._rprobe_at = None                # in recovery: resend snd_una if still unacked then
         self._rprobe_backoff = 0
+
+        # SACK-based recovery (RFC 6675) and RACK-TLP (RFC 8985): used when
+        # SACK was negotiated; nothing below is touched per segment while no
+        # SACK block has arrived, except the transmit-time log.
+        # Transmit-time log of original transmissions: _xl_end[i] is the end
+        # of a run of data first sent at _xl_ts[i] (one entry per distinct
+        # ``now``: a whole burst shares one time, so RACK's per-segment
+        # xmit_ts is exact and costs no object per segment).
+        self._xl_end: list = []
+        self._xl_ts: list = []
+        self._sb: list = []                   # scoreboard: sorted [s, e) SACKed above SND.UNA
+        self._lost: list = []                 # [s, e) marked lost, not yet retransmitted
+        self._rx: list = []                   # [s, e, ts] retransmitted (RACK.xmit_ts of those)
+        self._rp = None                       # RecoveryPoint while in SACK recovery, else None
+        self._rto_rp = None                   # HighData at the last RTO: no fast recovery before it
+        self._rack_ts = None                  # RACK.xmit_ts
+        self._rack_end = 0                    # RACK.end_seq
+        self._rack_rtt = 0.0                  # RACK.rtt
+        self._fack = 0                        # RACK.fack: highest end delivered
+        self._reo_seen = False                # RACK.reordering_seen
+        self._reo_mult = 1                    # RACK.reo_wnd_mult (grown by DSACKs)
+        self._reo_round = 0                   # SND.MAX when reo_wnd_mult last grew
+        self._min_rtt = None                  # RACK.min_RTT
+        self._rack_at = None                  # RACK reordering timer
+        self._pto = False                     # _rto_at is a TLP PTO, not an RTO
+        self._pto_base = TLP_MIN              # PTO for a flight of several segments
+        self._tlp_end = None                  # TLP.end_seq
+        self._tlp_rexmit = False              # TLP.is_retrans
 
         # Timers (absolute deadlines or None).
         self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
@@ -449,7 +554,7 @@ class TcpConnection:
     # ------------------------------------------------------------------
     def get_timer(self):
         t = self._rto_at
-        for x in (self._persist_at, self._delack_at, self._tw_at, self._rprobe_at):
+        for x in (self._persist_at, self._delack_at, self._tw_at, self._rprobe_at, self._rack_at):
             if x is not None and (t is None or x < t):
                 t = x
         return t
@@ -467,7 +572,18 @@ class TcpConnection:
                 self._send_ack(now)
         if self._rto_at is not None and now >= self._rto_at:
             self._rto_at = None
-            self._on_rto(now)
+            if self._pto:
+                self._pto = False
+                self._on_pto(now)
+            else:
+                self._on_rto(now)
+        if self._rack_at is not None and now >= self._rack_at:
+            # RFC 8985 6.3: the reordering window of a suspect segment ran out.
+            self._rack_at = None
+            if self.state in _OUTPUT_STATES and self.snd_max > self.snd_una:
+                self.counters["tcp_rack_timer"] += 1
+                self._rack_detect(now)
+                self._output(now)
         if self._rprobe_at is not None and now >= self._rprobe_at:
             self._rprobe_at = None
             if self._recover is not None and self.state in _OUTPUT_STATES \
@@ -520,6 +636,17 @@ class TcpConnection:
         self._rprobe_at = None
         self._lt_extra = 0
         self._dupacks = 0
+        if self.sack_ok:
+            # RFC 6675 5.1: the recovery ends; none starts again until
+            # everything sent so far is acknowledged. The scoreboard is
+            # dropped (the peer may renege) and go-back-N resends it all.
+            self._rto_rp = self.snd_max
+            self._rp = None
+            self._sb = []
+            self._lost = []
+            self._rx = []
+            self._rack_at = None
+            self._tlp_end = None
         # Go back N: resend from snd_una as the ACK clock allows.
         self.snd_nxt = self.snd_una
         self._rto_at = None
@@ -563,7 +690,7 @@ class TcpConnection:
     def _close(self) -> None:
         self.state = CLOSED
         self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
-        self._rprobe_at = None
+        self._rprobe_at = self._rack_at = None
         self._sndbuf = bytearray()
         self._ooo = []
         self._ooo_bytes = 0
@@ -572,7 +699,7 @@ class TcpConnection:
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = TIME_WAIT
-        self._rto_at = self._persist_at = self._rprobe_at = None
+        self._rto_at = self._persist_at = self._rprobe_at = self._rack_at = None
         self._tw_at = now + TIME_WAIT_TIME
         self._sndbuf = bytearray()
 
@@ -799,6 +926,11 @@ class TcpConnection:
             self._oow_ack(seg_len, now)
             return
         swnd = seg.window << self.snd_wscale
+        if self.sack_ok and (opts[O_SACK_BLOCKS] or self._sb or self._rp is not None
+                             or self._tlp_end is not None):
+            # Scoreboard and RACK state first: they need the transmit times
+            # of what this ACK covers, which the cumulative ACK then forgets.
+            self._sack_update(ack, opts[O_SACK_BLOCKS], now)
         if ack > una:
             self._new_ack(ack, now)
         elif ack == una and seg_len == 0 and self.snd_max > una \
@@ -809,7 +941,12 @@ class TcpConnection:
             # ofo queue), so "same window" would miss every dupack of a
             # loss; one carrying SACK blocks counts whatever its window
             # (as Linux's own sender counts SACKed segments).
-            self._dup_ack(now, opts[O_SACK_BLOCKS])
+            if self.sack_ok:
+                # With SACK, losses are found by RACK from the scoreboard
+                # (RFC 8985), not by counting duplicates.
+                self.counters["tcp_dup_ack_rx"] += 1
+            else:
+                self._dup_ack(now)
         if ack >= una:
             # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
             # updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2
@@ -825,6 +962,8 @@ class TcpConnection:
                 if swnd > self._max_snd_wnd:
                     self._max_snd_wnd = swnd
             self._probes = 0
+        if self._sb or self._rp is not None:
+            self._rack_detect(now)
 
         if self._fin_queued and self.snd_una == self._buf_seq + len(self._sndbuf) + 1:
             # Our FIN is acknowledged.
@@ -995,6 +1134,14 @@ class TcpConnection:
                 n = blen
             del self._sndbuf[:n]
             self._buf_seq += n
+        xe = self._xl_end
+        if xe and xe[0] <= ack:
+            i = bisect_right(xe, ack)
+            del xe[:i]
+            del self._xl_ts[:i]
+        in_sack_recovery = self._rp is not None
+        if self._sb or self._lost or self._rx or in_sack_recovery or self._rto_rp is not None:
+            self._sack_trim(ack)
         # RFC 6298 (Karn): sample only segments that were never retransmitted.
         if self._rtt_seq is not None and ack >= self._rtt_seq:
             self._rtt_sample(now - self._rtt_at)
@@ -1017,6 +1164,8 @@ class TcpConnection:
                 self._rprobe_backoff = 0
                 self._retransmit_head(now)
                 self.cwnd = max(self.cwnd - acked + seg, seg)
+        elif in_sack_recovery:
+            pass                                    # RFC 6675: cwnd stays ssthresh meanwhile
         elif self.cwnd < self.ssthresh:
             self.cwnd += acked                      # slow start
         else:
@@ -1028,10 +1177,21 @@ class TcpConnection:
         self._lt_extra = 0
         # RFC 6298 5.2: "When all outstanding data has been acknowledged, turn
         # off the retransmission timer." 5.3: "When an ACK is received that
-        # acknowledges new data, restart the retransmission timer"
-        self._rto_at = now + self._cur_rto() if self.snd_max > ack else None
+        # acknowledges new data, restart the retransmission timer" (RFC 8985
+        # 7.2: or the loss probe timer, which stands in front of it).
+        if self.snd_max > ack:
+            if self._pto and self.snd_max - ack > self.snd_mss:
+                # Still probing (nothing that stops probes happens without
+                # re-arming): the per-ACK fast path of _arm_rtx.
+                self._rto_at = now + self._pto_base
+            else:
+                self._arm_rtx(now)
+        else:
+            self._rto_at = None
+            self._pto = False
 
-    def _dup_ack(self, now: float, sack_blocks=()) -> None:
+    def _dup_ack(self, now: float) -> None:
+        """A duplicate ACK without SACK: RFC 5681 / RFC 6582 (with SACK, RACK decides)."""
         self._dupacks += 1
         self.counters["tcp_dup_ack_rx"] += 1
         seg = self.snd_mss
@@ -1057,16 +1217,6 @@ class TcpConnection:
         else:
             # "For each additional duplicate ACK received ... increment cwnd by SMSS."
             self.cwnd += seg
-            # A lost retransmission (the idea of RFC 8985 RACK): the container
-            # SACKs data we first sent *after* resending snd_una, yet snd_una
-            # is still missing. Resend it now instead of waiting for the RTO.
-            mark = self._rexmit_mark
-            if mark is not None and sack_blocks and self.sack_ok:
-                una = self.snd_una
-                hi = max(una + ((r - una + _HALF) & _M) - _HALF for _, r in sack_blocks)
-                if hi >= mark + DUPACK_THRESHOLD * seg:
-                    self.counters["tcp_retransmit_lost_rexmit"] += 1
-                    self._retransmit_head(now)
 
     def _retransmit_head(self, now: float) -> None:
         """Resend one segment at snd_una (fast retransmit / partial ACK)."""
@@ -1106,6 +1256,428 @@ class TcpConnection:
         if self._rto_at is None:
             self._rto_at = now + self._cur_rto()
 
+    # ------------------------------------------------------------------
+    # SACK scoreboard (RFC 6675), RACK-TLP (RFC 8985)
+    # ------------------------------------------------------------------
+    def _arm_rtx(self, now: float) -> None:
+        """Arm the retransmission timer: a tail loss probe (RFC 8985 7.2)
+        when one may be sent, else the RTO (RFC 6298)."""
+        rto = self._cur_rto()
+        srtt = self.srtt
+        # In a recovery too (unlike RFC 8985 7.2): when the retransmissions
+        # sent are all the container has to answer, a lost one would
+        # otherwise wait for the RTO; on a link this short the probe is cheap.
+        if self.sack_ok and srtt is not None and (self._rp is not None or self._tlp_end is None) \
+                and self._rto_rp is None and not self._backoff and self.state in _OUTPUT_STATES:
+            # "PTO = 2*SRTT ... If FlightSize is one segment, PTO += WCDelAckT"
+            pto = 2 * srtt
+            if self.snd_max - self.snd_una <= self.snd_mss:
+                pto += TLP_DELACK
+            if pto < TLP_MIN:
+                pto = TLP_MIN
+            # "If RTO is earlier, ... PTO = RTO": a probe, not a timeout, first.
+            self._rto_at = now + (pto if pto < rto else rto)
+            self._pto = True
+            return
+        self._rto_at = now + rto
+        self._pto = False
+
+    def _xmit_ts(self, seq: int):
+        """RACK's Segment.xmit_ts of the byte at ``seq``: (time, retransmitted)."""
+        for s, e, t in self._rx:
+            if s <= seq < e:
+                return t, True
+            if s > seq:
+                break
+        xe = self._xl_end
+        i = bisect_right(xe, seq)
+        if i < len(xe):
+            return self._xl_ts[i], False
+        return None, False
+
+    def _sack_update(self, ack: int, blocks, now: float) -> None:
+        """The scoreboard and RACK's view of one ACK (before SND.UNA moves).
+
+        RFC 6675 Update(); RFC 8985 6.2 steps 1-4 (RACK.xmit_ts, RACK.rtt,
+        reordering, reo_wnd_mult) and 7.4 (was a loss probe answered?).
+        """
+        una = self.snd_una
+        snd_max = self.snd_max
+        newly = []
+        if ack > una:
+            # Newly cumulatively acked: [SND.UNA, ack) less what was SACKed.
+            pos = una
+            for s, e in self._sb:
+                if s >= ack:
+                    break
+                if s > pos:
+                    newly.append((pos, s))
+                if e > pos:
+                    pos = e
+            if pos < ack:
+                newly.append((pos, ack))
+        dsack = False
+        if blocks:
+            base = ack if ack > una else una
+            for j, (l, r) in enumerate(blocks):
+                l = una + ((l - una + _HALF) & _M) - _HALF
+                r = una + ((r - una + _HALF) & _M) - _HALF
+                if j == 0 and r > l:
+                    # RFC 2883: a D-SACK is the first block, below the
+                    # cumulative ACK or inside the second block.
+                    d = r <= ack
+                    if not d and len(blocks) > 1:
+                        l2 = una + ((blocks[1][0] - una + _HALF) & _M) - _HALF
+                        r2 = una + ((blocks[1][1] - una + _HALF) & _M) - _HALF
+                        d = l2 <= l and r <= r2
+                    if d:
+                        dsack = True
+                        continue
+                if l < base:
+                    l = base
+                if r > snd_max:
+                    r = snd_max
+                if r > l:
+                    self._sb_add(l, r, newly)
+        if dsack:
+            self.counters["tcp_dsack_rx"] += 1
+            # RFC 8985 6.2 step 4: a D-SACK means a spurious retransmission;
+            # widen the reordering window, at most once per round trip.
+            if una >= self._reo_round and self._reo_mult < 16:
+                self._reo_mult += 1
+                self._reo_round = snd_max
+        min_rtt = self._min_rtt
+        if len(newly) > 1:
+            newly.sort()                # in sequence order: blocks of one ACK are no reordering
+        for s, e in newly:
+            ts, rexmit = self._xmit_ts(e - 1)
+            if ts is None:
+                continue
+            rtt = now - ts
+            # RFC 8985 6.2 step 2: an ACK of a retransmission that came back
+            # faster than any round trip answers the original: no sample.
+            if rexmit and min_rtt is not None and rtt < min_rtt:
+                continue
+            if min_rtt is None or rtt < min_rtt:
+                self._min_rtt = min_rtt = rtt
+            # Step 3: an original delivered below RACK.fack arrived out of order.
+            if not rexmit and e < self._fack and not self._reo_seen:
+                self._reo_seen = True
+                self.counters["tcp_reordering_seen"] += 1
+            if e > self._fack:
+                self._fack = e
+            rts = self._rack_ts
+            if rts is None or ts > rts or (ts == rts and e > self._rack_end):
+                self._rack_ts = ts
+                self._rack_end = e
+                self._rack_rtt = rtt
+        tlp = self._tlp_end
+        if tlp is not None:
+            # RFC 8985 7.4: the loss probe's fate.
+            if dsack and self._tlp_rexmit:
+                self.counters["tcp_tlp_spurious"] += 1      # the original had arrived
+                self._tlp_end = None
+            elif ack > tlp and self._tlp_rexmit:
+                # Acknowledged beyond the probe with no D-SACK for it: the
+                # probe repaired a loss (like Linux, only an ACK past it
+                # says so: the one reaching it may answer the original).
+                # The congestion response of a fast recovery, without one.
+                self.counters["tcp_tlp_loss_repaired"] += 1
+                seg = self.snd_mss
+                self.ssthresh = max(self.cwnd // 2, 2 * seg)
+                self.cwnd = self.ssthresh
+                self._tlp_end = None
+            elif ack >= tlp and (not self._tlp_rexmit or ack >= snd_max):
+                # New data as the probe, or everything acknowledged (a tail:
+                # nothing later will tell): the episode is over.
+                self._tlp_end = None
+
+    def _sb_add(self, l: int, r: int, newly: list) -> None:
+        """Merge a SACKed [l, r) into the scoreboard; the parts not known yet go to ``newly``."""
+        out = []
+        ml, mr = l, r
+        pos = l
+        for rng in self._sb:
+            s, e = rng
+            if e < l or s > r:
+                out.append(rng)
+                continue
+            if s > pos:
+                newly.append((pos, s))
+            if e > pos:
+                pos = e
+            if s < ml:
+                ml = s
+            if e > mr:
+                mr = e
+        if pos < r:
+            newly.append((pos, r))
+        out.append([ml, mr])
+        out.sort()
+        if len(out) > SACK_MAX_RANGES:
+            # Forgetting SACK information is always safe: that data is resent.
+            self.counters["tcp_sack_scoreboard_full"] += 1
+            del out[SACK_MAX_RANGES:]
+        self._sb = out
+        if self._lost:
+            # SACKed data is delivered, whatever was thought of it.
+            lost = []
+            for rng in self._lost:
+                s, e = rng
+                if e <= ml or s >= mr:
+                    lost.append(rng)
+                    continue
+                if s < ml:
+                    lost.append([s, ml])
+                if e > mr:
+                    lost.append([mr, e])
+            self._lost = lost
+
+    def _sack_trim(self, ack: int) -> None:
+        """SND.UNA moved to ``ack``: drop what lies below it; end recoveries it completes."""
+        for lst in (self._sb, self._lost, self._rx):
+            i = 0
+            n = len(lst)
+            while i < n and lst[i][1] <= ack:
+                i += 1
+            if i:
+                del lst[:i]
+            if lst and lst[0][0] < ack:
+                lst[0][0] = ack
+        if self._rp is not None and ack >= self._rp:
+            # RFC 6675 5: "once a cumulative ACK covers RecoveryPoint ... exit loss recovery"
+            self._rp = None
+            self._rx = []
+        if self._rto_rp is not None and ack >= self._rto_rp:
+            self._rto_rp = None
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 6.2 step 5: mark lost what was sent a reordering window
+        and a RACK.rtt before the most recently sent delivered segment; arm
+        the reordering timer for the rest; start a recovery when there is
+        a first loss."""
+        rack_ts = self._rack_ts
+        una = self.snd_una
+        snd_max = self.snd_max
+        if rack_ts is None or self._rto_rp is not None or snd_max <= una:
+            return
+        sb = self._sb
+        # RFC 8985 6.2 step 4, RACK.reo_wnd.
+        if not self._reo_seen and (self._rp is not None or sum(e - s for s, e in sb)
+                                   >= DUPACK_THRESHOLD * self.snd_mss):
+            reo = 0.0
+        else:
+            reo = self._reo_mult * (self._min_rtt or 0.0) / 4
+            srtt = self.srtt
+            if srtt is not None and reo > srtt:
+                reo = srtt
+        # Sent at or before ``thresh``: lost (a microsecond of slack for float rounding).
+        thresh = now - self._rack_rtt - reo
+        rack_end = self._rack_end
+        rx = self._rx
+        rx_hi = rx[-1][1] if rx else 0
+        xe, xt = self._xl_end, self._xl_ts
+        nx = len(xe)
+        lost = self._lost
+        timeout = None
+        marked = False
+        pos = una
+        k = 0
+        nsb = len(sb)
+        while pos < snd_max:
+            while k < nsb and sb[k][1] <= pos:
+                k += 1
+            if k < nsb and sb[k][0] <= pos:
+                pos = sb[k][1]
+                k += 1
+                continue
+            hole_end = sb[k][0] if k < nsb else snd_max
+            while pos < hole_end:
+                # The piece of the hole from ``pos`` sharing one transmit time.
+                end = hole_end
+                t = None
+                for rs, re_, rt in rx:
+                    if rs <= pos < re_:
+                        t = rt
+                        if re_ < end:
+                            end = re_
+                        break
+                    if rs > pos:
+                        if rs < end:
+                            end = rs
+                        break
+                rexmit = t is not None
+                if t is None:
+                    i = bisect_right(xe, pos)
+                    if i >= nx:
+                        pos = snd_max        # never logged (sent before SACK was in use)
+                        break
+                    t = xt[i]
+                    if xe[i] < end:
+                        end = xe[i]
+                # Sent before RACK.segment: earlier, or at the same time and
+                # below it -- which only an original transmission can claim
+                # (a retransmission at that same ``now`` may have followed
+                # it: the driver gives one time to a whole batch).
+                if t < rack_ts or (t == rack_ts and end <= rack_end and not rexmit):
+                    if t <= thresh + 1e-6:
+                        if not _covered(lost, pos, end):
+                            _range_add(lost, pos, end)
+                            marked = True
+                    else:
+                        rem = t - thresh
+                        if timeout is None or rem < timeout:
+                            timeout = rem
+                elif not rexmit and pos >= rx_hi:
+                    # Original data is logged in send order: all the rest
+                    # was sent after RACK.segment.
+                    pos = snd_max
+                    break
+                pos = end
+        self._rack_at = None if timeout is None else now + timeout
+        if marked:
+            self.counters["tcp_rack_lost_marked"] += 1
+            if self._rp is None:
+                self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """RFC 6675 5 (with RACK as the loss detector): a fast recovery."""
+        self.counters["tcp_fast_recoveries"] += 1
+        self.counters["tcp_fast_retransmit"] += 1
+        seg = self.snd_mss
+        # "ssthresh = cwnd = (FlightSize / 2)"
+        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * seg)
+        self.cwnd = self.ssthresh
+        self._rp = self.snd_max
+        self._tlp_end = None                # this recovery is the congestion response
+        # 4.3: "Retransmit the first data segment presumed dropped" whatever the pipe.
+        self._retransmit_lost(now)
+        self._arm_rtx(now)
+
+    def _retransmit_lost(self, now: float) -> int:
+        """Resend the first lost range (one segment of at most ``_seg_size``)."""
+        lost = self._lost
+        s, e = lost[0]
+        n = e - s
+        if n > self._seg_size:
+            n = self._seg_size
+        if s + n >= e:
+            del lost[0]
+        else:
+            lost[0][0] = s + n
+        self.counters["tcp_rack_retransmits"] += 1
+        self._retransmit(s, n, now)
+        self._rx_add(s, s + n, now)
+        return n
+
+    def _recovery_output(self, now: float) -> None:
+        """RFC 6675 5 (4.4): while cwnd - pipe >= 1 SMSS, send lost data
+        first (NextSeg rule 1), then new data (rule 2)."""
+        una = self.snd_una
+        pipe = self.snd_max - una - sum(e - s for s, e in self._sb) \
+            - sum(e - s for s, e in self._lost)
+        mss = self.snd_mss
+        cwnd = self.cwnd
+        while self._lost and cwnd - pipe >= mss:
+            pipe += self._retransmit_lost(now)
+        room = cwnd - pipe
+        if room >= mss and self.snd_nxt == self.snd_max:
+            edge = una + self.snd_wnd
+            lim = self.snd_max + room
+            self._output(now, limit=lim if lim < edge else edge)
+        elif self._rto_at is None:
+            self._arm_rtx(now)
+
+    def _retransmit(self, s: int, n: int, now: float) -> None:
+        """Resend [s, s + n) of what was sent (data, and our FIN if it lies inside)."""
+        buf_seq = self._buf_seq
+        buf_end = buf_seq + len(self._sndbuf)
+        snd_max = self.snd_max
+        e = s + n
+        if e > snd_max:
+            e = snd_max
+        if s < buf_seq:
+            s = buf_seq
+        data_end = e if e < buf_end else buf_end
+        flags = ACK
+        payload = b""
+        if data_end > s:
+            with memoryview(self._sndbuf) as mv:
+                payload = bytes(mv[s - buf_seq:data_end - buf_seq])
+            if data_end == buf_end:
+                flags |= PSH
+        if self._fin_queued and e > buf_end and snd_max > buf_end:
+            flags |= FIN
+        if not payload and not flags & FIN:
+            return
+        self.counters["tcp_retransmit"] += 1
+        self._rtt_seq = None                       # Karn
+        self._emit(s, flags, payload, now)
+        if self._rto_at is None:
+            self._rto_at = now + self._cur_rto()
+            self._pto = False
+
+    def _rx_add(self, s: int, e: int, ts: float) -> None:
+        out = []
+        for r in self._rx:
+            rs, re_, rt = r
+            if re_ <= s or rs >= e:
+                out.append(r)
+                continue
+            if rs < s:
+                out.append([rs, s, rt])
+            if re_ > e:
+                out.append([e, re_, rt])
+        out.append([s, e, ts])
+        out.sort()
+        self._rx = out
+
+    def _on_pto(self, now: float) -> None:
+        """RFC 8985 7.3: the loss probe timer fired."""
+        una = self.snd_una
+        snd_max = self.snd_max
+        if self.state not in _OUTPUT_STATES or snd_max <= una:
+            return
+        if self._rp is not None:
+            # In a recovery nothing was acknowledged for a PTO: the
+            # retransmission of the first hole (or its answer) is likely
+            # lost and nothing sent after it will tell RACK. Resend it.
+            self.counters["tcp_recovery_probe"] += 1
+            sb = self._sb
+            e = sb[0][0] if sb and sb[0][0] > una else snd_max
+            n = e - una
+            if n > self._seg_size:
+                n = self._seg_size
+            if self._lost:
+                _range_sub(self._lost, una, una + n)
+            self._retransmit(una, n, now)
+            self._rx_add(una, una + n, now)
+            self._pto = False
+            self._rto_at = now + self._cur_rto()
+            return
+        self.counters["tcp_tlp_probes"] += 1
+        buf_end = self._buf_seq + len(self._sndbuf)
+        if buf_end > snd_max and una + self.snd_wnd > snd_max:
+            # "If previously unsent data is available and the receive window
+            # allows, transmit ... one new segment"
+            self._output(now, force=True)
+        if self.snd_max > snd_max:
+            self.counters["tcp_tlp_new_data"] += 1
+            self._tlp_rexmit = False
+        else:
+            # "Otherwise, retransmit the most recently sent segment"
+            hi = snd_max if snd_max < buf_end else buf_end
+            s = hi - self.snd_mss
+            if s < una:
+                s = una
+            self._retransmit(s, snd_max - s, now)
+            self._rx_add(s, snd_max, now)
+            self._tlp_rexmit = True
+        self._tlp_end = self.snd_max
+        # "the sender MUST arm the RTO timer"
+        self._pto = False
+        self._rto_at = now + self._cur_rto()
+
     def _rtt_sample(self, r: float) -> None:
         # RFC 6298 2.2 / 2.3
         if self.srtt is None:
@@ -1116,21 +1688,31 @@ class TcpConnection:
             self.srtt = 0.875 * self.srtt + 0.125 * r
         rto = self.srtt + max(CLOCK_G, 4 * self.rttvar)
         self.rto = RTO_MIN if rto < RTO_MIN else RTO_MAX if rto > RTO_MAX else rto
+        if self._min_rtt is None or r < self._min_rtt:
+            self._min_rtt = r
+        pto = 2 * self.srtt
+        if pto < TLP_MIN:
+            pto = TLP_MIN
+        self._pto_base = pto if pto < self.rto else self.rto
 
     # ------------------------------------------------------------------
     # output
     # ------------------------------------------------------------------
-    def _output(self, now: float, force: bool = False) -> None:
-        """Send what the windows allow: data, then our FIN."""
+    def _output(self, now: float, force: bool = False, limit=None) -> None:
+        """Send what the windows allow (or up to ``limit``): data, then our FIN."""
+        if self._rp is not None and limit is None:
+            self._recovery_output(now)
+            return
         buf = self._sndbuf
         buf_seq = self._buf_seq
         buf_end = buf_seq + len(buf)
         una = self.snd_una
         wnd = self.snd_wnd
-        cwnd = self.cwnd + self._lt_extra
-        limit = una + (wnd if wnd < cwnd else cwnd)
         if force:
             limit = una + wnd
+        elif limit is None:
+            cwnd = self.cwnd + self._lt_extra
+            limit = una + (wnd if wnd < cwnd else cwnd)
         seg_size = self._seg_size
         nxt = self.snd_nxt
         snd_max = self.snd_max
@@ -1182,11 +1764,20 @@ class TcpConnection:
         self.snd_nxt = nxt
         if nxt > snd_max:
             self.snd_max = nxt
+            if self.sack_ok:
+                # RACK's transmit-time log: one entry per distinct time.
+                xt = self._xl_ts
+                if xt and xt[-1] == now:
+                    self._xl_end[-1] = nxt
+                else:
+                    self._xl_end.append(nxt)
+                    xt.append(now)
         if nxt > una:
             # RFC 6298 5.1: "Every time a packet containing data is sent
             # (including a retransmission), if the timer is not running, start it"
-            if self._rto_at is None:
-                self._rto_at = now + self._cur_rto()
+            # (RFC 8985 7.2: a loss probe timer restarts on new data).
+            if self._rto_at is None or (self._pto and nxt > snd_max):
+                self._arm_rtx(now)
             self._persist_at = None
         else:
             self._rto_at = None
