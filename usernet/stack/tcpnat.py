@@ -49,6 +49,11 @@ from .tcp import SYN_SENT, TIME_WAIT, Segment, TcpConnection
 # most options a segment can carry. The connection rounds it down to a
 # multiple of its wire segment size (snd_mss), so the kernel cuts no runts.
 TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
+# How long the ACK of pushed data from the container waits for the host's
+# answer to ride on (TcpConnection's push_ack_delay). A host on loopback
+# answers a request in tens of microseconds; one that takes longer gets the
+# ACK sent alone, so a container sending behind Nagle waits at most this.
+PUSH_ACK_DELAY = 0.002
 
 
 class TcpNat:
@@ -154,7 +159,8 @@ class TcpNat:
         v6 = len(key[0]) == 16
         mss = self.config.mss - (IPV6_LEN - IPV4_LEN if v6 else 0)
         conn = TcpConnection(now, self.rng.getrandbits(32), mss, self.counters,
-                             max_seg=self._tcp_max_seg, fid=fid, events=self.events_out)
+                             max_seg=self._tcp_max_seg, fid=fid, events=self.events_out,
+                             push_ack_delay=PUSH_ACK_DELAY)
         flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh)
         self.flows.tcp.add(flow)
         return flow
@@ -236,6 +242,13 @@ class TcpNat:
     def _timer(self, fid, d, now) -> None:
         flow = self.flows.tcp.by_id[fid]
         flow.armed = None
+        nd = flow.deadline()
+        if nd is not None and nd > now:
+            # An early entry (the flow's deadline moved later since it was
+            # pushed: an ACK that rode on an answer, an RTO restarted):
+            # nothing is due, only re-arm.
+            self._arm(flow)
+            return
         if flow.connect_deadline is not None and flow.connect_deadline <= now:
             flow.connect_deadline = None
             if flow.inbound:
