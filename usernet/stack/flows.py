@@ -41,7 +41,7 @@ class TcpFlow:
     """One TCP flow's gateway-side bookkeeping; the protocol lives in ``conn``."""
 
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
-                 "connecting", "connect_deadline", "armed", "inbound", "neigh")
+                 "connecting", "connect_deadline", "armed", "inbound", "neigh", "asum")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None):
         self.id = fid
@@ -53,6 +53,7 @@ class TcpFlow:
         self.armed = None
         self.inbound = inbound        # a port forward: we opened toward the container
         self.neigh = neigh            # the neighbour cache of its family (ARP or NDP)
+        self.asum = None              # IPv4: the address words' sum, for frame.build_tcp4
 
     def deadline(self):
         t = self.conn.get_timer()

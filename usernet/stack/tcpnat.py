@@ -32,12 +32,15 @@ host connects in flight (a SYN past it is dropped; the container retries).
 """
 
 from ..wire.ether import ETH_LEN
+import struct
+
 from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_FLAGS, P_OPTS, P_PAYLOAD, P_SEQ, P_SPORT,
-                          P_SRC, P_SRC_MAC, P_WINDOW, build_tcp)
+                          P_SRC, P_SRC_MAC, P_WINDOW, addr_sum4, build_tcp, build_tcp4)
 from ..wire.icmp import UNREACH_HOST
 from ..wire.ipv4 import IPV4_LEN
 from ..wire.ipv6 import IPV6_LEN
-from ..wire.tcp import ACK, NO_OPTIONS, RST, SYN, TCP_LEN, build_tcp_options
+from ..wire.tcp import (ACK, NO_OPTIONS, O_MSS, O_SACK_BLOCKS, O_SACK_PERM, O_TS_ECR, O_TS_VAL,
+                        O_WSCALE, OPT_NOP, OPT_TIMESTAMP, RST, SYN, TCP_LEN, build_tcp_options)
 from ..wire.vnet import VNET_HDR_NONE, tcp_offload_hdr
 from .arp import UNRESOLVED
 from .events import TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpInboundRefused
@@ -54,6 +57,9 @@ TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
 # answers a request in tens of microseconds; one that takes longer gets the
 # ACK sent alone, so a container sending behind Nagle waits at most this.
 PUSH_ACK_DELAY = 0.002
+# The options of nearly every segment of an established flow: NOP, NOP,
+# timestamps (what build_tcp_options gives for ts alone, packed directly).
+_TS_ONLY = struct.Struct("!BBBBII")
 
 
 class TcpNat:
@@ -162,6 +168,8 @@ class TcpNat:
                              max_seg=self._tcp_max_seg, fid=fid, events=self.events_out,
                              push_ack_delay=PUSH_ACK_DELAY)
         flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh)
+        if not v6:
+            flow.asum = addr_sum4(flow.remote_ip, flow.guest_ip)
         self.flows.tcp.add(flow)
         return flow
 
@@ -204,16 +212,25 @@ class TcpNat:
                 l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
                 mss = conn.snd_mss
             output = neigh.output
+            asum = flow.asum
             for s in segs:
                 o = s.options
                 if o is None or o is NO_OPTIONS:
                     ob = b""
+                elif o[O_TS_VAL] is not None and o[O_MSS] is None and o[O_WSCALE] is None \
+                        and not o[O_SACK_PERM] and not o[O_SACK_BLOCKS]:
+                    ob = _TS_ONLY.pack(OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10, o[O_TS_VAL],
+                                       o[O_TS_ECR])
                 else:
                     ob = build_tcp_options(o.mss, o.wscale, o.sack_perm,
                                            None if o.ts_val is None else (o.ts_val, o.ts_ecr),
                                            o.sack_blocks)
-                f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                              s.window, ob, s.payload, ident=self._ident(), csum=not offload)
+                if asum is not None:
+                    f = build_tcp4(dmac, smac, rip, gip, asum, rport, gport, s.seq, s.ack,
+                                   s.flags, s.window, ob, s.payload, self._ident(), not offload)
+                else:
+                    f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
+                                  s.window, ob, s.payload, ident=self._ident(), csum=not offload)
                 if not offload:
                     hdr = VNET_HDR_NONE
                 elif len(s.payload) > mss:
@@ -319,8 +336,10 @@ class TcpNat:
         reports it once per flush for every flow it wrote to)."""
         flow = self.flows.tcp.by_id.get(fid)
         if flow is not None:
-            flow.conn.set_host_backlog(nbytes, now)
-            self.output(flow, now)
+            conn = flow.conn
+            conn.set_host_backlog(nbytes, now)
+            if conn.segments_out:       # a window update; else nothing changed to frame or arm
+                self.output(flow, now)
 
     def open_inbound(self, guest_ip: bytes, guest_port: int, src_ip: bytes | None,
                          src_port: int | None, now: float) -> int | None:
