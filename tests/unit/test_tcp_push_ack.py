@@ -10,7 +10,7 @@ from test_tcp import IRS, ISS, MSS, established
 
 from usernet.stack import tcp as T
 from usernet.stack.tcpnat import PUSH_ACK_DELAY
-from usernet.wire.tcp import ACK, PSH
+from usernet.wire.tcp import ACK, FIN, PSH
 
 D = 0.002
 
@@ -129,3 +129,53 @@ def test_through_the_gateway_unanswered_request_acked_after_the_delay():
     (_hdr, f), = gw.frames_out
     assert int.from_bytes(f[42:46], "big") == 1002 and len(f) == 54
     assert gw.counters["tcp_delayed_ack_tx"] == 1
+
+
+def test_window_update_waits_for_the_ack_of_pushed_data():
+    # The first backlog report opens the window past the SYN-ACK's unscaled
+    # 64 KiB: said on the answer, not in a frame of its own.
+    h = established(syn_options=T.TcpOptions(mss=MSS, wscale=7), push_ack_delay=D)
+    h.send(payload=b"q", flags=ACK | PSH)
+    h.conn.set_host_backlog(0, h.now)
+    h.recv_nothing()
+    assert h.c["tcp_window_update_deferred"] == 1
+    h.conn.send(b"a", h.now)
+    s = h.recv(ack=IRS + 2, payload=b"a")
+    assert s.window << h.conn.rcv_wscale > 0xFFFF       # the opened window, on the answer
+    # Without a pushed ACK pending, the update still goes at once.
+    h2 = established(syn_options=T.TcpOptions(mss=MSS, wscale=7), push_ack_delay=D)
+    h2.conn.set_host_backlog(0, h2.now)
+    h2.recv(flags=ACK, payload=b"")
+    assert h2.c["tcp_window_update_tx"] == 1
+
+
+def test_fin_ack_rides_on_our_fin():
+    h = established(push_ack_delay=D)
+    h.send(flags=ACK | FIN)
+    assert h.conn.state == T.CLOSE_WAIT
+    h.recv_nothing()
+    h.advance(D / 4)
+    h.conn.shutdown_host_eof(h.now)                 # the host closes in turn
+    h.recv(seq=ISS + 1, ack=IRS + 2, flags=ACK | FIN)   # one segment: ACK of theirs, our FIN
+    h.recv_nothing()
+
+
+def test_fin_acked_alone_when_the_host_stays_open():
+    h = established(push_ack_delay=D)
+    h.send(flags=ACK | FIN)
+    h.recv_nothing()
+    assert h.fire() == pytest.approx(D)
+    h.recv(ack=IRS + 2, flags=ACK, payload=b"")
+    assert h.conn.state == T.CLOSE_WAIT
+
+
+def test_fin_in_fin_wait_2_acked_at_once():
+    h = established(push_ack_delay=D)
+    h.conn.shutdown_host_eof(h.now)
+    h.recv(flags=ACK | FIN)
+    h.ack = ISS + 2
+    h.send()                                         # our FIN acked: FIN-WAIT-2
+    assert h.conn.state == T.FIN_WAIT_2
+    h.send(flags=ACK | FIN)
+    h.recv(ack=IRS + 2, flags=ACK)
+    assert h.conn.state == T.TIME_WAIT

@@ -82,7 +82,10 @@ is ACKed at once, or, with ``push_ack_delay`` (the gateway sets it), after
 that short delay: a request the host answers within it gets its ACK on the
 answer, one frame instead of two (what a Linux receiver's delayed ACK does
 for interactive traffic, with a delay short enough that a sender waiting on
-Nagle for the ACK is not held up long).
+Nagle for the ACK is not held up long). With the delay on, the container's
+FIN in ESTABLISHED waits the same way for our own FIN (the host usually
+closes at once), and a window update due while such an ACK is pending rides
+on it (``tcp_window_update_deferred``).
 Unacceptable segments are answered with an ACK (RFC 9293), but answers to
 *bare* segments (no data: ACKs, challenge-ACK triggers) are rate-limited to
 one per :data:`OOW_ACK_INTERVAL` like Linux, which is what stops ACK loops
@@ -433,6 +436,11 @@ class TcpConnection:
         # RFC 9293 3.8.6.2.2: only tell the peer about a window that grew by at
         # least min(rcv_buf/2, MSS), and only bother while its view is small.
         if grow >= self._sws_thresh and old_wnd < self.rcv_buf // 2:
+            if self._push_pending:
+                # The ACK of pushed data is due within push_ack_delay (or
+                # rides on the host's answer before): it carries the window.
+                self.counters["tcp_window_update_deferred"] += 1
+                return
             self.counters["tcp_window_update_tx"] += 1
             self._send_ack(now)
 
@@ -454,7 +462,7 @@ class TcpConnection:
             return
         if self._delack_at is not None and now >= self._delack_at:
             self._delack_at = None
-            if self._unacked_rx or self._ack_now:
+            if self._unacked_rx or self._ack_now or self._push_pending:
                 self.counters["tcp_delayed_ack_tx"] += 1
                 self._send_ack(now)
         if self._rto_at is not None and now >= self._rto_at:
@@ -847,7 +855,7 @@ class TcpConnection:
             self._output(now)
         if self._ack_now:
             self._send_ack(now)
-        elif self._unacked_rx:
+        elif self._unacked_rx or self._push_pending:
             d = now + (self.push_ack_delay if self._push_pending else DELACK_TIME)
             if self._delack_at is None or d < self._delack_at:
                 self._delack_at = d
@@ -907,10 +915,16 @@ class TcpConnection:
         self._ooo_fin = None
         self._ooo = []
         self._ooo_bytes = 0
-        self._ack_now = True
         self.counters["tcp_fin_rx"] += 1
         self.events.append(TcpShutdown(self.fid))
         st = self.state
+        if st == ESTABLISHED and self.push_ack_delay and not self._ack_now:
+            # The container closed first; the host side, told at once,
+            # usually closes too within the delay: our FIN then carries
+            # this ACK (one frame, not two).
+            self._push_pending = True
+        else:
+            self._ack_now = True
         if st == ESTABLISHED:
             self.state = CLOSE_WAIT
         elif st == FIN_WAIT_1:
