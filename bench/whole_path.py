@@ -679,8 +679,9 @@ def main() -> int:
         extra.append(f"redis row: {notes['redis']}")
     if any(c.provider for c in configs.values()):
         extra.append("CPU s per GB: the provider process's user+system time (/proc/PID/stat) over "
-                     "the bulk TCP tests, per GB iperf3 received; CPU us per transaction: the same time over the "
-                     "rr, crr and redis tests, per transaction the client counted; RSS: its VmHWM at the end of the run")
+                     "the bulk TCP tests, per GB iperf3 received; CPU us per transaction: the same "
+                     "time over the rr, crr and redis tests, per transaction the client counted; "
+                     "RSS: its VmHWM at the end of the run")
     if "veth" in configs:
         extra.append("veth: the kernel does the work; no provider process (CPU, RSS: —); "
                      "'forwarded port' is a direct connection to the container's address")
