@@ -69,6 +69,9 @@ ROWS = [
     ("udp_loss", "UDP loss, %", True),
     ("ping", "ping 10.0.2.2 average, ms", True),
     ("redis", "redis-benchmark -c 50 GET, req/s", False),
+    ("rr_cpu", "provider CPU us per request/response", True),
+    ("crr_cpu", "provider CPU us per connection", True),
+    ("redis_cpu", "provider CPU us per redis GET", True),
     ("cpu_gb", "provider CPU s per GB (bulk TCP)", True),
     ("rss", "provider peak RSS (VmHWM), MiB", True),
 ]
@@ -85,6 +88,7 @@ LABELS = {"usernet": "usernet", "usernet-65520": "usernet 65520",
 
 PROCS: list[subprocess.Popen] = []   # everything we started, killed at exit
 VERBOSE = False
+USERNET_EXE = None   # --usernet: another build to measure (an A/B against main)
 
 
 def log(*a):
@@ -258,7 +262,7 @@ class Config:
         pid = self.ns.pid
         self.prefix = ["nsenter", "-t", str(pid), "-U", "-n", "--preserve-credentials", "--"]
         if kind == "usernet":
-            exe = os.path.join(os.path.dirname(PY), "usernet")
+            exe = USERNET_EXE or os.path.join(os.path.dirname(PY), "usernet")
             self.provider = spawn([exe, "attach", "-6", "--mtu", mtu, "-p",
                                    f"127.0.0.1:{self.fwd[1]}:{GUEST_PORT}", pid, "tap0"],
                                   stderr=subprocess.PIPE, text=True)
@@ -431,8 +435,8 @@ def t_echo(cfg, dur, mode, server):
                             "--duration", dur], dur + 30)
     r = json.loads(out)
     if mode == "rr":
-        return {"rr": r["tx_per_s"], "rr_p50": r["p50_us"]}
-    return {"crr": r["conns_per_s"]}
+        return {"rr": r["tx_per_s"], "rr_p50": r["p50_us"]}, r["tx"] + 200  # + the warm-up
+    return {"crr": r["conns_per_s"]}, r["conns"]
 
 
 def t_ping(cfg, dur):
@@ -453,7 +457,7 @@ def t_redis(cfg, dur, server):
     for line in out.splitlines():
         cells = [c.strip('"') for c in line.split(",")]
         if cells[0] == "GET":
-            return {"redis": float(cells[1])}
+            return {"redis": float(cells[1])}, n
     raise BenchError(f"redis-benchmark: no GET line: {out[-300:]!r}")
 
 
@@ -464,7 +468,7 @@ def fmt(key: str, v) -> str:
         return "—"
     if key in ("rr", "crr", "redis"):
         return f"{v:,.0f}"
-    if key in ("rr_p50", "rss"):
+    if key in ("rr_p50", "rss", "rr_cpu", "crr_cpu", "redis_cpu"):
         return f"{v:.0f}"
     if key == "udp_loss":
         return f"{v:.0f}"
@@ -490,7 +494,7 @@ def median(xs):
 # ---------------------------------------------------------------- main
 
 def main() -> int:
-    global VERBOSE
+    global VERBOSE, USERNET_EXE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 run x 2 s per test")
     ap.add_argument("--duration", type=float, help="seconds per test (default 5, --quick 2)")
@@ -498,9 +502,12 @@ def main() -> int:
     ap.add_argument("--only", help=f"comma-separated tests: {','.join(TESTS)}")
     ap.add_argument("--configs", help=f"comma-separated configurations: {','.join(CONFIGS)}")
     ap.add_argument("--json", metavar="PATH", help="also write every run's figures here")
+    ap.add_argument("--usernet", metavar="EXE",
+                    help="the usernet command to run (default: the one beside this Python)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     a = ap.parse_args()
     VERBOSE = a.verbose
+    USERNET_EXE = a.usernet
     dur = a.duration or (2.0 if a.quick else 5.0)
     runs = a.runs or (1 if a.quick else 3)
     tests = a.only.split(",") if a.only else list(TESTS)
@@ -580,12 +587,16 @@ def main() -> int:
                                 c.moved += moved
                         elif t == "udp":
                             figs = t_udp(c, dur)
-                        elif t in ("rr", "crr"):
-                            figs = t_echo(c, dur, t, servers[n, "echo"])
+                        elif t in ("rr", "crr", "redis"):
+                            if t == "redis":
+                                figs, count = t_redis(c, dur, servers[n, "redis"])
+                            else:
+                                figs, count = t_echo(c, dur, t, servers[n, "echo"])
+                            if cpu0 is not None and count:
+                                # CPU per transaction: steadier than a rate on a busy machine
+                                figs[t + "_cpu"] = (c.cpu_now() - cpu0) / count * 1e6
                         elif t == "ping":
                             figs = t_ping(c, dur)
-                        elif t == "redis":
-                            figs = t_redis(c, dur, servers[n, "redis"])
                     except BenchError as e:
                         errors[n, t] = str(e)
                         log(f"  failed: {e}")
@@ -668,7 +679,9 @@ def main() -> int:
         extra.append(f"redis row: {notes['redis']}")
     if any(c.provider for c in configs.values()):
         extra.append("CPU s per GB: the provider process's user+system time (/proc/PID/stat) over "
-                     "the bulk TCP tests, per GB iperf3 received; RSS: its VmHWM at the end of the run")
+                     "the bulk TCP tests, per GB iperf3 received; CPU us per transaction: the same "
+                     "time over the rr, crr and redis tests, per transaction the client counted; "
+                     "RSS: its VmHWM at the end of the run")
     if "veth" in configs:
         extra.append("veth: the kernel does the work; no provider process (CPU, RSS: —); "
                      "'forwarded port' is a direct connection to the container's address")

@@ -17,6 +17,7 @@ from usernet.stack.config import (BUDGET_FLOW_WINDOW, DNS_MAX_PENDING, FRAG_MAX_
 from usernet.stack.events import DnsQuery, TcpAbort, TcpConnect, TcpData, TcpShutdown
 from usernet.stack.gateway import Gateway
 from usernet.stack.tcp import SND_BUF
+from usernet.stack.tcpnat import PUSH_ACK_DELAY
 
 GUEST_MAC = "02:00:00:00:00:64"
 EVIL_MAC = "02:00:00:00:0e:11"
@@ -65,6 +66,14 @@ class Flow:
                                          ack=self.ack if ack is None else ack,
                                          window=window) / Raw(data), now)
 
+    def push(self, data, now, **kw):
+        """Data with PSH; our ACK waits for the host's answer (PUSH_ACK_DELAY)
+        and, none coming, goes out when that timer fires. Returns the frames
+        without payload (the ACKs; a tail-loss probe may go out too)."""
+        out = self.send(data, now, flags="PA", **kw)
+        out += run_timers(self.gw, now + PUSH_ACK_DELAY, now + PUSH_ACK_DELAY)
+        return [f for f in out if not len(f[TCP].payload)]
+
     @property
     def flow(self):
         return self.gw.flows.tcp.by_id.get(self.fid)
@@ -112,10 +121,10 @@ def test_budget_refuses_new_work_shrinks_windows_and_frees():
     assert gw.counters["tcp_budget_send_capped"] == 1
     # Container -> host: the host side reports a backlog: the window closes
     # (its right edge stops moving: RFC 9293 never takes back what was offered).
-    (ack1,) = a.send(b"d" * 100, 0.4, flags="PA")
+    (ack1,) = a.push(b"d" * 100, 0.4)
     gw.tcp_host_backlog(a.fid, 100, 0.4)
     assert gw.counters["tcp_budget_window_squeezed"] >= 1
-    (ack2,) = a.send(b"e" * 100, 0.5, seq=1101, flags="PA")
+    (ack2,) = a.push(b"e" * 100, 0.5, seq=1101)
     assert ack2[TCP].ack == ack1[TCP].ack + 100
     assert ack2[TCP].ack + ack2[TCP].window == ack1[TCP].ack + ack1[TCP].window
     # A flow whose host peer keeps up keeps a small window (once what was
@@ -131,7 +140,7 @@ def test_budget_refuses_new_work_shrinks_windows_and_frees():
     gw.frames_out.clear()
     gw.tcp_host_backlog(a.fid, 0, 1.0)
     assert not gw.budget.over()
-    ack3 = a.send(b"g" * 10, 1.1, seq=1201, ack=(a.ack + sent) & 0xFFFFFFFF, flags="PA")[-1]
+    ack3 = a.push(b"g" * 10, 1.1, seq=1201, ack=(a.ack + sent) & 0xFFFFFFFF)[-1]
     assert ack3[TCP].ack + ack3[TCP].window > ack2[TCP].ack + ack2[TCP].window
     out = feed(gw, ip() / TCP(sport=1004, dport=80, flags="S", seq=5), 1.2)
     assert not out and gw.flows.tcp_connecting == 1      # new work accepted again
@@ -177,6 +186,9 @@ def test_half_closed_flow_whose_container_side_is_gone_is_torn_down():
     f.send(b"", 1.0, flags="FA")
     assert TcpShutdown(f.fid) in gw.events_out and f.flow.conn.state == "CLOSE_WAIT"
     gw.events_out.clear()
+    # The FIN's ACK waited for our own FIN (PUSH_ACK_DELAY) and goes alone.
+    (fin_ack,) = run_timers(gw, 1.0 + PUSH_ACK_DELAY, 1.0 + PUSH_ACK_DELAY)
+    assert fin_ack[TCP].ack == (f.seq + 1) & 0xFFFFFFFF
     probes = [p for p in run_timers(gw, 1.5, 6.5) if TCP in p]
     assert len(probes) == 1 and probes[0][TCP].seq == (f.ack - 1) & 0xFFFFFFFF
     assert gw.counters["tcp_keepalive_probe_tx"] == 1

@@ -1,9 +1,13 @@
 """Host sockets for TCP flows: asyncio Protocols that feed the gateway.
 
-One :class:`FlowProtocol` per flow. Data read from the host socket goes to
-``gw.tcp_host_data``, which answers how much the flow's send queue took; the
-rest waits in ``pending`` (at most one read's worth) with the transport's
-reading paused until the gateway says ``TcpResume``. Data from the container
+One :class:`FlowProtocol` per flow. It is an ``asyncio.BufferedProtocol``:
+the loop reads the host socket straight into one preallocated buffer that
+every flow shares (``READ_MAX`` bytes; each read is consumed before the
+callback returns, so one buffer serves them all), and that view goes to
+``gw.tcp_host_data``, whose send queue copies what it takes: no bytes
+object per read. It answers how much it took; the rest is copied into
+``pending`` (at most one read's worth) with the transport's reading paused
+until the gateway says ``TcpResume``. Data from the container
 is written with ``transport.write``; the transport's write buffer size is
 reported back (``gw.tcp_host_backlog``, once per driver flush for every flow
 written to) so the window advertised to the container shrinks when the host
@@ -47,6 +51,9 @@ WRITE_HIGH_WATER = RCV_BUF // 2
 WRITE_LOW_WATER = 64 * 1024
 assert WRITE_LOW_WATER < WRITE_HIGH_WATER <= RCV_BUF // 2
 _LINGER_RST = struct.pack("ii", 1, 0)
+# One read from a host socket, at most: big reads mean fewer calls per byte
+# toward the container (its send queue takes up to SND_BUF at once).
+READ_MAX = 256 * 1024
 
 _CONNECT_ERRORS = {
     errno.ECONNREFUSED: "refused",
@@ -70,7 +77,7 @@ def abort_with_rst(transport) -> None:
     transport.abort()
 
 
-class FlowProtocol(asyncio.Protocol):
+class FlowProtocol(asyncio.BufferedProtocol):
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
         self.fid = fid
@@ -92,11 +99,16 @@ class FlowProtocol(asyncio.Protocol):
             except OSError:
                 pass
 
-    def data_received(self, data):
+    def get_buffer(self, sizehint):
+        return self.host.read_buf
+
+    def buffer_updated(self, nbytes):
         d = self.host.driver
+        data = self.host.read_buf[:nbytes]
         n = d.gw.tcp_host_data(self.fid, data, d.now())
-        if n < len(data):
-            self.pending = data[n:]
+        if n < nbytes:
+            # The shared buffer is reused by the next read: keep a copy.
+            self.pending = bytes(data[n:])
             if not self.paused:
                 self.paused = True
                 self.transport.pause_reading()
@@ -175,6 +187,8 @@ class TcpHost:
         self.protocols: dict[int, FlowProtocol] = {}
         self.connecting: dict[int, asyncio.Task] = {}
         self.written: set[int] = set()      # flows whose backlog is due to be reported
+        # Every flow's socket reads land here (FlowProtocol.get_buffer).
+        self.read_buf = memoryview(bytearray(READ_MAX))
 
     # ------------------------------------------------------------ events
     def connect(self, ev: TcpConnect) -> None:

@@ -107,7 +107,7 @@ _TCP = (
     "tcp_send_refused_state", "tcp_abort", "tcp_give_up", "tcp_closed_last_ack",
     "tcp_time_wait_done", "tcp_time_wait_syn_reuse", "tcp_fin_rx", "tcp_rst_rx",
     "tcp_rst_rx_time_wait_ignored", "tcp_rst_tx_bad_ack", "tcp_challenge_ack",
-    "tcp_oow_ack_ratelimited", "tcp_delayed_ack_tx", "tcp_window_update_tx",
+    "tcp_oow_ack_ratelimited", "tcp_delayed_ack_tx", "tcp_window_update_tx", "tcp_window_update_deferred",
     "tcp_zero_window_tx", "tcp_zero_window_probe", "tcp_sws_override",
     "tcp_pause_reading", "tcp_resume_reading",
     "tcp_retransmit", "tcp_retransmit_timeout", "tcp_fast_retransmit", "tcp_limited_transmit",

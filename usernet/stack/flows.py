@@ -46,7 +46,8 @@ class TcpFlow:
 
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
                  "connecting", "connect_deadline", "armed", "inbound", "neigh",
-                 "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent")
+                 "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent",
+                 "asum")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
@@ -71,6 +72,7 @@ class TcpFlow:
         self.ka_at = None
         self.probes = 0
         self.probe_sent = 0.0
+        self.asum = None              # IPv4: the address words' sum, for frame.build_tcp4
 
     def deadline(self):
         t = self.conn.get_timer()

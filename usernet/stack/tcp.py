@@ -107,8 +107,16 @@ and moved right only in steps of at least min(rcv_buf/2, MSS) (receiver-side
 SWS avoidance, 3.8.6.2.2). Out-of-order data inside the advertised window is
 kept in a sorted list of non-overlapping pieces (at most
 :data:`OOO_MAX_PIECES`) and reported in SACK blocks when permitted
-(RFC 2018). ACKs are sent for every second full segment, on PSH, on
-out-of-order data or a filled hole, on FIN, else after :data:`DELACK_TIME`.
+(RFC 2018). ACKs are sent for every second full segment, on out-of-order
+data or a filled hole, on FIN, else after :data:`DELACK_TIME`. Data with PSH
+is ACKed at once, or, with ``push_ack_delay`` (the gateway sets it), after
+that short delay: a request the host answers within it gets its ACK on the
+answer, one frame instead of two (what a Linux receiver's delayed ACK does
+for interactive traffic, with a delay short enough that a sender waiting on
+Nagle for the ACK is not held up long). With the delay on, the container's
+FIN in ESTABLISHED waits the same way for our own FIN (the host usually
+closes at once), and a window update due while such an ACK is pending rides
+on it (``tcp_window_update_deferred``).
 Unacceptable segments are answered with an ACK (RFC 9293), but answers to
 *bare* segments (no data: ACKs, challenge-ACK triggers) are rate-limited to
 one per :data:`OOW_ACK_INTERVAL` like Linux, which is what stops ACK loops
@@ -257,7 +265,7 @@ class TcpConnection:
 
     def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
                  wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None, fid=0,
-                 events=None):
+                 events=None, push_ack_delay=0.0):
         self.state = LISTEN
         self.counters = counters
         self.mss = mss
@@ -299,6 +307,10 @@ class TcpConnection:
         self._ooo_last = None                 # start of the most recent out-of-order piece
         self._unacked_rx = 0                  # bytes delivered but not yet ACKed
         self._ack_now = False
+        # PSH data waiting for its ACK (at most push_ack_delay, hoping to ride
+        # on the host's answer); 0: ACK pushed data at once.
+        self.push_ack_delay = push_ack_delay
+        self._push_pending = False
         self._last_ack_sent = 0
         self._last_oow_ack = -1e9
 
@@ -538,6 +550,11 @@ class TcpConnection:
         # RFC 9293 3.8.6.2.2: only tell the peer about a window that grew by at
         # least min(rcv_buf/2, MSS), and only bother while its view is small.
         if grow >= self._sws_thresh and old_wnd < self.rcv_buf // 2:
+            if self._push_pending:
+                # The ACK of pushed data is due within push_ack_delay (or
+                # rides on the host's answer before): it carries the window.
+                self.counters["tcp_window_update_deferred"] += 1
+                return
             self.counters["tcp_window_update_tx"] += 1
             self._send_ack(now)
 
@@ -567,7 +584,7 @@ class TcpConnection:
             return
         if self._delack_at is not None and now >= self._delack_at:
             self._delack_at = None
-            if self._unacked_rx or self._ack_now:
+            if self._unacked_rx or self._ack_now or self._push_pending:
                 self.counters["tcp_delayed_ack_tx"] += 1
                 self._send_ack(now)
         if self._rto_at is not None and now >= self._rto_at:
@@ -994,8 +1011,10 @@ class TcpConnection:
             self._output(now)
         if self._ack_now:
             self._send_ack(now)
-        elif self._unacked_rx and self._delack_at is None:
-            self._delack_at = now + DELACK_TIME
+        elif self._unacked_rx or self._push_pending:
+            d = now + (self.push_ack_delay if self._push_pending else DELACK_TIME)
+            if self._delack_at is None or d < self._delack_at:
+                self._delack_at = d
         self._check_pause()
 
     def _receive(self, seq: int, payload, fin: int, flags: int, now: float) -> None:
@@ -1027,8 +1046,13 @@ class TcpConnection:
                 self.events.append(TcpData(self.fid, data))
                 self._unacked_rx += len(data)
                 self._delivered += len(data)
-                if self._unacked_rx >= 2 * self.mss or flags & PSH:
+                if self._unacked_rx >= 2 * self.mss:
                     self._ack_now = True
+                elif flags & PSH:
+                    if self.push_ack_delay:
+                        self._push_pending = True
+                    else:
+                        self._ack_now = True
             if (fin and fin_seq == rcv_nxt) or (self._ooo_fin is not None
                                                 and self._ooo_fin == rcv_nxt):
                 self._receive_fin(now)
@@ -1047,10 +1071,16 @@ class TcpConnection:
         self._ooo_fin = None
         self._ooo = []
         self._ooo_bytes = 0
-        self._ack_now = True
         self.counters["tcp_fin_rx"] += 1
         self.events.append(TcpShutdown(self.fid))
         st = self.state
+        if st == ESTABLISHED and self.push_ack_delay and not self._ack_now:
+            # The container closed first; the host side, told at once,
+            # usually closes too within the delay: our FIN then carries
+            # this ACK (one frame, not two).
+            self._push_pending = True
+        else:
+            self._ack_now = True
         if st == ESTABLISHED:
             self.state = CLOSE_WAIT
         elif st == FIN_WAIT_1:
@@ -1814,6 +1844,7 @@ class TcpConnection:
         self._unacked_rx = 0
         self._delack_at = None
         self._ack_now = False
+        self._push_pending = False
 
     def _send_ack(self, now: float) -> None:
         # SND.MAX rather than SND.NXT: after a go-back-N timeout snd_nxt may

@@ -84,6 +84,7 @@ assert _FAST_V6.size == ETH.size + IPV6.size + TCP.size + TS_FAST.size == 86
 # A pure ACK (a third of a bulk transfer's frames) carries no payload: one
 # shared empty memoryview instead of two new objects per frame.
 _EMPTY = memoryview(b"")
+_from_bytes = int.from_bytes
 _V4_TS_END = _FAST_V4.size  # where the payload starts
 _V6_TS_END = _FAST_V6.size
 _V6_L4 = ETH_LEN + IPV6_LEN
@@ -298,6 +299,51 @@ def build_tcp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int
     c = checksum(memoryview(buf)[l4:], ps) if csum else ps
     buf[l4 + 16] = c >> 8
     buf[l4 + 17] = c & 0xFF
+    return buf
+
+
+# The TCP-over-IPv4 frames of established flows, the per-packet case: the
+# three headers in one pack, the IPv4 header checksum and the pseudo-header
+# sum from the flow's address sum (``addr_sum4``) instead of a pass over the
+# bytes. Same bytes as ``build_tcp`` (TTL 64, DF); the tests compare them.
+_TCP4_HDRS = struct.Struct("!6s6sH BBHHHBBH4s4s HHIIHHHH")
+_TCP4_HDRS_LEN = ETH_LEN + IPV4_LEN + TCP_LEN
+assert _TCP4_HDRS.size == _TCP4_HDRS_LEN
+# The IPv4 header words that never change here: version/IHL, DF, TTL/protocol.
+_TCP4_IP_CONST = 0x4500 + IP_DF + (64 << 8 | PROTO_TCP)
+
+
+def addr_sum4(src: bytes, dst: bytes) -> int:
+    """The plain (unfolded) sum of the 16-bit words of two IPv4 addresses."""
+    a = _from_bytes(src, "big")
+    b = _from_bytes(dst, "big")
+    return (a >> 16) + (a & 0xFFFF) + (b >> 16) + (b & 0xFFFF)
+
+
+def build_tcp4(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, asum: int, sport: int,
+               dport: int, seq: int, ack: int, flags: int, window: int, options: bytes, payload,
+               ident: int, csum: bool) -> bytearray:
+    """``build_tcp`` for IPv4 with ``asum = addr_sum4(src, dst)`` known."""
+    olen = len(options)
+    thl = TCP_LEN + olen
+    l4len = thl + len(payload)
+    x = _TCP4_IP_CONST + asum + IPV4_LEN + l4len + ident
+    r = x % 0xFFFF                       # ones_sum's fold (x is never 0 here)
+    ipcs = ~(r if r else 0xFFFF) & 0xFFFF
+    x = asum + PROTO_TCP + l4len
+    ps = x % 0xFFFF or 0xFFFF
+    buf = bytearray(_TCP4_HDRS_LEN + l4len - TCP_LEN)
+    _TCP4_HDRS.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IP, 0x45, 0, IPV4_LEN + l4len, ident,
+                         IP_DF, 64, PROTO_TCP, ipcs, src, dst, sport, dport, seq & 0xFFFFFFFF,
+                         ack & 0xFFFFFFFF, (thl << 10) | flags, window, 0 if csum else ps, 0)
+    if olen:
+        buf[_TCP4_HDRS_LEN:_TCP4_HDRS_LEN + olen] = options
+    if payload:
+        buf[_TCP4_HDRS_LEN + olen:] = payload
+    if csum:
+        c = checksum(memoryview(buf)[ETH_LEN + IPV4_LEN:], ps)
+        buf[ETH_LEN + IPV4_LEN + 16] = c >> 8
+        buf[ETH_LEN + IPV4_LEN + 17] = c & 0xFF
     return buf
 
 
