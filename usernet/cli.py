@@ -98,6 +98,20 @@ def _parse_prefix6(text):
 _prefix6 = _arg_type(_parse_prefix6, "prefix6")
 
 
+def _parse_pcap_size(text):
+    from .pcap import parse_size
+    return parse_size(text)
+
+
+def _parse_pcap_snaplen(text):
+    from .pcap import parse_snaplen
+    return parse_snaplen(text)
+
+
+_pcap_size = _arg_type(_parse_pcap_size, "size")
+_pcap_snaplen = _arg_type(_parse_pcap_snaplen, "snaplen")
+
+
 def _common(p):
     from .stack.config import DEFAULT_CIDR, DEFAULT_IPV6_PREFIX, DEFAULT_MTU, MAX_MTU, MIN_MTU
     g = p.add_argument_group("network")
@@ -137,6 +151,16 @@ def _common(p):
     off.add_argument("--no-offload", dest="offload", action="store_false",
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
     g.add_argument("--debug", action="store_true", help="log at debug level")
+    d = p.add_argument_group("capture")
+    d.add_argument("--pcap", metavar="FILE",
+                   help="write every frame between the container and usernet (both ways) to "
+                        "FILE in pcap format (tcpdump -r, Wireshark); with offloads, TCP "
+                        "frames are the 64 KiB segments as they crossed the TAP")
+    d.add_argument("--pcap-snaplen", type=_pcap_snaplen, metavar="N",
+                   help="keep at most N bytes of each frame (default 262144: all of it)")
+    d.add_argument("--pcap-max-size", type=_pcap_size, metavar="BYTES",
+                   help="when FILE would grow past BYTES (K, M, G suffixes), rename it to "
+                        "FILE.1 and start again: at most twice BYTES on disk")
     h = p.add_argument_group("hardening")
     h.add_argument("--enable-sandbox", "--create-sandbox", dest="enable_sandbox",
                    action="store_true",

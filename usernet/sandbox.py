@@ -475,7 +475,7 @@ PRELOAD = (
     "usernet.api", "usernet.publish", "usernet.services", "usernet.slirp4netns", "usernet.serve",
     "usernet.stack.gateway", "usernet.host.driver",
     "usernet.host.icmp", "usernet.host.dns",
-    "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether",
+    "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether", "usernet.pcap",
 )
 
 

@@ -119,11 +119,15 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
     driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
     driver.start(loop)
+    pcap = None
     try:
+        pcap = open_pcap(args, driver)
         services = await setup_services(driver, ServiceOptions.from_args(args),
                                         ns_pid=child.pid if child is not None else watch_pid)
     except BaseException:
         driver.close()
+        if pcap is not None:
+            pcap.close()
         raise
     status = 0
     done = loop.create_future()
@@ -194,9 +198,28 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             await driver.drain(DRAIN_TIMEOUT)
         await services.close()
         driver.close()
+        if pcap is not None:
+            pcap.close()
         log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
     return status
 
+
+
+def open_pcap(args, driver):
+    """``--pcap FILE``: a :class:`usernet.pcap.PcapWriter` recording ``driver``'s
+    TAP, or None. A file that cannot be opened is a start error naming it."""
+    path = getattr(args, "pcap", None)
+    if not path:
+        return None
+    from .pcap import DEFAULT_SNAPLEN, PcapWriter
+    try:
+        w = PcapWriter(path, snaplen=getattr(args, "pcap_snaplen", None) or DEFAULT_SNAPLEN,
+                       max_size=getattr(args, "pcap_max_size", None))
+    except OSError as e:
+        raise OSError(f"--pcap {path}: cannot write it: {e.strerror}") from None
+    w.attach(driver)
+    log.debug("pcap: capturing to %s", path)
+    return w
 
 
 def set_tap_offload(fd: int, want: bool) -> bool:

@@ -126,6 +126,10 @@ class HostDriver:
         self.counters = gateway.counters
         self.fd = tap_fd
         self.vnet_hdr = vnet_hdr
+        self.vnet_hdr_len = VNET_HDR_LEN
+        # The TAP read function; --pcap swaps it (and _tap_write) for a
+        # recording one (usernet/pcap.py), so no capture costs nothing.
+        self._read = os.read
         self.loop = None
         self._timer = None
         self._timer_at = None
@@ -226,9 +230,10 @@ class HostDriver:
         vnet = self.vnet_hdr
         impair = self.rx_impair
         c = self.counters
+        read = self._read
         for _ in range(RX_BATCH):
             try:
-                data = os.read(fd, RX_BUF)
+                data = read(fd, RX_BUF)
             except BlockingIOError:
                 break
             except OSError as e:
