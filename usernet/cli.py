@@ -176,7 +176,8 @@ def build_parser():
     p = _Parser(prog="usernet", description="userspace network for rootless containers")
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,slirp4netns}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,stats,flows,slirp4netns}",
+                           parser_class=_Parser)
     sub.required = True
 
     r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
@@ -200,7 +201,57 @@ def build_parser():
     f.add_argument("action", choices=("add", "list", "rm", "stats"))
     f.add_argument("--api-socket", required=True, metavar="PATH")
     f.add_argument("spec", nargs="?", help="add: [ADDR:]PORT:PORT[/proto]; rm: ID")
+
+    for name, what in (("stats", "every counter of a running usernet (non-zero ones unless --all)"),
+                       ("flows", "the live flows of a running usernet, busiest first")):
+        m = sub.add_parser(name, help=what, description=what + ". Without --api-socket, the "
+                           "running usernet with an API socket (the one serving --pid PID, or "
+                           "the only one) is found in the process table.")
+        w = m.add_mutually_exclusive_group()
+        w.add_argument("--api-socket", metavar="PATH", help="the usernet's API socket")
+        w.add_argument("--pid", type=_arg_type(_parse_pid, "pid"), metavar="PID",
+                       help="the usernet that is PID, runs PID or serves PID's namespace")
+        m.add_argument("--json", action="store_true", help="the API's reply as JSON, for scripts")
+        m.add_argument("--watch", type=_arg_type(_parse_secs, "secs"), nargs="?", const=1.0,
+                       metavar="SECS", help="refresh every SECS seconds (default 1) in place, "
+                                            "with rates")
+        m.add_argument("--count", type=_arg_type(_parse_count, "count"), metavar="N",
+                       help="with --watch: stop after N refreshes")
+        if name == "stats":
+            m.add_argument("--all", action="store_true", help="zero counters too")
+        else:
+            m.add_argument("--limit", type=_arg_type(_parse_limit, "limit"), default=1000,
+                           metavar="N", help="at most N flows, busiest first (default 1000)")
     return p
+
+
+def _parse_pid(text):
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"not a PID: {text!r}")
+    return int(text)
+
+
+def _parse_secs(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= v <= 3600:
+        raise ValueError(f"seconds must be 0.05..3600, got {text}")
+    return v
+
+
+def _parse_count(text):
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"not a positive count: {text!r}")
+    return int(text)
+
+
+def _parse_limit(text):
+    from .api import LIST_FLOWS_MAX
+    if not text.isdigit() or not 0 < int(text) <= LIST_FLOWS_MAX:
+        raise ValueError(f"limit must be 1..{LIST_FLOWS_MAX}, got {text!r}")
+    return int(text)
 
 
 def make_config(args):
@@ -319,6 +370,19 @@ def cmd_fwd(args) -> int:
     return 1 if "error" in reply else 0
 
 
+def cmd_monitor(args) -> int:
+    from .monitor import MonitorError, run
+    if args.count is not None and args.watch is None:
+        raise UsageError(f"{args.command}: --count needs --watch")
+    try:
+        return run(args)
+    except MonitorError as e:
+        print(f"usernet: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
 def _publish_or_usage(spec):
     from .publish import parse_publish
     try:
@@ -364,6 +428,8 @@ def main(argv=None) -> int:
             return cmd_run(args)
         if args.command == "attach":
             return cmd_attach(args)
+        if args.command in ("stats", "flows"):
+            return cmd_monitor(args)
         return cmd_fwd(args)
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)

@@ -94,6 +94,8 @@ class TcpNat:
         seg = Segment(p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS], p[P_PAYLOAD])
         flags = seg.flags
         if flow is not None:
+            flow.pkts_in += 1
+            flow.last = now
             flow.conn.on_segment(seg, now)
             self.output(flow, now)
             if not (flags & SYN and not flags & ACK and flow.id not in flows.tcp.by_id):
@@ -137,6 +139,7 @@ class TcpNat:
             c["tcp_syn_connect_limit_drop"] += 1
             return
         flow = self._new_flow(key, False, now)
+        flow.pkts_in = 1
         flow.conn.on_syn(seg, now)
         flow.connecting = True
         flow.connect_deadline = now + cfg.tcp_connect_timeout
@@ -155,7 +158,7 @@ class TcpNat:
         mss = self.config.mss - (IPV6_LEN - IPV4_LEN if v6 else 0)
         conn = TcpConnection(now, self.rng.getrandbits(32), mss, self.counters,
                              max_seg=self._tcp_max_seg, fid=fid, events=self.events_out)
-        flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh)
+        flow = TcpFlow(fid, key, conn, inbound, self.neigh6 if v6 else self.neigh, now)
         self.flows.tcp.add(flow)
         return flow
 
@@ -198,6 +201,8 @@ class TcpNat:
                 l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
                 mss = conn.snd_mss
             output = neigh.output
+            flow.pkts_out += len(segs)
+            flow.last = now
             for s in segs:
                 o = s.options
                 if o is None or o is NO_OPTIONS:
