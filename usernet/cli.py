@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from .serve import (describe, report_fatal, dns_upstream_from_env, ifconfig, new_loop,
+from .serve import (log_started, report_fatal, dns_upstream_from_env, ifconfig, new_loop,
                     parse_hostport, raise_fd_limit, serve)
 
 log = logging.getLogger("usernet")
@@ -150,7 +150,13 @@ def _common(p):
                           "both ways (default)")
     off.add_argument("--no-offload", dest="offload", action="store_false",
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
-    g.add_argument("--debug", action="store_true", help="log at debug level")
+    lg = p.add_argument_group("logging (key=value lines on stderr)")
+    lg.add_argument("-v", "--verbose", action="store_true",
+                    help="info lines too (run is quiet on success without it; attach prints "
+                         "its start line anyway)")
+    lg.add_argument("--debug", action="store_true",
+                    help="debug lines too: each flow's open and close, counters that moved")
+    lg.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
     d = p.add_argument_group("capture")
     d.add_argument("--pcap", metavar="FILE",
                    help="write every frame between the container and usernet (both ways) to "
@@ -281,7 +287,7 @@ def cmd_run(args) -> int:
     fd = -1
     try:
         fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=ifconfig(cfg))
-        log.info("%s", describe(cfg, f"new namespace of pid {handle.pid}", "tap0"))
+        log_started(cfg, f"new namespace of pid {handle.pid}", "tap0")
         loop = new_loop()
         try:
             async def main():
@@ -327,7 +333,7 @@ def cmd_attach(args) -> int:
         fd = netns.attach(netns_path=target, userns_path=args.userns_path, tap_name=args.tapname,
                           configure=ifconfig(cfg) if args.configure else None)
         where = target
-    log.info("%s", describe(cfg, where, args.tapname))
+    log_started(cfg, where, args.tapname)
     loop = new_loop()
     try:
         return loop.run_until_complete(serve(cfg, fd, args, watch_pid=pid, watch_pidfd=pidfd))
@@ -416,12 +422,18 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)
         return 1
-    # --debug is usernet's debug output, not every library's (pyroute2 logs
-    # each netlink message at debug level).
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if getattr(args, "debug", False):
-        log.setLevel(logging.DEBUG)
     try:
+        # --debug is usernet's debug output, not every library's (pyroute2
+        # logs each netlink message at debug level): only the "usernet"
+        # logger is set up (usernet/log.py).
+        from . import log as ulog
+        if getattr(args, "debug", False):
+            level = logging.DEBUG
+        elif getattr(args, "verbose", False) or args.command == "attach":
+            level = logging.INFO
+        else:
+            level = logging.WARNING
+        ulog.setup(level, getattr(args, "log_file", None))
         if args.command in ("run", "attach"):
             raise_fd_limit()
         if args.command == "run":

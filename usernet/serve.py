@@ -12,7 +12,6 @@ cli -> slirp4netns -> serve.
 
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -145,9 +144,11 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    # SIGUSR1: print every counter (drops included) without stopping.
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(
-        "usernet counters: %s", json.dumps(services.stats(), sort_keys=True)))
+    # SIGUSR1: print every counter (drops included) without stopping; asked
+    # for, so at a level the log shows whatever its threshold.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.log(
+        max(logging.INFO, log.getEffectiveLevel()), "",
+        extra={"event": "counters", "fields": {"counters": services.stats()}}))
     # Everything is open and listening: shut usernet in before CMD starts.
     from . import sandbox
     sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
@@ -200,7 +201,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
         driver.close()
         if pcap is not None:
             pcap.close()
-        log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
+        log.debug("", extra={"event": "counters", "fields": {"counters": services.stats()}})
     return status
 
 
@@ -244,6 +245,17 @@ def ifconfig(cfg):
     return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac,
                     ipv6_prefix=str(cfg.network6.network_address) if cfg.enable_ipv6 else None)
 
+
+
+def log_started(cfg, where, tap) -> None:
+    """The one start line (``event=attached``): where, the TAP and the addresses."""
+    from .log import event
+    f = {"where": where, "tap": tap, "addr": f"{cfg.guest_str}/{cfg.prefixlen}",
+         "gateway": cfg.gateway_str, "dns": cfg.dns_str if cfg.enable_dns else "off",
+         "mtu": cfg.mtu}
+    if cfg.enable_ipv6:
+        f.update(ipv6=str(cfg.network6), gateway6=str(cfg.network6[2]))
+    event(log, logging.INFO, "attached", **f)
 
 
 def describe(cfg, where, tap):

@@ -16,6 +16,7 @@ from .api import ApiServer, ForwarderBackend
 from .host.dns import DnsForwarder
 from .host.forward import Forwarder
 from .stack.counters import snapshot
+from .log import suppressed as log_suppressed
 from .stack.flows import flow_info
 
 log = logging.getLogger("usernet")
@@ -44,6 +45,7 @@ def stack_stats(driver, forwarder=None) -> dict:
     s.update(driver.gw.gauges())
     if forwarder is not None:
         s.update(forwarder.gauges())
+    s["log_warnings_suppressed"] = log_suppressed()
     return s
 
 

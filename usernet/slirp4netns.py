@@ -392,7 +392,7 @@ def run(o: Options) -> int:
     """Attach, serve, and speak the fd protocol. Returns the exit status; raises Exit,
     NetnsError, TapError or OSError for the caller to print as one line."""
     from . import netns
-    from .serve import describe, dns_upstream_from_env, ifconfig, new_loop, serve
+    from .serve import dns_upstream_from_env, ifconfig, log_started, new_loop, serve
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
@@ -433,7 +433,7 @@ def run(o: Options) -> int:
         fd = netns.attach(netns_path=o.netns_path, userns_path=o.userns_path, tap_name=o.tapname,
                           configure=ifc)
         where = o.netns_path
-    log.info("%s", describe(cfg, where, o.tapname))
+    log_started(cfg, where, o.tapname)
 
     def on_ready(finish):
         loop = asyncio.get_running_loop()
@@ -484,9 +484,8 @@ def main(argv=None, prog: str | None = None) -> int:
         argv = sys.argv[1:]
     if prog is None:
         prog = sys.argv[0] if sys.argv and sys.argv[0] else "usernet-slirp4netns"
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if os.environ.get("USERNET_DEBUG"):
-        log.setLevel(logging.DEBUG)
+    from .log import setup
+    setup(logging.DEBUG if os.environ.get("USERNET_DEBUG") else logging.INFO)
     try:
         o = parse(argv, prog)
         from .serve import raise_fd_limit

@@ -159,6 +159,7 @@ def test_stats_json_counters(busy):
     assert s["tcp_flows"] == 1 and s["tcp_syn_connect"] == 1 and s["tcp_host_connected"] == 1
     assert s["rx_frames"] > 0 and s["tx_frames"] > 0
     assert s["tcp_rst_tx"] == 0 and s["drop_stack_error"] == 0
+    assert s["log_warnings_suppressed"] == 0
     r = cli("stats", "--api-socket", api)
     assert r.returncode == 0, r.stderr
     rows = dict(ln.split() for ln in r.stdout.splitlines()[1:])
