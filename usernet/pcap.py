@@ -30,9 +30,10 @@ bounds the disk: when the file would grow past it, it is renamed to
 ``FILE.1`` (replacing an older ``FILE.1``) and a new ``FILE`` begins with its
 own header, so a capture holds the most recent traffic in at most twice the
 limit; logged once, at the first rotation, and counted (``rotations``).
-Writes go through a 1 MiB buffer, flushed every :data:`FLUSH_EVERY` seconds
-and at exit, so ``tcpdump -r`` on a live capture sees what is at most that
-old. A write error (disk full) stops the capture with one warning; the
+Small frames gather in a 64 KiB buffer; a big one (a 64 KiB segment) is
+written at once with what is buffered before it (one ``writev``, no copy in
+Python); the buffer is also written every :data:`FLUSH_EVERY` seconds and at
+exit, so ``tcpdump -r`` on a live capture sees what is at most that old. A write error (disk full) stops the capture with one warning; the
 network keeps running.
 """
 
@@ -50,7 +51,8 @@ PCAP_MAGIC = 0xA1B2C3D4          # microsecond timestamps
 PCAP_VERSION = (2, 4)
 DEFAULT_SNAPLEN = 262144         # tcpdump's default: whole 64 KiB super-frames fit
 FLUSH_EVERY = 1.0                # seconds between buffer flushes
-BUFFER = 1 << 20
+BUFFER = 1 << 16                 # small frames gather in a buffer of this size
+SMALL = 4096                     # frames this big or bigger are written at once
 FILE_HEADER = struct.Struct("<IHHiIII")   # magic, major, minor, thiszone, sigfigs, snaplen, linktype
 RECORD_HEADER = struct.Struct("<IIII")   # ts_sec, ts_usec, incl_len, orig_len
 
@@ -98,13 +100,14 @@ class PcapWriter:
         self._open()        # an error here (no such directory) is the caller's: a start error
 
     def _open(self) -> None:
-        self._f = open(self.path, "wb", buffering=BUFFER)
-        self._f.write(FILE_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, self.snaplen,
-                                       LINKTYPE_ETHERNET))
+        self._f = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._buf = bytearray(FILE_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, self.snaplen,
+                                               LINKTYPE_ETHERNET))
         self.size = FILE_HEADER.size
 
     def _rotate(self) -> None:
-        self._f.close()
+        self._write_out()
+        os.close(self._f)
         os.replace(self.path, self.path + ".1")
         if not self.rotations:
             log.warning("pcap: %s reached --pcap-max-size %d bytes: rotating to %s.1 "
@@ -126,9 +129,16 @@ class PcapWriter:
                 self._rotate()
             t = self.clock()
             sec = int(t)
-            f = self._f
-            f.write(RECORD_HEADER.pack(sec, int((t - sec) * 1e6), len(cut), n))
-            f.write(cut)
+            buf = self._buf
+            buf += RECORD_HEADER.pack(sec, int((t - sec) * 1e6), len(cut), n)
+            if len(cut) >= SMALL:
+                # A big frame (a 64 KiB segment) goes straight to the file,
+                # after what is buffered: one writev, no copy in Python.
+                self._write_out(cut)
+            else:
+                buf += cut
+                if len(buf) >= BUFFER:
+                    self._write_out()
         except (OSError, ValueError) as e:
             self.failed = True
             log.warning("pcap: writing %s failed (%s): capture stopped, the network keeps running",
@@ -137,10 +147,21 @@ class PcapWriter:
         self.size += rec
         self.frames += 1
 
+    def _write_out(self, extra=None) -> None:
+        """Write the buffer (and ``extra``) to the file, all of it."""
+        parts = [self._buf] if extra is None else [self._buf, extra]
+        want = sum(len(p) for p in parts)
+        done = os.writev(self._f, parts)
+        if done < want:                    # a short write (a signal, a full disk)
+            rest = b"".join(bytes(p) for p in parts)[done:]
+            while rest:
+                rest = rest[os.write(self._f, rest):]
+        self._buf = bytearray()
+
     def flush(self) -> None:
         if self._f is not None and not self.failed:
             try:
-                self._f.flush()
+                self._write_out()
             except OSError as e:
                 self.failed = True
                 log.warning("pcap: writing %s failed (%s): capture stopped", self.path, e.strerror)
@@ -152,7 +173,7 @@ class PcapWriter:
         if self._f is not None:
             self.flush()
             try:
-                self._f.close()
+                os.close(self._f)
             except OSError:
                 pass
             self._f = None

@@ -4,14 +4,16 @@ A curl download from a host loopback server (10.0.2.2 from inside); the
 capture is read back with scapy's reader and, when installed, ``tcpdump -r``.
 """
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from conftest import http_server, need_tun, usernet_run
+from conftest import REPO, USERNET, http_server, need_tun, usernet_run
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -122,3 +124,39 @@ def test_log_file_that_cannot_be_opened_is_one_line(tmp_path):
     r = usernet_run(["--log-file", str(tmp_path / "no" / "x.log")], ["true"], timeout=30)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("usernet: --log-file ") and "No such file" in r.stderr
+
+
+def test_slirp4netns_entry_point_pcap_and_stats_by_pid(tmp_path, served):
+    """--pcap on the slirp4netns command line (usernet's own option there), and
+    ``usernet stats --pid`` finding that helper by its -a socket."""
+    from scapy.layers.inet import TCP  # noqa: F401
+    from scapy.utils import rdpcap
+    ns = str(tmp_path / "ns")
+    open(ns, "w").close()
+    subprocess.run(["unshare", f"--net={ns}", "true"], check=True, timeout=10)
+    pcap, api = tmp_path / "s.pcap", str(tmp_path / "api.sock")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.Popen(USERNET + ["slirp4netns", "-c", "--netns-type=path", "-a", api,
+                                    f"--pcap={pcap}", ns, "tap0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd="/")
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(api):
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        r = subprocess.run(["nsenter", f"--net={ns}", *_curl(served)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.stdout == str(BLOB), r.stderr
+        s = subprocess.run(USERNET + ["stats", "--pid", str(p.pid), "--json"], capture_output=True,
+                           text=True, timeout=20, env=env, cwd="/")
+        assert s.returncode == 0, s.stderr
+        assert json.loads(s.stdout)["tcp_syn_connect"] == 1
+    finally:
+        p.terminate()
+        out, err = p.communicate(timeout=20)
+        subprocess.run(["umount", ns], capture_output=True, timeout=10)
+        os.unlink(ns)
+    assert p.returncode == 0, err
+    seen = _tcp_of(rdpcap(str(pcap)), served)
+    assert [s[3] for s in seen[:2]] == ["S", "SA"] and sum(s[4] for s in seen) > BLOB
