@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # busybox-static (not busybox, which it replaces): the Podman test's image is made of it.
 # podman runc: the real rootless Podman test (tests/integration/test_podman.py).
-APT_PACKAGES=(iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox-static procps slirp4netns passt ncat
+APT_PACKAGES=(iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox-static procps slirp4netns passt ncat tcpdump
               podman runc)
 
 need_apt=()

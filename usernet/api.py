@@ -40,6 +40,8 @@ Deliberate differences from slirp4netns 1.2.0 (each where its behaviour is a cra
   kinds of client work with one object. ``entries`` comes first so the reply starts with the very
   bytes slirp4netns 1.2 sends;
 * extension: ``{"execute":"stats"}`` -> ``{"return":{...counters...}}``.
+* extension: ``{"execute":"list_flows","arguments":{"limit":N}}`` ->
+  ``{"return":{"flows":[...],"total":T}}``, the live flows, busiest first (docs/api.md).
 
 Limits, each a named default with a counter (in the stack's counters when served by usernet):
 
@@ -165,9 +167,10 @@ class ForwarderBackend:
     its plain errors become the API's replies. ``stats`` is a callable
     giving the whole stack's counters (``usernet.services.stack_stats``)."""
 
-    def __init__(self, forwarder, stats, *, max_forwards: int = API_MAX_FORWARDS) -> None:
+    def __init__(self, forwarder, stats, flows=None, *, max_forwards: int = API_MAX_FORWARDS) -> None:
         self.forwarder = forwarder
         self._stats = stats
+        self._flows = flows
         self.max_forwards = max_forwards
 
     def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_addr: str,
@@ -197,6 +200,11 @@ class ForwarderBackend:
 
     def stats(self) -> dict:
         return self._stats()
+
+    def list_flows(self) -> list[dict]:
+        if self._flows is None:
+            raise ApiError(DESC_UNKNOWN_EXECUTE)
+        return self._flows()
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,6 +375,23 @@ def _stats(backend: Backend) -> bytes:
     return _dumps({"return": dict(backend.stats())})
 
 
+#: list_flows answers at most this many flows unless asked (the client reads up to 1 MiB).
+LIST_FLOWS_DEFAULT = 1000
+LIST_FLOWS_MAX = 2500
+
+
+def _list_flows(args: dict, backend: Backend) -> bytes:
+    """The busiest ``limit`` flows (the backend sorts them) and how many there are."""
+    limit = args.get("limit", LIST_FLOWS_DEFAULT)
+    if not _is_int(limit) or not 0 <= limit <= LIST_FLOWS_MAX:
+        return _error(f"bad request: list_flows: bad arguments.limit (0..{LIST_FLOWS_MAX})")
+    lister = getattr(backend, "list_flows", None)
+    if lister is None:
+        return _error(DESC_UNKNOWN_EXECUTE)
+    flows = lister()
+    return _dumps({"return": {"flows": flows[:limit], "total": len(flows)}})
+
+
 def handle_request(raw: bytes, backend: Backend, counters=None) -> bytes:
     """Answer one API request; never raises.
 
@@ -402,6 +427,8 @@ def handle_request(raw: bytes, backend: Backend, counters=None) -> bytes:
             return _remove_hostfwd(args, backend)
         if execute == "stats":
             return _stats(backend)
+        if execute == "list_flows":
+            return _list_flows(args, backend)
     except ApiError as e:
         return _error(e.desc)
     except Exception as e:  # the API must answer, whatever the backend does

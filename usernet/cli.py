@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from .serve import (describe, report_fatal, dns_upstream_from_env, ifconfig, new_loop,
+from .serve import (log_started, report_fatal, dns_upstream_from_env, ifconfig, new_loop,
                     parse_hostport, raise_fd_limit, serve)
 
 log = logging.getLogger("usernet")
@@ -135,6 +135,20 @@ _prefix6 = _arg_type(_parse_prefix6, "prefix6")
 _grace = _arg_type(_parse_grace, "grace")
 
 
+def _parse_pcap_size(text):
+    from .pcap import parse_size
+    return parse_size(text)
+
+
+def _parse_pcap_snaplen(text):
+    from .pcap import parse_snaplen
+    return parse_snaplen(text)
+
+
+_pcap_size = _arg_type(_parse_pcap_size, "size")
+_pcap_snaplen = _arg_type(_parse_pcap_snaplen, "snaplen")
+
+
 def _common(p):
     from .stack.config import DEFAULT_CIDR, DEFAULT_IPV6_PREFIX, DEFAULT_MTU, MAX_MTU, MIN_MTU
     g = p.add_argument_group("network")
@@ -178,7 +192,23 @@ def _common(p):
                           "both ways (default)")
     off.add_argument("--no-offload", dest="offload", action="store_false",
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
-    g.add_argument("--debug", action="store_true", help="log at debug level")
+    lg = p.add_argument_group("logging (key=value lines on stderr)")
+    lg.add_argument("-v", "--verbose", action="store_true",
+                    help="info lines too (run is quiet on success without it; attach prints "
+                         "its start line anyway)")
+    lg.add_argument("--debug", action="store_true",
+                    help="debug lines too: each flow's open and close, counters that moved")
+    lg.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
+    d = p.add_argument_group("capture")
+    d.add_argument("--pcap", metavar="FILE",
+                   help="write every frame between the container and usernet (both ways) to "
+                        "FILE in pcap format (tcpdump -r, Wireshark); with offloads, TCP "
+                        "frames are the 64 KiB segments as they crossed the TAP")
+    d.add_argument("--pcap-snaplen", type=_pcap_snaplen, metavar="N",
+                   help="keep at most N bytes of each frame (default 262144: all of it)")
+    d.add_argument("--pcap-max-size", type=_pcap_size, metavar="BYTES",
+                   help="when FILE would grow past BYTES (K, M, G suffixes), rename it to "
+                        "FILE.1 and start again: at most twice BYTES on disk")
     h = p.add_argument_group("hardening")
     from .stack.config import DEFAULT_MEMORY_BUDGET, TCP_FIN_TIMEOUT
     h.add_argument("--memory-budget", type=_size, default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
@@ -201,7 +231,8 @@ def build_parser():
     p = _Parser(prog="usernet", description="userspace network for rootless containers")
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,slirp4netns}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,stats,flows,slirp4netns}",
+                           parser_class=_Parser)
     sub.required = True
 
     r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
@@ -229,7 +260,57 @@ def build_parser():
     f.add_argument("action", choices=("add", "list", "rm", "stats"))
     f.add_argument("--api-socket", required=True, metavar="PATH")
     f.add_argument("spec", nargs="?", help="add: [ADDR:]PORT:PORT[/proto]; rm: ID")
+
+    for name, what in (("stats", "every counter of a running usernet (non-zero ones unless --all)"),
+                       ("flows", "the live flows of a running usernet, busiest first")):
+        m = sub.add_parser(name, help=what, description=what + ". Without --api-socket, the "
+                           "running usernet with an API socket (the one serving --pid PID, or "
+                           "the only one) is found in the process table.")
+        w = m.add_mutually_exclusive_group()
+        w.add_argument("--api-socket", metavar="PATH", help="the usernet's API socket")
+        w.add_argument("--pid", type=_arg_type(_parse_pid, "pid"), metavar="PID",
+                       help="the usernet that is PID, runs PID or serves PID's namespace")
+        m.add_argument("--json", action="store_true", help="the API's reply as JSON, for scripts")
+        m.add_argument("--watch", type=_arg_type(_parse_secs, "secs"), nargs="?", const=1.0,
+                       metavar="SECS", help="refresh every SECS seconds (default 1) in place, "
+                                            "with rates")
+        m.add_argument("--count", type=_arg_type(_parse_count, "count"), metavar="N",
+                       help="with --watch: stop after N refreshes")
+        if name == "stats":
+            m.add_argument("--all", action="store_true", help="zero counters too")
+        else:
+            m.add_argument("--limit", type=_arg_type(_parse_limit, "limit"), default=1000,
+                           metavar="N", help="at most N flows, busiest first (default 1000)")
     return p
+
+
+def _parse_pid(text):
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"not a PID: {text!r}")
+    return int(text)
+
+
+def _parse_secs(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= v <= 3600:
+        raise ValueError(f"seconds must be 0.05..3600, got {text}")
+    return v
+
+
+def _parse_count(text):
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"not a positive count: {text!r}")
+    return int(text)
+
+
+def _parse_limit(text):
+    from .api import LIST_FLOWS_MAX
+    if not text.isdigit() or not 0 < int(text) <= LIST_FLOWS_MAX:
+        raise ValueError(f"limit must be 1..{LIST_FLOWS_MAX}, got {text!r}")
+    return int(text)
 
 
 def make_config(args):
@@ -260,7 +341,7 @@ def cmd_run(args) -> int:
     fd = -1
     try:
         fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=ifconfig(cfg))
-        log.info("%s", describe(cfg, f"new namespace of pid {handle.pid}", "tap0"))
+        log_started(cfg, f"new namespace of pid {handle.pid}", "tap0")
         loop = new_loop()
         try:
             async def main():
@@ -306,7 +387,7 @@ def cmd_attach(args) -> int:
         fd = netns.attach(netns_path=target, userns_path=args.userns_path, tap_name=args.tapname,
                           configure=ifconfig(cfg) if args.configure else None)
         where = target
-    log.info("%s", describe(cfg, where, args.tapname))
+    log_started(cfg, where, args.tapname)
     loop = new_loop()
     try:
         return loop.run_until_complete(serve(cfg, fd, args, watch_pid=pid, watch_pidfd=pidfd))
@@ -349,6 +430,19 @@ def cmd_fwd(args) -> int:
     return 1 if "error" in reply else 0
 
 
+def cmd_monitor(args) -> int:
+    from .monitor import MonitorError, run
+    if args.count is not None and args.watch is None:
+        raise UsageError(f"{args.command}: --count needs --watch")
+    try:
+        return run(args)
+    except MonitorError as e:
+        print(f"usernet: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
 def _publish_or_usage(spec):
     from .publish import parse_publish
     try:
@@ -382,18 +476,26 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)
         return 1
-    # --debug is usernet's debug output, not every library's (pyroute2 logs
-    # each netlink message at debug level).
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if getattr(args, "debug", False):
-        log.setLevel(logging.DEBUG)
     try:
+        # --debug is usernet's debug output, not every library's (pyroute2
+        # logs each netlink message at debug level): only the "usernet"
+        # logger is set up (usernet/log.py).
+        from . import log as ulog
+        if getattr(args, "debug", False):
+            level = logging.DEBUG
+        elif getattr(args, "verbose", False) or args.command == "attach":
+            level = logging.INFO
+        else:
+            level = logging.WARNING
+        ulog.setup(level, getattr(args, "log_file", None))
         if args.command in ("run", "attach"):
             raise_fd_limit()
         if args.command == "run":
             return cmd_run(args)
         if args.command == "attach":
             return cmd_attach(args)
+        if args.command in ("stats", "flows"):
+            return cmd_monitor(args)
         return cmd_fwd(args)
     except UsageError as e:
         print(f"usernet: {e}", file=sys.stderr)

@@ -84,7 +84,7 @@ codec that ``getaddrinfo`` uses) and warms the ICMP path's one lazy socket.
 ``USERNET_TEST_SANDBOX_PROBE`` (tests only): when set, after the sandbox is
 applied usernet tries to open the file it names ("1": /etc/passwd), to
 execve /bin/true and to read resolv.conf, and logs
-``sandbox-probe: open=ERRNO|ok exec=ERRNO|ok resolv=ERRNO|ok path=...``.
+``event=sandbox_probe open=ERRNO|ok exec=ERRNO|ok resolv=ERRNO|ok path=...``.
 """
 
 from __future__ import annotations
@@ -475,7 +475,7 @@ PRELOAD = (
     "usernet.api", "usernet.publish", "usernet.services", "usernet.slirp4netns", "usernet.serve",
     "usernet.stack.gateway", "usernet.host.driver",
     "usernet.host.icmp", "usernet.host.dns",
-    "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether",
+    "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether", "usernet.pcap",
 )
 
 
@@ -559,5 +559,6 @@ def probe(path: str) -> str:
     except OSError as e:
         resolv = errno.errorcode.get(e.errno, str(e.errno))
     line = f"sandbox-probe: open={opened} exec={executed} resolv={resolv} path={target}"
-    log.warning("%s", line)
+    log.warning("", extra={"event": "sandbox_probe", "fields": {
+        "open": opened, "exec": executed, "resolv": resolv, "path": target}})
     return line

@@ -12,7 +12,6 @@ cli -> slirp4netns -> serve.
 
 import asyncio
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -125,11 +124,15 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
     driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
     driver.start(loop)
+    pcap = None
     try:
+        pcap = open_pcap(args, driver)
         services = await setup_services(driver, ServiceOptions.from_args(args),
                                         ns_pid=child.pid if child is not None else watch_pid)
     except BaseException:
         driver.close()
+        if pcap is not None:
+            pcap.close()
         raise
     status = 0
     done = loop.create_future()
@@ -165,7 +168,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             finish(0)
 
     def print_counters():
-        log.info("usernet counters: %s", json.dumps(services.stats(), sort_keys=True))
+        # Asked for, so at a level the log shows whatever its threshold.
+        log.log(max(logging.INFO, log.getEffectiveLevel()), "",
+                extra={"event": "counters", "fields": {"counters": services.stats()}})
 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
@@ -232,7 +237,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
             try:
                 await services.close()
                 driver.close()
-                log.debug("counters: %s", json.dumps(services.stats(), sort_keys=True))
+                if pcap is not None:
+                    pcap.close()
+                log.debug("", extra={"event": "counters", "fields": {"counters": services.stats()}})
             finally:
                 for sig in STOP_SIGNALS + (signal.SIGUSR1, signal.SIGUSR2):
                     loop.remove_signal_handler(sig)
@@ -242,6 +249,23 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
                 signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return status
 
+
+
+def open_pcap(args, driver):
+    """``--pcap FILE``: a :class:`usernet.pcap.PcapWriter` recording ``driver``'s
+    TAP, or None. A file that cannot be opened is a start error naming it."""
+    path = getattr(args, "pcap", None)
+    if not path:
+        return None
+    from .pcap import DEFAULT_SNAPLEN, PcapWriter
+    try:
+        w = PcapWriter(path, snaplen=getattr(args, "pcap_snaplen", None) or DEFAULT_SNAPLEN,
+                       max_size=getattr(args, "pcap_max_size", None))
+    except OSError as e:
+        raise OSError(f"--pcap {path}: cannot write it: {e.strerror}") from None
+    w.attach(driver)
+    log.debug("pcap: capturing to %s", path)
+    return w
 
 
 def set_tap_offload(fd: int, want: bool) -> bool:
@@ -266,6 +290,17 @@ def ifconfig(cfg):
     return IfConfig(cfg.guest_str, cfg.prefixlen, cfg.gateway_str, cfg.mtu, cfg.guest_mac,
                     ipv6_prefix=str(cfg.network6.network_address) if cfg.enable_ipv6 else None)
 
+
+
+def log_started(cfg, where, tap) -> None:
+    """The one start line (``event=attached``): where, the TAP and the addresses."""
+    from .log import event
+    f = {"where": where, "tap": tap, "addr": f"{cfg.guest_str}/{cfg.prefixlen}",
+         "gateway": cfg.gateway_str, "dns": cfg.dns_str if cfg.enable_dns else "off",
+         "mtu": cfg.mtu}
+    if cfg.enable_ipv6:
+        f.update(ipv6=str(cfg.network6), gateway6=str(cfg.network6[2]))
+    event(log, logging.INFO, "attached", **f)
 
 
 def describe(cfg, where, tap):

@@ -8,6 +8,7 @@ backend (:class:`usernet.api.ForwarderBackend`). Each service started here
 is closed by :meth:`Services.close`, in reverse order.
 """
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from .api import ApiServer, ForwarderBackend
 from .host.dns import DnsForwarder
 from .host.forward import Forwarder
 from .stack.counters import snapshot
+from .log import suppressed as log_suppressed
+from .stack.flows import flow_info
 
 log = logging.getLogger("usernet")
 
@@ -42,7 +45,63 @@ def stack_stats(driver, forwarder=None) -> dict:
     s.update(driver.gw.gauges())
     if forwarder is not None:
         s.update(forwarder.gauges())
+    s["log_warnings_suppressed"] = log_suppressed()
     return s
+
+
+def _addr(ip: bytes, port: int) -> str:
+    a = ipaddress.ip_address(ip)
+    return f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}"
+
+
+def _sockaddr(sa) -> str | None:
+    if not sa or not isinstance(sa, tuple):
+        return None
+    return f"[{sa[0]}]:{sa[1]}" if ":" in sa[0] else f"{sa[0]}:{sa[1]}"
+
+
+def _host_side(driver, proto: str, fid: int) -> tuple:
+    """(local, peer) of the host socket serving flow ``fid``, or (None, None)."""
+    try:
+        if proto == "tcp":
+            p = driver.tcp.protocols.get(fid)
+            t = p.transport if p is not None else None
+            if t is None:
+                return None, None
+            return _sockaddr(t.get_extra_info("sockname")), _sockaddr(t.get_extra_info("peername"))
+        if proto == "udp":
+            fs = driver.udp.socks.get(fid)
+            if fs is None:
+                return None, None
+            return _sockaddr(fs.sock.getsockname()), _sockaddr(fs.sock.getpeername())
+        icmp = driver.icmp
+        if icmp is not None and fid in icmp.flows:
+            host, ident = icmp.flows[fid]
+            return None, f"{host} id {ident}"
+    except OSError:
+        pass
+    return None, None
+
+
+def list_flows(driver) -> list:
+    """The live flows for the API's ``list_flows``, busiest first: the stack's
+    view (:func:`usernet.stack.flows.flow_info`) with addresses as text and the
+    host socket's two ends. ``tx_*`` is what the container sent, ``rx_*`` what
+    it received."""
+    now = driver.now()
+    out = []
+    for f in flow_info(driver.gw.flows, now):
+        local, peer = _host_side(driver, f["proto"], f["id"])
+        out.append({
+            "proto": f["proto"], "id": f["id"], "direction": "in" if f["inbound"] else "out",
+            "container": _addr(*f["container"]), "remote": _addr(*f["remote"]),
+            "host_local": local, "host_peer": peer, "state": f["state"],
+            "tx_bytes": f["bytes_in"], "tx_packets": f["pkts_in"],
+            "rx_bytes": f["bytes_out"], "rx_packets": f["pkts_out"],
+            "age": round(f["age"], 3), "idle": round(f["idle"], 3),
+            "retransmits": f["retransmits"]})
+    out.sort(key=lambda f: (-(f["tx_bytes"] + f["rx_bytes"]), f["id"]))
+    return out
 
 
 class Services:
@@ -54,6 +113,9 @@ class Services:
 
     def stats(self) -> dict:
         return stack_stats(self.driver, self.forwarder)
+
+    def flows(self) -> list:
+        return list_flows(self.driver)
 
     async def close(self):
         for c in reversed(self.closers):
@@ -85,7 +147,7 @@ async def setup_services(driver, opts: ServiceOptions, *, ns_pid: int | None = N
             for f in group:
                 fwd.add(f.proto, f.host_addr, f.host_port, "", f.guest_port)
         if opts.api_socket:
-            api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats),
+            api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats, s.flows),
                                         counters=driver.counters)
             s.api = api
             s.closers.append(api.wait_closed)   # closers run in reverse: close, then wait

@@ -96,6 +96,9 @@ usernet: a userspace TCP/IP stack in slirp4netns's place (same options, fds and 
 --enable-sandbox and --enable-seccomp are applied once everything listens; --enable-ipv6 gives
 fd00::/64 (fd00::2 is the host's ::1, fd00::3 the DNS forwarder).
 --target-type=bess is not supported. MTU 68..65520.
+--pcap=FILE (usernet's own) writes every frame to and from the container to FILE (pcap,
+for tcpdump -r); --pcap-snaplen=N cuts frames at N bytes; --pcap-max-size=BYTES rotates
+FILE to FILE.1 past BYTES.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf); USERNET_ALLOW_LINK_LOCAL=1 lets the container
 reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there).
@@ -111,6 +114,8 @@ _OPTIONS = [
     ("enable-sandbox", None, False), ("enable-seccomp", None, False),
     ("outbound-addr", None, True), ("outbound-addr6", None, True),
     ("disable-dns", None, False), ("macaddress", None, True), ("target-type", None, True),
+    # usernet's own (slirp4netns has no capture option).
+    ("pcap", None, True), ("pcap-snaplen", None, True), ("pcap-max-size", None, True),
 ]
 _SHORT = {s: (name, arg) for name, s, arg in _OPTIONS if s}
 _LONG = {name: arg for name, _s, arg in _OPTIONS}
@@ -144,6 +149,9 @@ class Options:
     disable_dns: bool = False
     macaddress: str | None = None
     target_type: str = "netns"
+    pcap: str | None = None
+    pcap_snaplen: int | None = None
+    pcap_max_size: int | None = None
     target_pid: int | None = None
     netns_path: str | None = None
     tapname: str = ""
@@ -230,7 +238,7 @@ def version_text() -> str:
 _SWITCHES = frozenset(("configure", "enable-ipv6", "disable-host-loopback", "enable-seccomp",
                        "disable-dns"))
 _PLAIN_VALUES = frozenset(("api-socket", "cidr", "netns-type", "outbound-addr", "outbound-addr6",
-                           "macaddress"))
+                           "macaddress", "pcap"))
 
 
 def parse(argv, prog: str = "slirp4netns") -> Options:
@@ -267,6 +275,12 @@ def parse(argv, prog: str = "slirp4netns") -> Options:
         elif name in ("enable-sandbox", "create-sandbox"):
             o.enable_sandbox = True
             o.create_sandbox = o.create_sandbox or name == "create-sandbox"
+        elif name in ("pcap-snaplen", "pcap-max-size"):
+            from .pcap import parse_size, parse_snaplen
+            try:
+                setattr(o, attr, (parse_snaplen if name == "pcap-snaplen" else parse_size)(val))
+            except ValueError as e:
+                raise Exit(1, "", f"usernet: --{name}: {e}\n") from None
         elif name == "target-type":
             if val not in ("netns", "bess"):
                 raise Exit(1, usage, '--target-type must be either "netns" or "bess"\n')
@@ -380,7 +394,7 @@ def run(o: Options) -> int:
     """Attach, serve, and speak the fd protocol. Returns the exit status; raises Exit,
     NetnsError, TapError or OSError for the caller to print as one line."""
     from . import netns
-    from .serve import describe, dns_upstream_from_env, ifconfig, new_loop, serve
+    from .serve import dns_upstream_from_env, ifconfig, log_started, new_loop, serve
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
@@ -397,7 +411,8 @@ def run(o: Options) -> int:
         publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,
         outbound=outbound,
         # Applied by serve() once everything listens (usernet/sandbox.py), as slirp4netns does.
-        enable_sandbox=o.enable_sandbox, enable_seccomp=o.enable_seccomp)
+        enable_sandbox=o.enable_sandbox, enable_seccomp=o.enable_seccomp,
+        pcap=o.pcap, pcap_snaplen=o.pcap_snaplen, pcap_max_size=o.pcap_max_size)
 
     ifc = ifconfig(cfg) if o.configure else None
     pidfd = None
@@ -420,7 +435,7 @@ def run(o: Options) -> int:
         fd = netns.attach(netns_path=o.netns_path, userns_path=o.userns_path, tap_name=o.tapname,
                           configure=ifc)
         where = o.netns_path
-    log.info("%s", describe(cfg, where, o.tapname))
+    log_started(cfg, where, o.tapname)
 
     def on_ready(finish):
         loop = asyncio.get_running_loop()
@@ -471,9 +486,8 @@ def main(argv=None, prog: str | None = None) -> int:
         argv = sys.argv[1:]
     if prog is None:
         prog = sys.argv[0] if sys.argv and sys.argv[0] else "usernet-slirp4netns"
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if os.environ.get("USERNET_DEBUG"):
-        log.setLevel(logging.DEBUG)
+    from .log import setup
+    setup(logging.DEBUG if os.environ.get("USERNET_DEBUG") else logging.INFO)
     try:
         o = parse(argv, prog)
         from .serve import raise_fd_limit

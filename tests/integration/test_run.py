@@ -166,14 +166,28 @@ def _resolv_mounts():
 
 def test_debug_logs_start_line_and_counter_moves():
     """One start line names the namespace, TAP, addresses and MTU; --debug
-    adds periodic 'counters moved' lines naming what the stack did."""
+    adds periodic 'counters moved' lines naming what the stack did. Every
+    line is key=value, ts, level and event first."""
     r = usernet_run(["--debug"], ["sh", "-c", "ping -c 2 -i 0.3 10.0.2.2 >/dev/null; sleep 2.5"],
                     timeout=TIMEOUT)
     assert r.returncode == 0, _out(r)
-    start = [line for line in r.stderr.splitlines() if line.startswith("usernet: attached to")]
-    assert len(start) == 1 and "tap0 10.0.2.100/24" in start[0] and "mtu 1500" in start[0]
-    moved = [line for line in r.stderr.splitlines() if line.startswith("counters moved:")]
-    assert moved and "icmp_echo_local_reply+2" in moved[0], r.stderr[-2000:]
+    lines = r.stderr.splitlines()
+    assert all(re.match(r"ts=\S+Z level=(debug|info|warn|error) event=\w+( |$)", ln)
+               for ln in lines), r.stderr[-2000:]
+    start = [ln for ln in lines if " event=attached " in ln]
+    assert len(start) == 1 and "tap=tap0 addr=10.0.2.100/24" in start[0] and "mtu=1500" in start[0]
+    moved = [ln for ln in lines if " event=counters_moved " in ln]
+    assert moved and '"icmp_echo_local_reply":2' in moved[0], r.stderr[-2000:]
+
+
+def test_run_is_quiet_unless_verbose():
+    """Success prints nothing; -v adds the start line."""
+    r = usernet_run([], ["true"], timeout=TIMEOUT)
+    assert r.returncode == 0 and r.stderr == "", _out(r)
+    r = usernet_run(["-v"], ["true"], timeout=TIMEOUT)
+    assert r.returncode == 0, _out(r)
+    (line,) = r.stderr.splitlines()
+    assert " level=info event=attached " in line and "addr=10.0.2.100/24" in line
 
 
 def test_run_exit_status_false():

@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.integration, need_tun, need_root]
 TIMEOUT = 60
 NO_SYS_ADMIN = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin"]
 CAP_NET_BIND_SERVICE = 1 << 10
-PROBE_RE = re.compile(r"sandbox-probe: open=(\S+) exec=(\S+) resolv=(\S+) path=(\S+)")
+PROBE_RE = re.compile(r"event=sandbox_probe open=(\S+) exec=(\S+) resolv=(\S+) path=(\S+)")
 
 
 def _status(pid):
@@ -206,7 +206,7 @@ def test_run_sandboxed_traffic_flows_and_usernet_is_shut_in(request, who, outsid
     assert "hello through the sandbox" in out, out
     assert "dns-udp=192.0.2.10" in out and "dns-tcp=192.0.2.11" in out, out
     assert "ping-gw=2" in out and "ping-host=2" in out, out
-    assert "usernet: --enable-" not in err and "Traceback" not in err, err
+    assert 'msg="--enable-' not in err and "Traceback" not in err, err
     m = PROBE_RE.search(err)
     assert m, err
     opened, executed, _resolv, path = m.groups()
@@ -319,7 +319,7 @@ def test_attach_sandboxed(outside, apidir):
             target.wait(timeout=TIMEOUT)
             out, err = p.communicate(timeout=TIMEOUT)
         assert p.returncode == 0, err
-        assert "usernet: --enable-" not in err and "Traceback" not in err, err
+        assert 'msg="--enable-' not in err and "Traceback" not in err, err
         m = PROBE_RE.search(err)
         assert m and m.groups()[:3] == ("ENOENT", "EPERM", "ok"), err
         assert not os.path.exists(api)

@@ -74,9 +74,9 @@ def _out(r):
 
 
 def counters_of(stderr: str) -> dict:
-    """The ``counters: {...}`` line ``usernet --debug`` logs on exit."""
+    """The ``event=counters counters={...}`` line ``usernet --debug`` logs on exit."""
     m = None
-    for m in re.finditer(r"^counters: (\{.*\})$", stderr, re.M):
+    for m in re.finditer(r"^ts=\S+ level=debug event=counters counters=(\{.*\})$", stderr, re.M):
         pass
     assert m is not None, f"no counters line in stderr:\n{stderr[-3000:]}"
     return json.loads(m.group(1))

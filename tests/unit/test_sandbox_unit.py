@@ -137,7 +137,9 @@ def test_apply_without_flags_does_nothing():
 # Imported inside functions only on paths that run before the sandbox (the
 # attach child, argument parsing, set-up): not needed afterwards.
 BEFORE_SANDBOX_ONLY = {"pyroute2", "pyroute2.netlink.exceptions", "uvloop", "resource",
-                       "importlib", "pyseccomp"}
+                       "importlib", "pyseccomp",
+                       # the stats/flows client: its own process, never sandboxed
+                       "usernet.monitor"}
 
 
 def _function_level_imports():

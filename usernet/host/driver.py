@@ -35,6 +35,7 @@ both directions, for tests: this kernel has no netem.
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import random
@@ -129,6 +130,10 @@ class HostDriver:
         self.counters = gateway.counters
         self.fd = tap_fd
         self.vnet_hdr = vnet_hdr
+        self.vnet_hdr_len = VNET_HDR_LEN
+        # The TAP read function; --pcap swaps it (and _tap_write) for a
+        # recording one (usernet/pcap.py), so no capture costs nothing.
+        self._read = os.read
         self.loop = None
         self._timer = None
         self._timer_at = None
@@ -142,6 +147,7 @@ class HostDriver:
         self.rx_impair = self.tx_impair = None
         self._impair_tick = None
         self._debug_tick = None
+        self._flow_log_exit = None
         if impair:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
@@ -168,6 +174,7 @@ class HostDriver:
             self.icmp = IcmpHost(self)
         self._handlers = self._build_handlers()
         if log.isEnabledFor(logging.DEBUG):
+            self._log_flow_events()
             # --debug: every few seconds, log the counters that moved (drops
             # included), so a trace shows what the stack decided and why.
             self._debug_last = {}
@@ -177,6 +184,8 @@ class HostDriver:
         if self._closed:
             return
         self._closed = True
+        if self._flow_log_exit is not None:
+            self._flow_log_exit()          # --debug: the flows still open at exit
         loop = self.loop
         if loop is not None:
             loop.remove_reader(self.fd)
@@ -239,12 +248,76 @@ class HostDriver:
             await asyncio.sleep(DRAIN_POLL)
         return True
 
+    def _log_flow_events(self) -> None:
+        """--debug: a line when a flow opens and when it closes (with what it
+        carried), by wrapping the handlers of the events that open and close
+        flows. The table is built once, so without --debug nothing here runs."""
+        flows = self.gw.flows
+        live = {}          # fid -> (proto, flow object): still readable after the stack forgets it
+        h = self._handlers
+
+        def addr(ip, port):
+            a = ipaddress.ip_address(bytes(ip))
+            return f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}"
+
+        def opened(proto, table, handler, direction="out"):
+            def on(e):
+                f = table.by_id.get(e.fid)
+                if f is not None:
+                    live[e.fid] = (proto, f)
+                    log.debug("", extra={"event": "flow_open", "fields": {
+                        "proto": proto, "id": e.fid, "dir": direction,
+                        "container": addr(f.guest_ip, f.guest_port),
+                        "remote": addr(f.remote_ip, f.remote_port),
+                        "host": f"{e.host}:{e.port}" if hasattr(e, "port") else
+                        getattr(e, "host", None)}})
+                handler(e)
+            return on
+
+        def log_close(fid, reason):
+            proto, f = live.pop(fid, (None, None))
+            if f is None:
+                return
+            fields = {"proto": proto, "id": fid, "reason": reason,
+                      "container": addr(f.guest_ip, f.guest_port),
+                      "remote": addr(f.remote_ip, f.remote_port)}
+            if proto == "tcp":
+                rin, sout = f.conn.transferred()
+                fields.update(state=f.conn.state, tx_bytes=rin, rx_bytes=sout,
+                              tx_packets=f.pkts_in, rx_packets=f.pkts_out,
+                              retransmits=f.conn.rexmits)
+            else:
+                fields.update(tx_bytes=f.bytes_in, rx_bytes=f.bytes_out,
+                              tx_packets=f.pkts_in, rx_packets=f.pkts_out)
+            fields["age"] = round(self.loop.time() - f.opened, 3)
+            log.debug("", extra={"event": "flow_close", "fields": fields})
+
+        def closed(handler, reason):
+            def on(e):
+                handler(e)
+                log_close(e.fid, reason)
+            return on
+
+        def at_exit():
+            for fid in list(live):
+                log_close(fid, "exit")
+        self._flow_log_exit = at_exit
+
+        h[ev.TcpConnect] = opened("tcp", flows.tcp, h[ev.TcpConnect])
+        h[ev.TcpConnectDns] = opened("tcp", flows.tcp, h[ev.TcpConnectDns])
+        h[ev.TcpInboundConnected] = opened("tcp", flows.tcp, h[ev.TcpInboundConnected], "in")
+        h[ev.UdpOpen] = opened("udp", flows.udp, h[ev.UdpOpen])
+        h[ev.IcmpOpen] = opened("icmp", flows.icmp, h[ev.IcmpOpen])
+        h[ev.TcpClose] = closed(h[ev.TcpClose], "closed")
+        h[ev.UdpClose] = closed(h[ev.UdpClose], "idle")
+        h[ev.IcmpClose] = closed(h[ev.IcmpClose], "idle")
+
     def _log_counters(self) -> None:
         cur = dict(self.counters)
         moved = {k: v - self._debug_last.get(k, 0) for k, v in cur.items()
                  if v != self._debug_last.get(k, 0)}
         if moved:
-            log.debug("counters moved: %s", " ".join(f"{k}+{v}" for k, v in sorted(moved.items())))
+            log.debug("", extra={"event": "counters_moved", "fields": {"moved": moved}})
         self._debug_last = cur
         self._debug_tick = self.loop.call_later(DEBUG_COUNTERS_EVERY, self._log_counters)
 
@@ -259,9 +332,10 @@ class HostDriver:
         vnet = self.vnet_hdr
         impair = self.rx_impair
         c = self.counters
+        read = self._read
         for _ in range(RX_BATCH):
             try:
-                data = os.read(fd, RX_BUF)
+                data = read(fd, RX_BUF)
             except BlockingIOError:
                 break
             except OSError as e:

@@ -103,13 +103,16 @@ class DatagramNat:
                 c["policy_refused_" + self.nat.refusal(dst)] += 1
                 self._unreachable(p, frame, UNREACH_HOST, "icmp_echo_refused_policy")
                 return
-            flow = self.flows.open_datagram(IcmpFlow, table, key, ICMP_IDLE_TIMEOUT)
+            flow = self.flows.open_datagram(IcmpFlow, table, key, ICMP_IDLE_TIMEOUT, now)
             if flow is None:
                 return
             self.events_out.append(IcmpOpen(flow.id, host, flow.guest_port))
         self._touch(flow, self._t_icmp, now)
         c["icmp_echo_forward"] += 1
-        self.events_out.append(IcmpSend(flow.id, p[P_ACK], bytes(p[P_PAYLOAD])))
+        data = bytes(p[P_PAYLOAD])
+        flow.pkts_in += 1
+        flow.bytes_in += len(data)
+        self.events_out.append(IcmpSend(flow.id, p[P_ACK], data))
 
     def echo_reply(self, fid: int, seq: int, data, now: float) -> None:
         """An echo reply from the host side; it goes to the container with
@@ -119,6 +122,8 @@ class DatagramNat:
             return
         self._touch(flow, self._t_icmp, now)
         self.counters["icmp_echo_reply_rx"] += 1
+        flow.pkts_out += 1
+        flow.bytes_out += len(data)
         mac = self._lookup(flow.guest_ip)
         v6 = len(flow.guest_ip) == 16
         self.to_guest_ip(build_icmp(
@@ -176,13 +181,16 @@ class DatagramNat:
                 return
             cfg = self.config
             idle = cfg.udp_dns_idle_timeout if dport == 53 else cfg.udp_idle_timeout
-            flow = self.flows.open_datagram(UdpFlow, table, key, idle)
+            flow = self.flows.open_datagram(UdpFlow, table, key, idle, now)
             if flow is None:
                 return
             self.events_out.append(UdpOpen(flow.id, host, dport))
         self._touch(flow, self._t_udp, now)
         self.counters["udp_tx_datagrams"] += 1
-        self.events_out.append(UdpSend(flow.id, bytes(p[P_PAYLOAD])))
+        data = bytes(p[P_PAYLOAD])
+        flow.pkts_in += 1
+        flow.bytes_in += len(data)
+        self.events_out.append(UdpSend(flow.id, data))
 
     def inbound(self, src_ip: bytes | None, src_port: int | None, guest_ip: bytes,
                     guest_port: int, data, now: float) -> tuple | None:
@@ -198,7 +206,7 @@ class DatagramNat:
         key = self.flows.inbound_key(table, guest_ip, guest_port, src_ip, src_port)
         if key is None:
             return None
-        flow = self.flows.open_datagram(UdpFlow, table, key, self.config.udp_idle_timeout)
+        flow = self.flows.open_datagram(UdpFlow, table, key, self.config.udp_idle_timeout, now)
         if flow is None:
             return None
         self.counters["udp_inbound_flow_open"] += 1
@@ -212,6 +220,8 @@ class DatagramNat:
         if flow is None:
             return False
         self._touch(flow, self._t_udp, now)
+        flow.pkts_out += 1
+        flow.bytes_out += len(data)
         self.send_to_guest(flow.remote_ip, flow.remote_port, flow.guest_ip, flow.guest_port,
                                data, now)
         return True
@@ -221,6 +231,8 @@ class DatagramNat:
         if flow is None:
             return
         self._touch(flow, self._t_udp, now)
+        flow.pkts_out += 1
+        flow.bytes_out += len(data)
         self.send_to_guest(flow.remote_ip, flow.remote_port, flow.guest_ip, flow.guest_port,
                                data, now)
 

@@ -47,10 +47,15 @@ class TcpFlow:
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
                  "connecting", "connect_deadline", "armed", "inbound", "neigh",
                  "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent",
-                 "asum")
+                 "asum", "opened", "last", "pkts_in", "pkts_out")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
+        # For list_flows: when it opened, its last segment either way, and
+        # segments from / to the container (bytes come from the connection's
+        # sequence numbers: no per-byte count).
+        self.opened = self.last = now
+        self.pkts_in = self.pkts_out = 0
         self.key = key
         self.conn = conn
         self.guest_ip, self.guest_port, self.remote_ip, self.remote_port = key
@@ -89,17 +94,21 @@ class DatagramFlow:
     """A flow with an idle deadline that traffic pushes out."""
 
     __slots__ = ("id", "key", "guest_ip", "guest_port", "remote_ip", "remote_port", "deadline",
-                 "armed", "idle")
+                 "armed", "idle", "opened", "pkts_in", "pkts_out", "bytes_in", "bytes_out")
     CLOSE = None            # the event the host side gets when the flow expires
     OPENED = EXPIRED = LIMIT = EVICTED = BUDGET = ""   # counter names
 
-    def __init__(self, fid, key, idle: float):
+    def __init__(self, fid, key, idle: float, now: float = 0.0):
         self.id = fid
         self.key = key
         self.guest_ip, self.guest_port, self.remote_ip, self.remote_port = key
         self.idle = idle
         self.deadline = None
         self.armed = None
+        # For list_flows (the last activity is deadline - idle): datagrams
+        # and payload bytes from ("in") and to ("out") the container.
+        self.opened = now
+        self.pkts_in = self.pkts_out = self.bytes_in = self.bytes_out = 0
 
 
 class UdpFlow(DatagramFlow):
@@ -172,7 +181,7 @@ class Flows:
         self._next_id += 1
         return fid
 
-    def open_datagram(self, cls, table: FlowTable, key: tuple, idle: float):
+    def open_datagram(self, cls, table: FlowTable, key: tuple, idle: float, now: float = 0.0):
         """Register a new UDP or ICMP echo flow, or count the drop and return
         None past the memory budget or at the table's limit when no flow
         could be evicted."""
@@ -183,7 +192,7 @@ class Flows:
         if table.full() and not self.evict_datagram(table):
             self.counters[cls.LIMIT] += 1
             return None
-        flow = cls(self.new_id(), key, idle)
+        flow = cls(self.new_id(), key, idle, now)
         table.add(flow)
         self.counters[cls.OPENED] += 1
         return flow
@@ -241,3 +250,34 @@ class Flows:
                 return (guest_ip, guest_port, gw_ip, p)
         c[table.no_port_counter] += 1
         return None
+
+
+def flow_info(flows: Flows, now: float) -> list:
+    """Every live flow as a plain dict, for the API's ``list_flows`` (the
+    top layer adds the host side and formats addresses): ``proto``, ``id``,
+    ``container`` and ``remote`` (address bytes, port; the container's view),
+    ``inbound`` (a port forward), ``state``, ``bytes_in``/``pkts_in`` (from
+    the container), ``bytes_out``/``pkts_out`` (to it), ``age``, ``idle``
+    (seconds), ``retransmits``. TCP bytes are sequence space: acknowledged
+    by the receiver, SYN and FIN not counted."""
+    out = []
+    for f in flows.tcp.by_id.values():
+        c = f.conn
+        rin, sout = c.transferred()
+        out.append({"proto": "tcp", "id": f.id, "container": (f.guest_ip, f.guest_port),
+                    "remote": (f.remote_ip, f.remote_port), "inbound": f.inbound,
+                    "state": "CONNECTING" if f.connecting else c.state,
+                    "bytes_in": rin, "pkts_in": f.pkts_in,
+                    "bytes_out": sout, "pkts_out": f.pkts_out,
+                    "age": now - f.opened, "idle": now - f.last,
+                    "retransmits": c.rexmits})
+    for proto, table in (("udp", flows.udp), ("icmp", flows.icmp)):
+        for f in table.by_id.values():
+            last = f.deadline - f.idle if f.deadline is not None else f.opened
+            out.append({"proto": proto, "id": f.id, "container": (f.guest_ip, f.guest_port),
+                        "remote": (f.remote_ip, f.remote_port),
+                        "inbound": False, "state": "OPEN",
+                        "bytes_in": f.bytes_in, "pkts_in": f.pkts_in,
+                        "bytes_out": f.bytes_out, "pkts_out": f.pkts_out,
+                        "age": now - f.opened, "idle": max(0.0, now - last), "retransmits": 0})
+    return out

@@ -168,6 +168,7 @@ CLOSING = "CLOSING"
 LAST_ACK = "LAST_ACK"
 TIME_WAIT = "TIME_WAIT"
 CLOSED = "CLOSED"
+_FIN_RECEIVED = frozenset((CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT))  # rcv_nxt counts the FIN
 
 #: States in which we may (re)transmit data or our FIN.
 _OUTPUT_STATES = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
@@ -382,6 +383,7 @@ class TcpConnection:
         self._active = False                  # we opened (port forward)
         self._paused = False
         self.closed = False                   # CLOSED: the owner may forget the flow
+        self.rexmits = 0                      # segments sent again (list_flows)
 
     # ------------------------------------------------------------------
     # opening
@@ -634,6 +636,7 @@ class TcpConnection:
                 return
             self._backoff += 1
             self.counters["tcp_retransmit"] += 1
+            self.rexmits += 1
             self._send_syn(now)
             self._rto_at = now + self._cur_rto()
             return
@@ -723,6 +726,17 @@ class TcpConnection:
     # ------------------------------------------------------------------
     # segment arrival
     # ------------------------------------------------------------------
+    def transferred(self) -> tuple:
+        """(bytes received from the container, bytes it acknowledged): payload
+        only, from the sequence numbers (SYN and FIN take one each)."""
+        rin = 0
+        if self.state not in (LISTEN, SYN_SENT):
+            rin = self.rcv_nxt - self.irs - 1
+            if self.state in _FIN_RECEIVED:
+                rin -= 1
+        data_end = self._buf_seq + len(self._sndbuf)
+        return max(0, rin), max(0, min(self.snd_una, data_end) - self.iss - 1)
+
     def on_segment(self, seg: Segment, now: float) -> None:
         self._delivered = 0
         st = self.state
@@ -824,6 +838,7 @@ class TcpConnection:
                 # Our SYN-ACK was lost and the container retransmitted its SYN.
                 self.counters["tcp_dup_syn_rx"] += 1
                 self.counters["tcp_retransmit"] += 1
+                self.rexmits += 1
                 self._send_syn(now)
                 return
             if st == TIME_WAIT and seq > rcv_nxt and not flags & ACK:
@@ -1270,6 +1285,7 @@ class TcpConnection:
         else:
             return
         self.counters["tcp_retransmit"] += 1
+        self.rexmits += 1
         self._rtt_seq = None
         self._rexmit_mark = self.snd_max
         self._emit(una, flags, payload, now)
@@ -1773,6 +1789,7 @@ class TcpConnection:
                         flags = ACK | PSH | FIN
                 if nxt < snd_max:
                     self.counters["tcp_retransmit"] += 1
+                    self.rexmits += 1
                 elif self._rtt_seq is None:
                     self._rtt_seq, self._rtt_at = end, now
                 self._emit(nxt, flags, payload, now)
@@ -1784,6 +1801,7 @@ class TcpConnection:
                 # preceding data has been segmentized.
                 if nxt < snd_max:
                     self.counters["tcp_retransmit"] += 1
+                    self.rexmits += 1
                 self._emit(nxt, ACK | FIN, b"", now)
                 nxt += 1
                 break

@@ -148,6 +148,8 @@ class TcpNat:
         flags = seg.flags
         if flow is not None:
             flow.last_rx = now
+            flow.pkts_in += 1
+            flow.last = now
             flow.conn.on_segment(seg, now)
             if flow.squeezed and flow.backlog:
                 # Its window is held shut by a backlog that may drain
@@ -203,6 +205,7 @@ class TcpNat:
             c["tcp_syn_connect_limit_drop"] += 1
             return
         flow = self._new_flow(key, False, now)
+        flow.pkts_in = 1
         flow.conn.on_syn(seg, now)
         flow.connecting = True
         flow.connect_deadline = now + cfg.tcp_connect_timeout
@@ -301,6 +304,8 @@ class TcpNat:
                 mss = conn.snd_mss
             output = neigh.output
             asum = flow.asum
+            flow.pkts_out += len(segs)
+            flow.last = now
             for s in segs:
                 o = s.options
                 if o is None or o is NO_OPTIONS:
