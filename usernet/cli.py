@@ -202,6 +202,7 @@ def cmd_run(args) -> int:
     if not cmd:
         raise UsageError("run: no command given (usernet run [OPTIONS] -- CMD [ARGS...])")
     cfg = make_config(args)
+    _preflight(args)
     handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
     fd = -1
     try:
@@ -220,6 +221,17 @@ def cmd_run(args) -> int:
             os.close(fd)
 
 
+def _preflight(args) -> None:
+    """What can be found wrong before any namespace or child exists, as one
+    line with its fix (usernet/diagnose.py); a warning for what only degrades."""
+    from .diagnose import check_api_socket_path, check_tun, ping_warning
+    check_tun()
+    check_api_socket_path(args.api_socket)
+    warning = ping_warning()
+    if warning:
+        log.warning("usernet: %s", warning)
+
+
 def cmd_attach(args) -> int:
     from . import netns
     cfg = make_config(args)
@@ -232,12 +244,15 @@ def cmd_attach(args) -> int:
                 raise ValueError
         except ValueError:
             raise UsageError(f"attach: {target!r} is not a PID (use --netns-type=path for a path)")
+    _preflight(args)
+    if pid is not None:
         # The pidfd first: should the process exit while we attach, its exit
         # is still seen (a pid opened later could be gone, or reused).
         try:
             pidfd = netns.pidfd_open(pid)
         except ProcessLookupError:
-            raise netns.NetnsError(f"no such process: {pid}") from None
+            from .diagnose import no_process
+            raise netns.NetnsError(no_process(pid)) from None
         except OSError:
             pidfd = None
         try:
@@ -263,8 +278,18 @@ def cmd_attach(args) -> int:
             os.close(pidfd)
 
 
-def cmd_fwd(args) -> int:
+def _request(path, req):
+    """One API request; a socket that is missing, dead or not ours is one line with its fix."""
     from .api import request
+    from .diagnose import StartError, api_client_error
+    try:
+        return request(path, req)
+    except OSError as e:
+        raise StartError(api_client_error(path, e)) from None
+
+
+def cmd_fwd(args) -> int:
+    request = _request
     if args.action == "list":
         req = {"execute": "list_hostfwd"}
     elif args.action == "stats":
