@@ -148,18 +148,73 @@ def _common(p):
                         "not need: no exec, no fork, no mount")
 
 
+# Examples at the end of each --help (the manual: docs/README.md).
+EPILOG_MAIN = """\
+examples:
+  usernet run -- curl http://10.0.2.2:8000/        # a command with its own network; the host's
+                                                   # 127.0.0.1 is 10.0.2.2 inside
+  usernet run -p 8080:80 -- python3 -m http.server 80   # host port 8080 -> the command's port 80
+  unshare --user --map-root-user --net sleep 1000 &  usernet attach $!   # an existing namespace
+  usernet fwd list --api-socket /run/user/1000/usernet.sock
+  usernet slirp4netns --configure --mtu=65520 PID tap0          # slirp4netns's command line
+
+Each subcommand has its own --help. The manual: docs/README.md.
+"""
+
+EPILOG_RUN = """\
+examples:
+  usernet run -- ip addr                          # tap0 10.0.2.100/24, default via 10.0.2.2
+  usernet run -- curl http://10.0.2.2:8000/       # reaches the host's 127.0.0.1:8000
+  usernet run -6 -- ping -c1 fd00::2              # IPv6 too; fd00::2 is the host's ::1
+  usernet run -p 8080:80 -p 5353:53/udp -- CMD    # publish host ports into the namespace
+  usernet run --api-socket /tmp/u.sock -- CMD     # then: usernet fwd list --api-socket /tmp/u.sock
+  usernet run --mtu 65520 --disable-host-loopback -- CMD
+
+The exit status is CMD's (128+N if killed by signal N); 1 if usernet cannot start.
+"""
+
+EPILOG_ATTACH = """\
+examples:
+  unshare --user --map-root-user --net sleep 1000 &
+  usernet attach $!                               # tap0 in that process's network namespace
+  usernet attach --netns-type=path /run/netns/web # a named namespace (ip netns add web)
+  usernet attach --no-configure $! tap1           # make the TAP, leave its addresses to you
+
+usernet stops when the process exits (pid form), or on SIGINT/SIGTERM.
+"""
+
+EPILOG_FWD = """\
+examples:
+  usernet fwd add --api-socket /tmp/u.sock 8080:80          # host 0.0.0.0:8080 -> container 80
+  usernet fwd add --api-socket /tmp/u.sock 127.0.0.1:5353:53/udp
+  usernet fwd list --api-socket /tmp/u.sock                 # ids, addresses, listening
+  usernet fwd rm --api-socket /tmp/u.sock 1
+  usernet fwd stats --api-socket /tmp/u.sock                # every counter, as JSON
+
+The socket is the --api-socket of a running usernet (or usernet-slirp4netns); see docs/api.md.
+"""
+
+
 def build_parser():
-    p = _Parser(prog="usernet", description="userspace network for rootless containers")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="usernet", description="userspace network for rootless containers",
+                epilog=EPILOG_MAIN, formatter_class=raw)
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,slirp4netns}", parser_class=_Parser)
     sub.required = True
 
-    r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
+    r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network",
+                       description="Run CMD in new user, network and mount namespaces whose "
+                                   "only network is usernet's.",
+                       epilog=EPILOG_RUN, formatter_class=raw)
     _common(r)
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
-    a = sub.add_parser("attach", help="give an existing namespace usernet's network")
+    a = sub.add_parser("attach", help="give an existing namespace usernet's network",
+                       description="Give an existing network namespace (a process's, or a path) "
+                                   "usernet's network, as slirp4netns PID tap0 does.",
+                       epilog=EPILOG_ATTACH, formatter_class=raw)
     _common(a)
     a.add_argument("--netns-type", choices=("pid", "path"), default="pid",
                    help="whether TARGET is a PID (default) or a netns path")
@@ -172,7 +227,10 @@ def build_parser():
     a.add_argument("target", metavar="PID|PATH")
     a.add_argument("tapname", nargs="?", default="tap0")
 
-    f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)")
+    f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)",
+                       description="Add, list and remove port forwards of a running usernet "
+                                   "through its API socket.",
+                       epilog=EPILOG_FWD, formatter_class=raw)
     f.add_argument("action", choices=("add", "list", "rm", "stats"))
     f.add_argument("--api-socket", required=True, metavar="PATH")
     f.add_argument("spec", nargs="?", help="add: [ADDR:]PORT:PORT[/proto]; rm: ID")

@@ -98,6 +98,12 @@ fd00::/64 (fd00::2 is the host's ::1, fd00::3 the DNS forwarder).
 --target-type=bess is not supported. MTU 68..65520.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf).
+
+Examples:
+  unshare --user --map-root-user --net sleep 1000 &
+  {prog} --configure --mtu=65520 --disable-host-loopback $! tap0
+  {prog} -c -e 3 -r 4 --api-socket /tmp/slirp.sock $! tap0   # as Podman 4.3 starts it
+  {prog} --netns-type=path --userns-path=/proc/PID/ns/user /run/user/1000/netns/NS tap0
 """
 
 # (long name, short letter or None, takes an argument)

@@ -202,3 +202,14 @@ def test_attach_to_a_dead_pid():
 def test_attach_to_a_missing_netns_path():
     the_line(run(USERNET + ["attach", "--netns-type", "path", "/run/netns/usernet-ux2-none"]),
              "network namespace /run/netns/usernet-ux2-none does not exist")
+
+
+@need_root
+def test_attach_to_a_namespace_of_another_user(nobody_can_run):
+    # uid 65534 may not open root's /proc/1/ns/net. /dev/net/tun is made usable for it in a
+    # private mount namespace (a 0666 node), so the namespace is what fails, not the device.
+    script = ("d=$(mktemp -d) && mount -t tmpfs -o mode=0755 none $d && "
+              "mknod -m 0666 $d/tun c 10 200 && mount --bind $d/tun /dev/net/tun && "
+              f"exec {_q(NOBODY + USERNET + ['attach', '1'])}")
+    the_line(run(_shell(script)), "cannot open network namespace /proc/1/ns/net: permission denied",
+             "run usernet as the user who owns the container")
