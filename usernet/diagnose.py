@@ -73,7 +73,9 @@ def tun_problem(exc_errno: int | None = None, path: str = TUN_PATH) -> str | Non
         return f"{path}: {e.strerror}; fix: check that the user can reach /dev/net"
     if not stat.S_ISCHR(st.st_mode):
         return f"{path} is not a character device; fix: as root, mknod {path} c 10 200"
-    if exc_errno in (errno.EACCES, errno.EPERM) or not os.access(path, os.R_OK | os.W_OK):
+    # effective ids: what open(2) checks (os.access alone uses the real ones)
+    usable = os.access(path, os.R_OK | os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+    if exc_errno in (errno.EACCES, errno.EPERM) or not usable:
         mode = stat.S_IMODE(st.st_mode)
         return (f"{path}: permission denied (mode {mode:04o}, owner uid {st.st_uid}); fix: as root, "
                 f"chmod 0666 {path} (the usual mode: making a device still takes CAP_NET_ADMIN)")
@@ -130,6 +132,16 @@ def netns_open_error(path: str, exc: OSError, pid: int | None = None) -> str:
         return (f"cannot open network namespace {path}: permission denied; fix: run usernet as "
                 "the user who owns the container (or as root)")
     return f"cannot open network namespace {path}: {exc.strerror}"
+
+
+def userns_open_error(path: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOENT:
+        return (f"user namespace {path} does not exist; fix: give the container's "
+                "(/proc/PID/ns/user of a process in it), or leave --userns-path out")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot open user namespace {path}: permission denied; fix: run usernet as the "
+                "user who owns the container (or as root)")
+    return f"cannot open user namespace {path}: {exc.strerror}"
 
 
 # ------------------------------------------------------------------ API socket

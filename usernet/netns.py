@@ -262,7 +262,8 @@ def attach(
             try:
                 user_fd = os.open(user_path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise NetnsError(f"cannot open user namespace {user_path}: {exc.strerror}") from None
+                from .diagnose import userns_open_error
+                raise NetnsError(userns_open_error(user_path, exc)) from None
         else:
             user_fd = _owner_userns(net_fd)
         if user_fd >= 0 and _same_ns(user_fd, "/proc/self/ns/user"):

@@ -213,3 +213,9 @@ def test_attach_to_a_namespace_of_another_user(nobody_can_run):
               f"exec {_q(NOBODY + USERNET + ['attach', '1'])}")
     the_line(run(_shell(script)), "cannot open network namespace /proc/1/ns/net: permission denied",
              "run usernet as the user who owns the container")
+
+
+@need_root
+def test_attach_with_a_missing_userns_path(target):
+    the_line(run(USERNET + ["attach", "--userns-path", "/run/usernet-ux2-no-userns", str(target)]),
+             "user namespace /run/usernet-ux2-no-userns does not exist")
