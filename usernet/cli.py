@@ -227,15 +227,67 @@ def _common(p):
                         "not need: no exec, no fork, no mount")
 
 
+# Examples at the end of each --help (the manual: docs/README.md).
+EPILOG_MAIN = """\
+examples:
+  usernet run -- curl http://10.0.2.2:8000/        # a command with its own network; the host's
+                                                   # 127.0.0.1 is 10.0.2.2 inside
+  usernet run -p 8080:80 -- python3 -m http.server 80   # host port 8080 -> the command's port 80
+  unshare --user --map-root-user --net sleep 1000 &  usernet attach $!   # an existing namespace
+  usernet fwd list --api-socket /run/user/1000/usernet.sock
+  usernet slirp4netns --configure --mtu=65520 PID tap0          # slirp4netns's command line
+
+Each subcommand has its own --help. The manual: docs/README.md.
+"""
+
+EPILOG_RUN = """\
+examples:
+  usernet run -- ip addr                          # tap0 10.0.2.100/24, default via 10.0.2.2
+  usernet run -- curl http://10.0.2.2:8000/       # reaches the host's 127.0.0.1:8000
+  usernet run -6 -- ping -c1 fd00::2              # IPv6 too; fd00::2 is the host's ::1
+  usernet run -p 8080:80 -p 5353:53/udp -- CMD    # publish host ports into the namespace
+  usernet run --api-socket /tmp/u.sock -- CMD     # then: usernet fwd list --api-socket /tmp/u.sock
+  usernet run --mtu 65520 --disable-host-loopback -- CMD
+
+The exit status is CMD's (128+N if killed by signal N); 1 if usernet cannot start.
+"""
+
+EPILOG_ATTACH = """\
+examples:
+  unshare --user --map-root-user --net sleep 1000 &
+  usernet attach $!                               # tap0 in that process's network namespace
+  usernet attach --netns-type=path /run/netns/web # a named namespace (ip netns add web)
+  usernet attach --no-configure $! tap1           # make the TAP, leave its addresses to you
+
+usernet stops when the process exits (pid form), or on SIGINT/SIGTERM.
+"""
+
+EPILOG_FWD = """\
+examples:
+  usernet fwd add --api-socket /tmp/u.sock 8080:80          # host 0.0.0.0:8080 -> container 80
+  usernet fwd add --api-socket /tmp/u.sock 127.0.0.1:5353:53/udp
+  usernet fwd list --api-socket /tmp/u.sock                 # ids, addresses, listening
+  usernet fwd rm --api-socket /tmp/u.sock 1
+  usernet fwd stats --api-socket /tmp/u.sock                # every counter, as JSON
+
+The socket is the --api-socket of a running usernet (or usernet-slirp4netns); see docs/api.md.
+"""
+
+
 def build_parser():
-    p = _Parser(prog="usernet", description="userspace network for rootless containers")
+    raw = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="usernet", description="userspace network for rootless containers",
+                epilog=EPILOG_MAIN, formatter_class=raw)
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,stats,flows,slirp4netns}",
                            parser_class=_Parser)
     sub.required = True
 
-    r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network")
+    r = sub.add_parser("run", help="run CMD in a new network namespace with usernet's network",
+                       description="Run CMD in new user, network and mount namespaces whose "
+                                   "only network is usernet's.",
+                       epilog=EPILOG_RUN, formatter_class=raw)
     _common(r)
     from .serve import KILL_GRACE
     r.add_argument("--kill-grace", type=_grace, default=KILL_GRACE, metavar="SECONDS",
@@ -243,7 +295,10 @@ def build_parser():
                         f"process of its namespace if still running (default {KILL_GRACE:g})")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
-    a = sub.add_parser("attach", help="give an existing namespace usernet's network")
+    a = sub.add_parser("attach", help="give an existing namespace usernet's network",
+                       description="Give an existing network namespace (a process's, or a path) "
+                                   "usernet's network, as slirp4netns PID tap0 does.",
+                       epilog=EPILOG_ATTACH, formatter_class=raw)
     _common(a)
     a.add_argument("--netns-type", choices=("pid", "path"), default="pid",
                    help="whether TARGET is a PID (default) or a netns path")
@@ -256,7 +311,10 @@ def build_parser():
     a.add_argument("target", metavar="PID|PATH")
     a.add_argument("tapname", nargs="?", default="tap0")
 
-    f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)")
+    f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)",
+                       description="Add, list and remove port forwards of a running usernet "
+                                   "through its API socket.",
+                       epilog=EPILOG_FWD, formatter_class=raw)
     f.add_argument("action", choices=("add", "list", "rm", "stats"))
     f.add_argument("--api-socket", required=True, metavar="PATH")
     f.add_argument("spec", nargs="?", help="add: [ADDR:]PORT:PORT[/proto]; rm: ID")
@@ -337,6 +395,7 @@ def cmd_run(args) -> int:
     if not cmd:
         raise UsageError("run: no command given (usernet run [OPTIONS] -- CMD [ARGS...])")
     cfg = make_config(args)
+    _preflight(args)
     handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
     fd = -1
     try:
@@ -355,6 +414,17 @@ def cmd_run(args) -> int:
             os.close(fd)
 
 
+def _preflight(args) -> None:
+    """What can be found wrong before any namespace or child exists, as one
+    line with its fix (usernet/diagnose.py); a warning for what only degrades."""
+    from .diagnose import check_api_socket_path, check_tun, ping_warning
+    check_tun()
+    check_api_socket_path(args.api_socket)
+    warning = ping_warning()
+    if warning:
+        log.warning("usernet: %s", warning)
+
+
 def cmd_attach(args) -> int:
     from . import netns
     cfg = make_config(args)
@@ -367,12 +437,15 @@ def cmd_attach(args) -> int:
                 raise ValueError
         except ValueError:
             raise UsageError(f"attach: {target!r} is not a PID (use --netns-type=path for a path)")
+    _preflight(args)
+    if pid is not None:
         # The pidfd first: should the process exit while we attach, its exit
         # is still seen (a pid opened later could be gone, or reused).
         try:
             pidfd = netns.pidfd_open(pid)
         except ProcessLookupError:
-            raise netns.NetnsError(f"no such process: {pid}") from None
+            from .diagnose import no_process
+            raise netns.NetnsError(no_process(pid)) from None
         except OSError:
             pidfd = None
         try:
@@ -398,8 +471,18 @@ def cmd_attach(args) -> int:
             os.close(pidfd)
 
 
-def cmd_fwd(args) -> int:
+def _request(path, req):
+    """One API request; a socket that is missing, dead or not ours is one line with its fix."""
     from .api import request
+    from .diagnose import StartError, api_client_error
+    try:
+        return request(path, req)
+    except OSError as e:
+        raise StartError(api_client_error(path, e)) from None
+
+
+def cmd_fwd(args) -> int:
+    request = _request
     if args.action == "list":
         req = {"execute": "list_hostfwd"}
     elif args.action == "stats":
@@ -477,9 +560,8 @@ def main(argv=None) -> int:
         print(f"usernet: {e}", file=sys.stderr)
         return 1
     try:
-        # --debug is usernet's debug output, not every library's (pyroute2
-        # logs each netlink message at debug level): only the "usernet"
-        # logger is set up (usernet/log.py).
+        # --debug is usernet's debug output, not every library's: only the
+        # "usernet" logger is set up (usernet/log.py).
         from . import log as ulog
         if getattr(args, "debug", False):
             level = logging.DEBUG

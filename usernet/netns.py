@@ -81,17 +81,12 @@ from __future__ import annotations
 
 import array
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
-import pwd
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from usernet import tap
@@ -120,7 +115,9 @@ PR_SET_PDEATHSIG = 1
 # linux/nsfs.h: NS_GET_USERNS = _IO(0xb7, 0x1): the user namespace owning a namespace fd.
 NS_GET_USERNS = (0xB7 << 8) | 0x1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The C library is already loaded into this process: look its symbols up
+# there (ctypes.util.find_library would run ldconfig, at every start).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -223,8 +220,8 @@ def _child_prologue() -> None:
     except ValueError:
         pass
     # Forked from inside a running event loop (3.11 does not reset this after
-    # fork): libraries that look for a running loop (pyroute2) would use the
-    # parent's dead copy and hang.
+    # fork): libraries that look for a running loop would use the parent's
+    # dead copy and hang.
     events = sys.modules.get("asyncio.events")
     if events is not None:
         events._set_running_loop(None)
@@ -283,16 +280,16 @@ def attach(
     try:
         net_fd = os.open(net_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        if pid is not None and exc.errno == errno.ENOENT:
-            raise NetnsError(f"no such process: {pid}") from None
-        raise NetnsError(f"cannot open network namespace {net_path}: {exc.strerror}") from None
+        from .diagnose import netns_open_error
+        raise NetnsError(netns_open_error(net_path, exc, pid)) from None
     user_fd = -1
     try:
         if user_path is not None:
             try:
                 user_fd = os.open(user_path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise NetnsError(f"cannot open user namespace {user_path}: {exc.strerror}") from None
+                from .diagnose import userns_open_error
+                raise NetnsError(userns_open_error(user_path, exc)) from None
         else:
             user_fd = _owner_userns(net_fd)
         if user_fd >= 0 and _same_ns(user_fd, "/proc/self/ns/user"):
@@ -367,6 +364,8 @@ def _attach_fork(net_fd, user_fd, tap_name, vnet_hdr, configure, net_path) -> in
             if fd >= 0:
                 os.close(fd)
             why = msg[1:].decode(errors="replace") if msg else f"namespace child {_describe_status(status)}"
+            if why.startswith(tap.TUN_PATH):
+                raise NetnsError(why)     # names the thing and the fix already
             raise NetnsError(f"attach {net_path}: {why}")
         return fd
     finally:
@@ -399,46 +398,46 @@ def _attach_child(sock, net_fd, user_fd, tap_name, vnet_hdr, configure) -> int:
 def configure_interface(ifname: str, cfg: IfConfig) -> None:
     """In the current netns: ``lo`` up; ``ifname`` MTU, MAC, up; IPv4 address; default route.
 
-    netlink through pyroute2 (imported here: it costs ~0.5 s and only this
-    child needs it). The netlink socket talks to the netns we are in now.
+    rtnetlink spoken directly (:mod:`usernet.rtnl`: a netlink library's
+    import cost more CPU than the rest of start-up). The netlink socket talks
+    to the netns we are in now.
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from usernet.rtnl import RTPROT_STATIC, Rtnl
 
     step = "netlink"
     try:
-        with IPRoute() as ipr:
+        with Rtnl() as nl:
             step = "lo up"
-            (lo,) = ipr.link_lookup(ifname="lo")
-            ipr.link("set", index=lo, state="up")
-            (idx,) = ipr.link_lookup(ifname=ifname)
+            nl.link_set(socket.if_nametoindex("lo"), up=True)
+            step = f"{ifname}: no such interface"
+            idx = socket.if_nametoindex(ifname)
             step = f"{ifname} mtu {cfg.mtu}"
-            ipr.link("set", index=idx, mtu=cfg.mtu)
+            nl.link_set(idx, mtu=cfg.mtu)
             if cfg.mac is not None:
                 step = f"{ifname} address {cfg.mac.hex(':')}"
-                ipr.link("set", index=idx, address=cfg.mac.hex(":"))
+                nl.link_set(idx, mac=cfg.mac)
             if cfg.ipv6_prefix is not None:
                 # Before the link is up, or the kernel starts DAD on the
                 # link-local address it forms then.
                 step = f"{ifname} IPv6 sysctls"
                 _ipv6_conf(ifname, disable_ipv6="0", accept_dad="0")
             step = f"{ifname} up"
-            ipr.link("set", index=idx, state="up")
+            nl.link_set(idx, up=True)
             step = f"{ifname} address {cfg.address}/{cfg.prefixlen}"
-            ipr.addr("add", index=idx, address=cfg.address, prefixlen=cfg.prefixlen)
+            nl.addr_add(idx, cfg.address, cfg.prefixlen)
             step = f"default route via {cfg.gateway}"
-            # proto boot, as ip(8) and slirp4netns leave it (pyroute2 defaults to static).
-            ipr.route("add", dst="0.0.0.0/0", gateway=cfg.gateway, oif=idx, proto="boot")
+            # proto boot, as ip(8) and slirp4netns leave it.
+            nl.route_add_default(cfg.gateway, idx)
             if cfg.ipv6_prefix is not None:
-                mac = cfg.mac or bytes.fromhex(
-                    ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+                mac = cfg.mac or nl.link_mac(idx)
                 addr6 = eui64_address(cfg.ipv6_prefix, mac)
                 step = f"{ifname} address {addr6}/64"
-                ipr.addr("add", index=idx, address=addr6, prefixlen=64)
+                nl.addr_add(idx, addr6, 64)
                 step = f"default route via {cfg.ipv6_gateway}"
-                ipr.route("add", dst="::/0", gateway=cfg.ipv6_gateway, oif=idx)
-    except NetlinkError as exc:
-        raise NetnsError(f"configure {step}: {os.strerror(exc.code) if exc.code else exc}") from None
+                # proto static, as the kernel's own RA-learnt routes are not.
+                nl.route_add_default(cfg.ipv6_gateway, idx, proto=RTPROT_STATIC)
+    except OSError as exc:
+        raise NetnsError(f"configure {step}: {exc.strerror or exc}") from None
 
 
 def _ipv6_conf(ifname: str, **values: str) -> None:
@@ -495,6 +494,11 @@ def write_id_maps(pid: int, uid: int | None = None, gid: int | None = None) -> s
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
     proc = f"/proc/{pid}"
+    # Imported here, not at the top: only a non-root start needs them, and
+    # every import is start-up time (bench/startup.py).
+    import pwd
+    import shutil
+    import subprocess
 
     if uid != 0:
         try:
@@ -514,8 +518,9 @@ def write_id_maps(pid: int, uid: int | None = None, gid: int | None = None) -> s
                 return "subid"
             except (subprocess.SubprocessError, OSError) as exc:
                 err = getattr(exc, "stderr", b"") or b""
-                log.warning("newuidmap/newgidmap failed (%s); using a single-id mapping",
-                            err.decode(errors="replace").strip() or exc)
+                log.warning("usernet: warning: newuidmap/newgidmap failed (%s): the namespace "
+                            "has a single uid; fix: check the ranges of %s in /etc/subuid and "
+                            "/etc/subgid", err.decode(errors="replace").strip() or exc, name)
                 # Fall through: whichever map is still unwritten gets the single mapping.
     else:
         try:
@@ -753,10 +758,8 @@ def _run_child(argv, env, resolv_conf_text, status_w, ctl_r, stdio, parent_pid) 
         # alone would be EPERM.
         unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID)
     except OSError as exc:
-        hint = ""
-        if exc.errno in (errno.EPERM, errno.ENOSPC, errno.EINVAL):
-            hint = " (user namespaces disabled? see kernel.unprivileged_userns_clone / user.max_user_namespaces)"
-        raise NetnsError(f"cannot create namespaces: {exc.strerror}{hint}") from None
+        from .diagnose import userns_error
+        raise NetnsError(userns_error(exc.errno)) from None
     say("unshared")
     if os.read(ctl_r, 1) != b"M":  # the parent writes our maps, or dies
         return 1
@@ -918,6 +921,7 @@ def _bind_resolv_conf(text: str) -> str | None:
         target = os.path.realpath(target)
     if not os.path.exists(target):
         return f"{target} does not exist; name resolution inside uses the host's setup"
+    import tempfile
     fd, tmp = tempfile.mkstemp(prefix="usernet-resolv-", suffix=".conf")
     try:
         os.write(fd, text.encode())

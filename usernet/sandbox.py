@@ -473,6 +473,7 @@ PRELOAD = (
     "concurrent.futures.thread", "asyncio.unix_events", "asyncio.selector_events",
     "json.decoder", "json.encoder", "traceback", "linecache", "tokenize",
     "usernet.api", "usernet.publish", "usernet.services", "usernet.slirp4netns", "usernet.serve",
+    "usernet.diagnose",
     "usernet.stack.gateway", "usernet.host.driver",
     "usernet.host.icmp", "usernet.host.dns",
     "usernet.host.forward", "usernet.stack.config", "usernet.wire.ether", "usernet.pcap",

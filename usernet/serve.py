@@ -66,10 +66,11 @@ def report_fatal(e: Exception) -> int:
     that explain themselves (namespace, TAP, OS, bad value) are printed as they are; anything
     else is a bug, named by its type (the traceback goes to the --debug log)."""
     import sys
+    from .diagnose import StartError, message
     from .netns import NetnsError
     from .tap import TapError
-    if isinstance(e, (NetnsError, TapError, OSError, ValueError)):
-        print(f"usernet: {e}", file=sys.stderr)
+    if isinstance(e, (StartError, NetnsError, TapError, OSError, ValueError)):
+        print(f"usernet: {message(e)}", file=sys.stderr)
     else:
         log.debug("fatal", exc_info=True)
         print(f"usernet: fatal: {type(e).__name__}: {e}", file=sys.stderr)
@@ -179,8 +180,9 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     loop.add_signal_handler(signal.SIGUSR1, print_counters)
     loop.add_signal_handler(signal.SIGUSR2, lambda: None)
     # Everything is open and listening: shut usernet in before CMD starts.
-    from . import sandbox
-    sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
+    if getattr(args, "enable_sandbox", False) or getattr(args, "enable_seccomp", False):
+        from . import sandbox
+        sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
     pfd = watch_pidfd
     if child is not None:
         loop.add_reader(child.pidfd, lambda: finish(child.wait()))

@@ -102,6 +102,12 @@ FILE to FILE.1 past BYTES.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf); USERNET_ALLOW_LINK_LOCAL=1 lets the container
 reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there).
+
+Examples:
+  unshare --user --map-root-user --net sleep 1000 &
+  {prog} --configure --mtu=65520 --disable-host-loopback $! tap0
+  {prog} -c -e 3 -r 4 --api-socket /tmp/slirp.sock $! tap0   # as Podman 4.3 starts it
+  {prog} --netns-type=path --userns-path=/proc/PID/ns/user /run/user/1000/netns/NS tap0
 """
 
 # (long name, short letter or None, takes an argument)
@@ -342,17 +348,14 @@ def network_config(o: Options):
 
 def _interface_address(name: str, family: int) -> str | None:
     """The first ``family`` address of interface ``name`` (slirp4netns uses getifaddrs)."""
-    from pyroute2 import IPRoute
+    from .rtnl import Rtnl
     try:
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=name)
-            if not idx:
-                return None
-            for msg in ipr.get_addr(family=family, index=idx[0]):
-                addr = msg.get_attr("IFA_ADDRESS")
-                if addr:
-                    return addr
-    except Exception as e:  # noqa: BLE001 - netlink trouble reads as "no such interface"
+        idx = socket.if_nametoindex(name)
+        with Rtnl() as nl:
+            found = nl.addresses(family, idx)
+        if found:
+            return found[0]
+    except OSError as e:  # netlink trouble reads as "no such interface"
         log.debug("resolving interface %s: %s", name, e)
     return None
 
@@ -398,14 +401,20 @@ def run(o: Options) -> int:
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
-    if o.api_socket is not None and len(os.fsencode(o.api_socket)) >= SUN_PATH_MAX:
-        raise Exit(1, "", f"usernet: API socket path too long ({len(os.fsencode(o.api_socket))} "
-                          f"bytes; the limit is {SUN_PATH_MAX - 1}): {o.api_socket}\n")
+    from .diagnose import api_socket_problem, check_tun, no_process, ping_warning
+    if o.api_socket is not None:
+        why = api_socket_problem(o.api_socket)
+        if why:
+            raise Exit(1, "", f"usernet: {why}\n")
     for fd in (o.exit_fd, o.ready_fd):
         if fd >= 0 and not _cloexec(fd):
             raise Exit(1, "", f"usernet: fd {fd} (given with -e/-r) is not open\n")
     for w in o.warnings:
         print(w, flush=True)
+    check_tun()
+    warning = ping_warning()
+    if warning:
+        log.warning("usernet: %s", warning)
     args = SimpleNamespace(
         offload=True, impair=None, dns_upstream=dns_upstream_from_env(), publish=[],
         publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,
@@ -420,7 +429,7 @@ def run(o: Options) -> int:
         try:
             pidfd = netns.pidfd_open(o.target_pid)
         except ProcessLookupError:
-            raise netns.NetnsError(f"no such process: {o.target_pid}") from None
+            raise netns.NetnsError(no_process(o.target_pid)) from None
         except OSError:
             pidfd = None
         try:

@@ -68,13 +68,14 @@ class TapError(OSError):
 
 
 def _tap_error(exc: OSError, what: str) -> TapError:
+    if what == "open":
+        from .diagnose import tun_problem
+        why = tun_problem(exc.errno, TUN_PATH)
+        if why:
+            return TapError(exc.errno, why)
     if exc.errno in (errno.EACCES, errno.EPERM):
-        hint = {
-            "open": f"{TUN_PATH}: permission denied (mode 0600? try chmod 0666 {TUN_PATH})",
-        }.get(what, f"{what}: operation not permitted (no CAP_NET_ADMIN in this network namespace's user namespace?)")
-        return TapError(exc.errno, hint)
-    if exc.errno == errno.ENOENT and what == "open":
-        return TapError(exc.errno, f"{TUN_PATH}: no such device (is the tun module loaded?)")
+        return TapError(exc.errno, f"{what}: operation not permitted (no CAP_NET_ADMIN in this "
+                                   "network namespace's user namespace?)")
     if exc.errno == errno.EBUSY:
         return TapError(exc.errno, f"{what}: device busy (a TAP of that name is already open?)")
     return TapError(exc.errno, f"{what}: {os.strerror(exc.errno or 0)}")

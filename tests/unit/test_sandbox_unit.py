@@ -136,8 +136,8 @@ def test_apply_without_flags_does_nothing():
 
 # Imported inside functions only on paths that run before the sandbox (the
 # attach child, argument parsing, set-up): not needed afterwards.
-BEFORE_SANDBOX_ONLY = {"pyroute2", "pyroute2.netlink.exceptions", "uvloop", "resource",
-                       "importlib", "pyseccomp",
+BEFORE_SANDBOX_ONLY = {"usernet.rtnl", "pwd", "shutil", "subprocess", "tempfile", "uvloop",
+                       "resource", "importlib", "pyseccomp",
                        # the stats/flows client: its own process, never sandboxed
                        "usernet.monitor"}
 

@@ -1,0 +1,142 @@
+"""Start-up time: how long a container waits for its network.
+
+    .venv/bin/python bench/startup.py [--runs N]
+
+Two measures, each the median over N runs (alternating the contenders, so
+load on the machine falls on both alike), with the CPU time (user+system,
+from wait4, the process and the children it reaped) beside the wall time:
+
+1. ``usernet run -- true``: from starting the process to its exit (CMD is
+   started only once the network is up, so this is time-to-ready plus the
+   cost of ``true`` and of tearing down). For scale, ``python -c pass``
+   (the interpreter alone) and ``unshare --user --net true`` (the namespace
+   alone) on the same machine.
+2. The slirp4netns entry point beside the real ``/usr/bin/slirp4netns``, the
+   same argument vector (``-c -r FD PID tap0``) against a fresh network
+   namespace made by this script for each run: from exec to the ready byte
+   on the ready fd. Then SIGTERM, and the CPU time up to the exit.
+
+Not a test: figures vary with the machine's load. Prints a table and the
+ratios (usernet / slirp4netns).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PY = sys.executable
+ENV = dict(os.environ, PYTHONPATH=REPO)
+# As installed: byte-compiled modules (pip compiles at install). Without
+# this, a shell with PYTHONDONTWRITEBYTECODE set recompiles usernet's ~50
+# modules on every start (~60 ms of CPU here), which no installed copy does.
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+def _wait4(pid):
+    _pid, status, ru = os.wait4(pid, 0)
+    return status, ru.ru_utime + ru.ru_stime
+
+
+def time_command(argv, env=None):
+    """(wall seconds to exit, CPU seconds) of ``argv``; raises if it fails."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=env or ENV, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    status, cpu = _wait4(p.pid)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv}: rc={p.returncode} {err[-300:]}")
+    return wall, cpu
+
+
+def time_to_ready(helper):
+    """(wall seconds from exec to the ready byte, CPU seconds to exit) of
+    ``helper -c -r FD PID tap0`` against a namespace made for this run."""
+    if os.geteuid() == 0:
+        target_argv = ["unshare", "--net", "sleep", "60"]
+    else:
+        target_argv = ["unshare", "--user", "--map-root-user", "--net", "sleep", "60"]
+    target = subprocess.Popen(target_argv)
+    try:
+        # Wait until the target is in its own network namespace.
+        deadline = time.monotonic() + 10
+        me = os.readlink("/proc/self/ns/net")
+        while os.readlink(f"/proc/{target.pid}/ns/net") == me:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the target namespace did not appear")
+            time.sleep(0.002)
+        r, w = os.pipe()
+        t0 = time.perf_counter()
+        p = subprocess.Popen([*helper, "-c", "-r", str(w), str(target.pid), "tap0"], pass_fds=(w,),
+                             env=ENV, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(w)
+        byte = os.read(r, 1)
+        wall = time.perf_counter() - t0
+        os.close(r)
+        p.send_signal(signal.SIGTERM)
+        status, cpu = _wait4(p.pid)
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        if byte != b"1":
+            raise RuntimeError(f"{helper[0]}: no ready byte (status {status}): {err[-300:]}")
+        return wall, cpu
+    finally:
+        target.kill()
+        target.wait()
+
+
+def row(name, samples):
+    walls = [w for w, _c in samples]
+    cpus = [c for _w, c in samples]
+    return name, statistics.median(walls), statistics.median(cpus), min(walls)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--compare", metavar="DIR",
+                    help="also time `usernet run -- true` from another checkout (e.g. an older "
+                         "commit: git archive COMMIT | tar -x -C DIR), alternating with this one")
+    a = ap.parse_args()
+    usernet_s4 = shutil.which("usernet-slirp4netns", path=os.path.dirname(PY))
+    s4 = [usernet_s4] if usernet_s4 else [PY, "-m", "usernet", "slirp4netns"]
+    plan = {
+        "python -c pass": lambda: time_command([PY, "-c", "pass"]),
+        "unshare --user --net true": lambda: time_command(
+            ["unshare", "--user", "--map-root-user", "--net", "true"]),
+        "usernet run -- true": lambda: time_command([PY, "-m", "usernet", "run", "--", "true"]),
+        "usernet-slirp4netns: exec to ready": lambda: time_to_ready(s4),
+    }
+    if a.compare:
+        other = dict(ENV, PYTHONPATH=os.path.abspath(a.compare))
+        plan[f"  ... from {a.compare}"] = lambda: time_command(
+            [PY, "-m", "usernet", "run", "--", "true"], env=other)
+    if shutil.which("slirp4netns"):
+        plan["slirp4netns: exec to ready"] = lambda: time_to_ready([shutil.which("slirp4netns")])
+    res = {k: [] for k in plan}
+    for _ in range(a.runs):
+        for name, fn in plan.items():
+            res[name].append(fn())
+    print(f"start-up, median of {a.runs} runs (load average {os.getloadavg()[0]:.2f}, "
+          f"{os.cpu_count()} CPUs)")
+    print(f"{'':38} {'wall ms':>8} {'cpu ms':>8} {'min wall':>9}")
+    rows = {}
+    for name, samples in res.items():
+        _n, wall, cpu, best = rows[name] = row(name, samples)
+        print(f"{name:38} {wall * 1e3:8.1f} {cpu * 1e3:8.1f} {best * 1e3:9.1f}")
+    if "slirp4netns: exec to ready" in rows:
+        u, s = rows["usernet-slirp4netns: exec to ready"], rows["slirp4netns: exec to ready"]
+        print(f"time-to-ready usernet/slirp4netns: wall {u[1] / s[1]:.2f}x, cpu {u[2] / max(s[2], 1e-6):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
