@@ -177,7 +177,7 @@ def _rss(pid, key="VmRSS") -> float:
 
 
 def _counters(stderr: str) -> dict:
-    found = re.findall(r"^counters: (\{.*\})$", stderr, re.M)
+    found = re.findall(r"^ts=\S+ level=\w+ event=counters counters=(\{.*\})$", stderr, re.M)
     assert found, f"no counters line:\n{stderr[-3000:]}"
     return json.loads(found[-1])
 

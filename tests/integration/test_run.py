@@ -328,7 +328,7 @@ def test_sigusr1_during_exit_drain(tmp_path):
             time.sleep(0.2)
         _out_, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
-        assert "usernet counters" in err, err
+        assert "event=counters counters={" in err, err
         assert "Traceback" not in err
         assert not api.exists()
     finally:
