@@ -342,10 +342,16 @@ def build_parser():
     return p
 
 
-def _parse_pid(text):
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"not a PID: {text!r}")
-    return int(text)
+def _positive_int(what):
+    def parse(text):
+        if not text.isdigit() or int(text) <= 0:
+            raise ValueError(f"not {what}: {text!r}")
+        return int(text)
+    return parse
+
+
+_parse_pid = _positive_int("a PID")
+_parse_count = _positive_int("a positive count")
 
 
 def _parse_secs(text):
@@ -356,12 +362,6 @@ def _parse_secs(text):
     if not 0.05 <= v <= 3600:
         raise ValueError(f"seconds must be 0.05..3600, got {text}")
     return v
-
-
-def _parse_count(text):
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"not a positive count: {text!r}")
-    return int(text)
 
 
 def _parse_limit(text):
