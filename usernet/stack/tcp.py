@@ -1402,7 +1402,10 @@ class TcpConnection:
             rtt = now - ts
             # RFC 8985 6.2 step 2: an ACK of a retransmission that came back
             # faster than any round trip answers the original: no sample.
-            if rexmit and min_rtt is not None and rtt < min_rtt:
+            # Compared to the microsecond, as Linux does (tcp_rack.c): in
+            # float seconds a round trip equal to min_rtt can come out a
+            # hair shorter, and the answer to a loss probe was then ignored.
+            if rexmit and min_rtt is not None and rtt < min_rtt - 1e-6:
                 continue
             if min_rtt is None or rtt < min_rtt:
                 self._min_rtt = min_rtt = rtt
