@@ -8,6 +8,7 @@ never reaches them; local names answered over TCP too).
 """
 
 import asyncio
+import errno
 import socket
 import struct
 
@@ -137,16 +138,27 @@ class Upstream:
         self.messages = []
         self.udp = self.tcp = None
         self.truncate_udp = truncate_udp
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp and not udp else
-                          socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        self.port = None
         self._want = (udp, tcp)
 
     async def start(self):
+        # UDP and TCP on one port: the UDP socket takes a free port and keeps
+        # it while TCP binds the same number; if another process holds that
+        # TCP port (tests run beside others), try another one.
+        for _ in range(50):
+            try:
+                return await self._start()
+            except OSError as e:
+                self.close()
+                self.udp = self.tcp = None
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, "no port free for UDP and TCP at once")
+
+    async def _start(self):
         loop = asyncio.get_running_loop()
         udp, tcp = self._want
+        self.port = 0
         if udp:
             up = self
 
@@ -160,7 +172,8 @@ class Upstream:
                     if up.truncate_udp:
                         a[2] |= TC >> 8
                     self.t.sendto(bytes(a), addr)
-            self.udp, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", self.port))
+            self.udp, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+            self.port = self.udp.get_extra_info("sockname")[1]
         if tcp:
             async def serve(reader, writer):
                 try:
@@ -173,6 +186,7 @@ class Upstream:
                     pass
                 writer.close()
             self.tcp = await asyncio.start_server(serve, "127.0.0.1", self.port)
+            self.port = self.tcp.sockets[0].getsockname()[1]
         return self
 
     def close(self):
