@@ -26,7 +26,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import errno
 import fcntl
 import json
 import logging
@@ -80,7 +79,7 @@ SOCKET_ENV = "USERNET_DAEMON_SOCKET"
 MAX_REQUEST = 64 * 1024          # bytes of one request line
 MAX_FDS = 3                      # tap, pidfd, exit
 FD_ROLES = ("tap", "pidfd", "exit")
-MAX_CLIENTS = 256                # connections served at once; the oldest idle one goes
+MAX_CLIENTS = 256                # connections at once beyond one per link; the oldest idle one goes
 CLIENT_IDLE_TIMEOUT = 60.0       # seconds a connection may sit without a request
 CLIENT_TIMEOUT = 30.0            # a client's wait for a reply
 DEFAULT_MAX_LINKS = 1024
@@ -371,6 +370,7 @@ class Link:
         self.created = time.time()
         self.rx_bytes = self.tx_bytes = 0
         self._watched = []
+        self._closing = None
         self.closed = None           # a future, set once everything is released
 
     def forwards(self) -> list:
@@ -399,14 +399,18 @@ class Link:
                                   publish_only_when_bound=spec.publish_only_when_bound,
                                   api_socket=spec.api_socket)
             self.services = await setup_services(d, opts, ns_pid=spec.pid)
+            for fd, why in ((self.pidfd, "process exited"), (self.exit_fd, "exit fd closed")):
+                if fd is not None:
+                    try:
+                        loop.add_reader(fd, self.end, why)
+                    except (OSError, ValueError) as e:
+                        raise DaemonError(f"the {why.split()[0]} fd cannot be watched "
+                                          f"({getattr(e, 'strerror', None) or e})") from None
+                    self._watched.append(fd)
         except BaseException:
-            self._release()
+            await self.abort()
             raise
         self.state = "up"
-        for fd, why in ((self.pidfd, "process exited"), (self.exit_fd, "exit fd closed")):
-            if fd is not None:
-                loop.add_reader(fd, self.end, why)
-                self._watched.append(fd)
         d.stopped.add_done_callback(lambda _f: self.end("TAP gone"))
 
     def _meter(self) -> None:
@@ -425,6 +429,19 @@ class Link:
             self.tx_bytes += len(entry[1])
         d._read, d._tap_write = metered_read, metered_write
 
+    async def abort(self) -> None:
+        """Undo a start that failed half-way."""
+        self._unwatch()
+        if self.services is not None:
+            await self.services.close()
+        self._release()
+
+    def _unwatch(self) -> None:
+        if self.driver is not None and self.driver.loop is not None:
+            for fd in self._watched:
+                self.driver.loop.remove_reader(fd)
+        self._watched = []
+
     def end(self, reason: str, drain: bool = True) -> None:
         """The namespace is done with this link: leave the table now, release
         everything in the background (bounded)."""
@@ -432,12 +449,10 @@ class Link:
             return
         self.state = "closing"
         self.reason = reason
-        loop = self.driver.loop
-        for fd in self._watched:
-            loop.remove_reader(fd)
-        self._watched = []
+        self._unwatch()
         self.daemon._link_ended(self)
-        loop.create_task(self._close(drain))
+        # Kept: the loop holds only a weak reference to a task.
+        self._closing = self.driver.loop.create_task(self._close(drain))
 
     async def _close(self, drain: bool) -> None:
         from .host.driver import DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT
@@ -516,6 +531,8 @@ class _Conn:
         self.fds: list[int] = []
         self.out = bytearray()
         self.busy = False
+        self.watching = False        # a run client that attached here: stays open, never evicted
+        self.task = None
         self.last = time.monotonic()
         self.closed = False
         loop = daemon.loop
@@ -553,7 +570,7 @@ class _Conn:
         fds, self.fds = self.fds, []
         self.busy = True
         self.daemon.loop.remove_reader(self.sock.fileno())
-        self.daemon.loop.create_task(self.serve(line, fds))
+        self.task = self.daemon.loop.create_task(self.serve(line, fds))
 
     async def serve(self, line: bytes, fds: list) -> None:
         try:
@@ -735,7 +752,8 @@ class Daemon:
               memory_budget=self.pool.limit, max_links=self.max_links)
         try:
             await self.done
-            await self.close_links()
+            while self.links or self.closing:
+                await self.close_links()
         finally:
             sweep.cancel()
             for c in list(self.conns):
@@ -757,10 +775,14 @@ class Daemon:
     async def close_links(self) -> None:
         """Every link ended (flows drained, bounded, then reset) and released."""
         for link in list(self.links.values()):
-            link.end("daemon stopping")
-        waits = [link.closed for link in self.closing.values() if link.closed is not None]
+            if link.state == "up":
+                link.end("daemon stopping")
+        waits = [link.closed for link in list(self.links.values()) + list(self.closing.values())
+                 if link.closed is not None]
         if waits:
             await asyncio.gather(*waits, return_exceptions=True)
+        else:
+            await asyncio.sleep(0.01)     # a link still starting: its attach finishes first
 
     def _print_status(self) -> None:
         log.log(max(logging.INFO, log.getEffectiveLevel()), "",
@@ -786,8 +808,8 @@ class Daemon:
                 s.close()
                 continue
             s.setblocking(False)
-            if len(self.conns) >= MAX_CLIENTS:
-                idle = [c for c in self.conns if not c.busy]
+            if len(self.conns) >= MAX_CLIENTS + self.max_links:
+                idle = [c for c in self.conns if not c.busy and not c.watching]
                 if not idle:
                     s.close()
                     continue
@@ -804,7 +826,9 @@ class Daemon:
     async def handle(self, req: dict, fds: list, conn: _Conn) -> dict:
         op = req.get("op")
         if op == "attach":
-            return await self.attach(req, fds)
+            reply = await self.attach(req, fds)
+            conn.watching = True
+            return reply
         if fds:
             raise DaemonError(f"bad request: {op!r} takes no fds")
         if op == "status":
@@ -883,12 +907,13 @@ class Daemon:
         self.next_id += 1
         self.links[link.id] = link           # reserves its name and ports while it starts
         try:
-            await link.start()
+            await link.start()          # undoes itself if it fails
         except BaseException:
             self.links.pop(link.id, None)
-            if link.state != "closed":
-                link._release()
             raise
+        if self.done is not None and self.done.done():
+            link.end("daemon stopping", drain=False)
+            raise DaemonError("the daemon is stopping")
         from .log import event
         event(log, logging.INFO, "link_up", link=link.id, where=spec.where, tap=spec.tap,
               addr=f"{link.config.guest_str}/{link.config.prefixlen}",

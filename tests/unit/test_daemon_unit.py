@@ -167,6 +167,17 @@ def test_protocol_in_process(tmp_path):
                 break
             await asyncio.sleep(0.02)
         assert not d.links and not d.closing and d.pool.used == 0
+        # An exit fd that cannot be watched (a regular file): refused, nothing left behind.
+        t3, p3 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        f = open(tmp_path / "plain", "w")
+        req3 = dm.link_request(NetConfig(), _args(publish=[]), where="t3", pid=None, tap="tap0",
+                               fds=("tap", "exit"))
+        reply = await loop.run_in_executor(None, client, req3, [t3.fileno(), f.fileno()])
+        assert reply["ok"] is False and "cannot be watched" in reply["error"]["message"], reply
+        assert not d.links and not d.closing
+        f.close()
+        t3.close()
+        p3.close()
         reply = await loop.run_in_executor(None, client, {"op": "stop"})
         assert reply["ok"] is True
         assert await task == 0
