@@ -374,6 +374,11 @@ class Link:
         self.closed = None           # a future, set once everything is released
 
     def forwards(self) -> list:
+        """(proto, host_addr, host_port) of the link's forwards: its forwarder's
+        (those added through its API socket too), or, while it starts, its -p."""
+        fwd = self.services.forwarder if self.services is not None else None
+        if fwd is not None:
+            return [(e["proto"], e["host_addr"], e["host_port"]) for e in fwd.entries()]
         return [(f.proto, f.host_addr, f.host_port) for f in self.spec.publish]
 
     async def start(self) -> None:
@@ -958,7 +963,10 @@ class Daemon:
 def serve_daemon(path: str, *, default_dir: bool, memory_budget: int, max_links: int) -> int:
     """``usernet daemon``: serve until SIGTERM/SIGINT/SIGHUP or ``stop``."""
     from .serve import new_loop, raise_fd_limit
+    from . import sandbox
     raise_fd_limit()
+    # What a link needs, loaded now rather than by the first attach (~60 ms).
+    sandbox.preload()
     d = Daemon(path, memory_budget=memory_budget, max_links=max_links)
     d.listen(default_dir)
     loop = new_loop()
