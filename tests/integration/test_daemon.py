@@ -644,3 +644,58 @@ def test_daemon_netns_path_lives_until_detach(tmp_path):
             assert r.returncode == 1 and f"no link {ln['id']}" in r.stderr, _out(r)
     finally:
         subprocess.run(["ip", "netns", "del", name], timeout=TIMEOUT)
+
+
+HOLD_CONNECTIONS = r"""
+import socket, sys, time
+held, refused = [], 0
+for _ in range(int(sys.argv[2])):
+    try:
+        held.append(socket.create_connection(("10.0.2.2", int(sys.argv[1])), timeout=5))
+    except OSError:
+        refused += 1
+print(len(held), refused, flush=True)
+time.sleep(30)
+"""
+
+
+@need_root
+def test_daemon_one_link_cannot_take_the_open_files(tmp_path):
+    """A daemon with few open files (prlimit 300) and two links: one link
+    opening 300 connections (more than the daemon has files) gets its share
+    (its TCP table's limit, RST past it), and the other link still connects
+    while they are held."""
+    tool("prlimit")
+    tool("curl")
+    www = _page(tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(512)
+    hold_port = srv.getsockname()[1]
+    targets, holder = [], None
+    with http_server(www) as port, _sockdir(None) as d:
+        path = os.path.join(d, "d.sock")
+        p = subprocess.Popen(["prlimit", "--nofile=300:300"] + USERNET +
+                             ["daemon", "--socket", path], env=ENV, cwd="/",
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: os.path.exists(path), 20, "the daemon")
+            targets = [_unshare_target(None, userns=False) for _ in range(2)]
+            for t in targets:
+                r = _attach(path, t.pid)
+                assert r.returncode == 0, _out(r)
+            limits = [ln["flow_limits"]["tcp"] for ln in _status(path)["links"]]
+            assert limits == [((300 - 64) // 2 - 16) * 3 // 4] * 2, limits   # 76 each
+            holder = subprocess.Popen(_ns(targets[0].pid, userns=False) + [
+                "python3", "-c", HOLD_CONNECTIONS, str(hold_port), "300"],
+                stdout=subprocess.PIPE, text=True, cwd="/")
+            held, refused = map(int, holder.stdout.readline().split())
+            assert held <= limits[0] and refused >= 300 - limits[0], (held, refused)
+            assert held >= limits[0] - 8, (held, refused)
+            r = _fetch(targets[1].pid, port, userns=False)
+            assert r.returncode == 0 and r.stdout == "page of the host\n", _out(r)
+        finally:
+            _kill(([holder] if holder else []) + targets)
+            srv.close()
+            rc, err = _stop_daemon(p)
+            assert rc == 0, err
