@@ -267,7 +267,8 @@ _OPTION_FIELDS = {"offload": (bool,), "impair": (str, type(None)), "dns_upstream
                   "pcap_max_size": (int, type(None)), "outbound": (dict,)}
 _TOP_FIELDS = {"op": (str,), "version": (int,), "fds": (list,), "where": (str,),
                "pid": (int, type(None)), "tap": (str,), "network": (str, type(None)),
-               "name": (str, type(None)), "config": (dict,), "options": (dict,)}
+               "name": (str, type(None)), "config": (dict,), "options": (dict,),
+               "lease": (str, type(None))}
 
 
 def _check_fields(d: dict, fields: dict, what: str) -> None:
@@ -305,6 +306,7 @@ class LinkSpec:
         self.tap = req.get("tap") or "tap0"
         self.network = req.get("network")
         self.name = req.get("name")
+        self.lease = req.get("lease")          # a network_lease's token (usernet/networks.py)
         if self.name is not None and not _NAME.fullmatch(self.name):
             raise DaemonError(f"name {self.name!r} is not a DNS label (letters, digits, '-', "
                               "at most 63)")
@@ -366,6 +368,7 @@ class Link:
         self.name = spec.name
         self.tap_fd, self.pidfd, self.exit_fd = tap_fd, pidfd, exit_fd
         self.gw = self.driver = self.services = self.pcap = self.budget = None
+        self.net = self.net_ip = self.port = None     # the named network's switch port
         self.state = "starting"
         self.reason = None
         self.created = time.time()
@@ -385,11 +388,19 @@ class Link:
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
         spec, cfg, pool = self.spec, self.config, self.daemon.pool
+        hub = self.daemon.networks
+        if spec.network is not None:
+            # The network's addresses (the lease's, checked), not the client's.
+            self.net, self.net_ip, cfg = hub.link_config(spec.network, spec.name, spec.lease, cfg)
+            self.config = cfg
         self.budget = PooledBudget(min(cfg.memory_budget, pool.limit), pool)
         self.gw = Gateway(cfg, offload=set_tap_offload(self.tap_fd, spec.offload),
                           budget=self.budget)
         self.driver = d = HostDriver(self.gw, self.tap_fd, impair=spec.impair,
                                      outbound=spec.outbound)
+        if self.net is not None:
+            # A port of the switch before the first frame is read.
+            self.port = hub.join(self.net, self.net_ip, self.gw, spec.name, d)
         d.start(loop)
         self._meter()
         try:
@@ -436,6 +447,7 @@ class Link:
         for fd in self._watched:
             loop.remove_reader(fd)
         self._watched = []
+        self._leave_network()          # its address and name are free now, not after the drain
         self.daemon._link_ended(self)
         loop.create_task(self._close(drain))
 
@@ -453,8 +465,15 @@ class Link:
                 await self.services.close()
             self._release()
 
+    def _leave_network(self) -> None:
+        if self.net is not None:
+            self.daemon.networks.leave(self.net, self.port,
+                                       None if self.port is not None else self.net_ip)
+            self.net = None
+
     def _release(self) -> None:
         """Close everything this link holds; its charge leaves the pool."""
+        self._leave_network()
         if self.driver is not None:
             self.driver.close()
         if self.pcap is not None:
@@ -479,8 +498,10 @@ class Link:
         addrs = [f"{cfg.guest_str}/{cfg.prefixlen}"]
         if cfg.enable_ipv6:
             addrs.append(str(cfg.network6))
+        port = self.port
         return {"id": self.id, "where": self.spec.where, "pid": self.spec.pid,
                 "tap": self.spec.tap, "network": self.network or "", "name": self.name or "",
+                "mac": port.mac.hex(":") if port is not None and port.mac else None,
                 "state": self.state, "addresses": addrs, "gateway": cfg.gateway_str,
                 "dns": cfg.dns_str if cfg.enable_dns else None,
                 "flows": {"tcp": g["tcp_flows"], "udp": g["udp_flows"], "icmp": g["icmp_flows"]},
@@ -643,6 +664,8 @@ class Daemon:
         self.closing: dict[int, Link] = {}
         self.conns: set[_Conn] = set()
         self.hooks: list = []
+        from .networks import NetworkHub, store_dir
+        self.networks = NetworkHub(store_dir(path))   # named networks and their switches
         self.next_id = 1
         self.loop = None
         self.sock = None
@@ -825,8 +848,17 @@ class Daemon:
             return {"ok": True}
         if op == "ping":
             return {"ok": True, "version": PROTOCOL, "pid": os.getpid()}
+        if op == "network_lease":
+            from .networks import NetworkError
+            network, name = req.get("network"), req.get("name")
+            if not isinstance(network, str) or not isinstance(name, (str, type(None))):
+                raise DaemonError("bad request: network_lease needs 'network' (and 'name')")
+            try:
+                return {"ok": True, **self.networks.lease(network, name)}
+            except NetworkError as e:
+                raise DaemonError(str(e)) from None
         raise DaemonError(f"bad request: unknown op {op!r} (attach, status, stats, flows, "
-                          "detach, stop, ping)")
+                          "detach, stop, ping, network_lease)")
 
     def _link(self, req: dict) -> Link:
         lid = req.get("link")
@@ -926,7 +958,8 @@ class Daemon:
                            "memory_budget": self.pool.limit, "memory_used": self.pool.used,
                            "rss": mem.get("VmRSS"), "rss_peak": mem.get("VmHWM"),
                            "uptime": round(time.time() - self.started, 1)},
-                "links": [link.status() for link in up]}
+                "links": [link.status() for link in up],
+                "networks": self.networks.info()}
 
 
 # -------------------------------------------------------------- front ends
@@ -1011,6 +1044,8 @@ def hand_over(client: DaemonClient, cfg, args, tap_fd: int, *, pidfd: int | None
     req = link_request(cfg, args, where=where, pid=pid, tap=tap, fds=roles,
                        network=network if network is not None else getattr(args, "network", None),
                        name=name if name is not None else getattr(args, "name", None))
+    if getattr(args, "network_lease", None):
+        req["lease"] = args.network_lease      # the address the TAP was configured with
     reply = client.request(req, fds)
     err = reply_error(reply)
     if err is not None:

@@ -609,3 +609,15 @@ def test_network_refuses_bad_prefixes():
     info = Network("x", "10.89.0.0/24", PREFIX6).info()
     assert info == {"name": "x", "subnet": "10.89.0.0/24", "ipv6_prefix": "fd89:0:0:1::/64",
                     "links": 0, "macs": 0, "names": []}
+
+
+def test_a_removed_port_reaches_only_its_own_gateway():
+    net, (web, client) = make_net()
+    settle(net, [web, client])
+    net.remove_port(client)
+    send(client, Ether(src=MACS[1], dst=MACS[0]) / IP(src=ip_of(client), dst=ip_of(web)))
+    send(client, Ether(src=MACS[1], dst=BCAST) / ARP(op=1, hwsrc=MACS[1], psrc=ip_of(client),
+                                                     pdst=ip_of(web)))
+    assert tap(web) == [] and client.counters["switch_drop_port_gone"] == 2
+    send(client, Ether(src=MACS[1], dst=GW_MAC) / IP(src=ip_of(client), dst="10.89.0.2") / ICMP())
+    assert len(tap(client)) == 1                           # its draining flows still work

@@ -134,7 +134,7 @@ class Port:
     switch may queue the same object for several TAPs."""
 
     __slots__ = ("net", "gw", "counters", "name", "ip4", "ipv6", "mac", "macs", "ip6s",
-                 "tap_out", "vnet", "gw_mac", "dirty", "owner")
+                 "tap_out", "vnet", "gw_mac", "dirty", "owner", "live")
 
     def __init__(self, net, gw, ip4: bytes, name: str | None, vnet: bool):
         self.net = net
@@ -151,6 +151,7 @@ class Port:
         self.gw_mac = gw.mac
         self.dirty = False
         self.owner = None          # the host side's handle (its driver), opaque here
+        self.live = True           # False once removed: its frames reach its gateway only
 
     def receive(self, hdr, frame, now: float, csum_ok: bool = False) -> None:
         # The NAT path: IPv4 from the pinned MAC and the link's own address
@@ -291,6 +292,7 @@ class Network:
         if port not in self.ports:
             return
         self.ports.remove(port)
+        port.live = False
         if self.ip4.get(port.ip4) is port:
             del self.ip4[port.ip4]
         if port.name is not None and self.names.get(port.name) is port:
@@ -326,6 +328,14 @@ class Network:
         c = port.counters
         if len(frame) < 14:
             c["switch_drop_runt"] += 1
+            return
+        if not port.live:
+            # The link left the network (it is draining its flows): its
+            # frames reach its own gateway, nobody else.
+            if frame[0:6] == port.gw_mac:
+                port.gw.receive_frame(frame, now, csum_ok)
+            else:
+                c["switch_drop_port_gone"] += 1
             return
         dst = bytes(frame[0:6])
         src = bytes(frame[6:12])
