@@ -1004,6 +1004,9 @@ def format_status(st: dict) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for n in st.get("networks", []):
+        lines.append(f"network {n['name']} {n['subnet']}: {n['links']} link(s)"
+                     + (f", names {', '.join(n['names'])}" if n["names"] else ""))
     return "\n".join(lines)
 
 

@@ -68,7 +68,7 @@ clock: ``now`` comes with every frame.
 
 Cost: a link on no network never meets this module (its driver feeds its
 gateway directly). A port's frames to its own gateway from its pinned MAC
-and address take a four-compare fast path in :meth:`Port.receive`.
+and address take a two-compare fast path in :meth:`Port.receive`.
 """
 
 import ipaddress
@@ -134,7 +134,7 @@ class Port:
     switch may queue the same object for several TAPs."""
 
     __slots__ = ("net", "gw", "counters", "name", "ip4", "ipv6", "mac", "macs", "ip6s",
-                 "tap_out", "vnet", "gw_mac", "dirty", "owner", "live")
+                 "tap_out", "vnet", "gw_mac", "dirty", "owner", "live", "nat_key")
 
     def __init__(self, net, gw, ip4: bytes, name: str | None, vnet: bool):
         self.net = net
@@ -152,12 +152,14 @@ class Port:
         self.dirty = False
         self.owner = None          # the host side's handle (its driver), opaque here
         self.live = True           # False once removed: its frames reach its gateway only
+        # The first 14 bytes of its IPv4 frames to its gateway (gateway MAC,
+        # pinned MAC, EtherType), set when the MAC is pinned: one compare.
+        self.nat_key = None
 
     def receive(self, hdr, frame, now: float, csum_ok: bool = False) -> None:
         # The NAT path: IPv4 from the pinned MAC and the link's own address
         # to its own gateway. Everything else takes the switch's full path.
-        if (frame[0:6] == self.gw_mac and frame[6:12] == self.mac
-                and frame[12:14] == _ETH_IP and frame[26:30] == self.ip4):
+        if frame[0:14] == self.nat_key and frame[26:30] == self.ip4:
             self.gw.receive_frame(frame, now, csum_ok)
             return
         self.net.forward(self, hdr, frame, now, csum_ok)
@@ -402,6 +404,7 @@ class Network:
         """``mac`` is the port's for good; so are its SLAAC and link-local
         IPv6 addresses (whoever learned them meanwhile loses them)."""
         port.mac = mac
+        port.nat_key = port.gw_mac + mac + _ETH_IP
         port.macs.add(mac)
         self.macs[mac] = [port, 0.0, True]
         addrs = [slaac(_LINK_LOCAL8, mac)]
