@@ -267,3 +267,23 @@ def test_network_flags_fail_in_one_line(tmp_path):
         assert r.returncode == 0, _out(r)
         r = _usernet(["network", "ls", "--socket", path, "--json"])
         assert json.loads(r.stdout) == []
+
+
+def test_ipv6_on_a_network_by_name(tmp_path):
+    """With -6, a link's name has an AAAA (its SLAAC address in the network's
+    /64) and the two containers talk IPv6 directly through the switch."""
+    tool("ping")
+    with _daemon() as (_d, path):
+        r = _usernet(["network", "create", "six", "--socket", path])
+        assert r.returncode == 0, _out(r)
+        prefix = r.stdout.split()[2].split("::")[0]          # fd89 (the network's /64)
+        web = _start(path, "six", "-6", name="web", cmd=["sleep", "60"])
+        try:
+            _wait_for(lambda: _links(path, "six"), 30, "web to be linked")
+            r = _run(path, "six", "-6", cmd=["sh", "-c", FETCH.format(
+                cmd="ping -6 -c 1 -W 2 web.six >/dev/null && echo reached")])
+            assert r.returncode == 0 and r.stdout == "reached", _out(r)
+            r = _run(path, "six", "-6", cmd=["sh", "-c", "getent ahostsv6 web | head -1"])
+            assert r.stdout.startswith(prefix + ":"), _out(r)
+        finally:
+            _stop([web])
