@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import NOBODY, REPO, USERNET, free_port, need_root, need_tun, tool
+from conftest import NOBODY, REPO, USERNET, free_port, need_root, need_tun, reopen_for_nobody, tool
 
 pytestmark = [pytest.mark.integration, need_tun, need_root]
 
@@ -63,14 +63,24 @@ def _usernet(args, timeout=TIMEOUT, pre=()):
                           timeout=timeout, env=ENV, cwd="/")
 
 
+def _pre(user):
+    return NOBODY if user == "nobody" else []
+
+
 @contextlib.contextmanager
-def _daemon():
-    """A daemon in a fresh, empty network namespace; its socket in a temp dir."""
+def _daemon(user=None):
+    """A daemon in a fresh, empty network namespace; its socket in a temp dir
+    of the user's."""
     d = tempfile.mkdtemp(prefix="usernet-s18-switch-")
+    os.chmod(d, 0o755)
+    if user == "nobody":
+        os.chown(d, 65534, 65534)
     path = os.path.join(d, "d.sock")
-    argv = " ".join(USERNET + ["daemon", "--socket", path])
+    argv = " ".join(_pre(user) + USERNET + ["daemon", "--socket", path])
     # Loopback up (the forwards listen there); no other interface, no route.
-    p = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", f"ip link set lo up && exec {argv}"],
+    # As uid 65534 the daemon drops to it inside the namespace root made.
+    p = subprocess.Popen(["unshare", "--net", "--", "sh", "-c",
+                          f"ip link set lo up && exec {argv}"],
                          env=ENV, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
 
@@ -86,7 +96,7 @@ def _daemon():
                 return False
     try:
         _wait_for(up, 20, "the daemon to listen")
-        yield p, path
+        yield p, path, d
     finally:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -100,25 +110,25 @@ def _daemon():
         assert p.returncode == 0 and "Traceback" not in err, err
 
 
-def _status(path):
-    r = _usernet(["daemon", "status", "--json", "--socket", path])
+def _status(path, user=None):
+    r = _usernet(["daemon", "status", "--json", "--socket", path], pre=_pre(user))
     assert r.returncode == 0, _out(r)
     return json.loads(r.stdout)
 
 
-def _run(path, network, *args, name=None, cmd, timeout=TIMEOUT):
+def _run(path, network, *args, name=None, cmd, timeout=TIMEOUT, user=None):
     """``usernet run --daemon`` on ``network``: the command's result."""
     flags = ["run", "--daemon-socket", path, "--network", network, "--dns-upstream", NOWHERE_DNS]
     if name:
         flags += ["--name", name]
-    return _usernet(flags + list(args) + ["--"] + cmd, timeout=timeout)
+    return _usernet(flags + list(args) + ["--"] + cmd, timeout=timeout, pre=_pre(user))
 
 
-def _start(path, network, *args, name=None, cmd):
+def _start(path, network, *args, name=None, cmd, user=None):
     flags = ["run", "--daemon-socket", path, "--network", network, "--dns-upstream", NOWHERE_DNS]
     if name:
         flags += ["--name", name]
-    return subprocess.Popen(USERNET + flags + list(args) + ["--"] + cmd, env=ENV, cwd="/",
+    return subprocess.Popen(_pre(user) + USERNET + flags + list(args) + ["--"] + cmd, env=ENV, cwd="/",
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -134,8 +144,9 @@ def _stop(procs):
             p.wait(timeout=10)
 
 
-def _links(path, network=None):
-    return [ln for ln in _status(path)["links"] if network is None or ln["network"] == network]
+def _links(path, network=None, user=None):
+    return [ln for ln in _status(path, user)["links"]
+            if network is None or ln["network"] == network]
 
 
 def _ask_in(pid, port):
@@ -146,7 +157,8 @@ def _ask_in(pid, port):
                           capture_output=True, text=True, timeout=30)
 
 
-def test_two_networks_by_name_isolation_and_a_killed_container(tmp_path):
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_two_networks_by_name_isolation_and_a_killed_container(request, user):
     """On network alpha: ``web`` serves HTTP, ``db`` a TCP service with a -p
     forward; a third container fetches http://web:8080/ (wget and curl, by
     name, by name.alpha) and db:8000. A container on network beta cannot
@@ -155,42 +167,47 @@ def test_two_networks_by_name_isolation_and_a_killed_container(tmp_path):
     working, and a new link may take the name web."""
     for t in ("wget", "curl", "nsenter", "ip"):
         tool(t)
-    www = tmp_path / "www"
-    www.mkdir()
-    (www / "page.txt").write_text("page of web\n")
-    os.chmod(tmp_path, 0o755)
-    os.chmod(www, 0o755)
+    if user == "nobody":
+        request.getfixturevalue("unprivileged")
+        reopen_for_nobody()
+    u = {"user": user}
     hp = free_port()
     procs = []
-    with _daemon() as (daemon, path):
+    with _daemon(user) as (daemon, path, d):
+        www = os.path.join(d, "www")
+        os.mkdir(www)
+        with open(os.path.join(www, "page.txt"), "w") as f:
+            f.write("page of web\n")
+        os.chmod(www, 0o755)
+        os.chmod(os.path.join(www, "page.txt"), 0o644)
         try:
             for net in ("alpha", "beta"):
-                r = _usernet(["network", "create", net, "--socket", path])
+                r = _usernet(["network", "create", net, "--socket", path], pre=_pre(user))
                 assert r.returncode == 0, _out(r)
-            web = _start(path, "alpha", name="web", cmd=[
+            web = _start(path, "alpha", name="web", **u, cmd=[
                 "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory",
                 str(www)])
-            db = _start(path, "alpha", "-p", f"127.0.0.1:{hp}:8000", name="db",
+            db = _start(path, "alpha", "-p", f"127.0.0.1:{hp}:8000", name="db", **u,
                         cmd=["python3", "-c", GUEST_SERVER, "from-db"])
             procs = [web, db]
-            _wait_for(lambda: len(_links(path, "alpha")) == 2, 30, "web and db to be linked")
+            _wait_for(lambda: len(_links(path, "alpha", user)) == 2, 30, "web and db to be linked")
 
             # By name, with wget (the issue's words) and curl; by name.alpha; and db.
-            r = _run(path, "alpha", cmd=["sh", "-c", FETCH.format(
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", FETCH.format(
                 cmd="wget -q -T 5 -O - http://web:8080/page.txt")])
             assert r.returncode == 0 and r.stdout == "page of web", _out(r)
-            r = _run(path, "alpha", cmd=["sh", "-c", "cat /etc/resolv.conf; "
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", "cat /etc/resolv.conf; "
                                          "ip -4 -o addr show tap0; " + FETCH.format(
                                              cmd="curl -sS -m 5 http://web.alpha:8080/page.txt")])
             assert r.returncode == 0 and r.stdout.endswith("page of web"), _out(r)
             assert "nameserver 10.89.0.3" in r.stdout and "search alpha" in r.stdout, r.stdout
             assert "inet 10.89.0.10" in r.stdout, r.stdout           # the network's
             client_addr = r.stdout.split("inet ")[1].split()[0]
-            r = _run(path, "alpha", cmd=["sh", "-c", FETCH.format(
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", FETCH.format(
                 cmd="echo hi | busybox nc -w 5 db 8000")])
             assert r.returncode == 0 and r.stdout == "from-db", _out(r)
 
-            st = _status(path)
+            st = _status(path, user)
             by_name = {ln["name"]: ln for ln in st["links"]}
             assert by_name["web"]["network"] == "alpha"
             web_addr = by_name["web"]["addresses"][0]
@@ -203,7 +220,7 @@ def test_two_networks_by_name_isolation_and_a_killed_container(tmp_path):
             assert nets["alpha"]["links"] == 2 and nets["alpha"]["names"] == ["db", "web"]
 
             # Network beta: neither the name nor the address of web.
-            r = _run(path, "beta", cmd=["sh", "-c",
+            r = _run(path, "beta", **u, cmd=["sh", "-c",
                                         "ip -4 -o addr show tap0; "
                                         "curl -sS -m 5 http://web:8080/page.txt; echo name=$?; "
                                         f"curl -sS -m 5 http://{web_ip}:8080/page.txt; "
@@ -223,18 +240,18 @@ def test_two_networks_by_name_isolation_and_a_killed_container(tmp_path):
             # Kill web: its link goes, its name and address are free.
             web.send_signal(signal.SIGKILL)
             web.wait(timeout=20)
-            _wait_for(lambda: {ln["name"] for ln in _links(path, "alpha")} == {"db"}, 20,
+            _wait_for(lambda: {ln["name"] for ln in _links(path, "alpha", user)} == {"db"}, 20,
                       "web's link to be freed")
-            r = _run(path, "alpha", cmd=["sh", "-c", FETCH.format(
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", FETCH.format(
                 cmd="echo hi | busybox nc -w 5 db 8000") + "; "])
             assert r.returncode == 0 and r.stdout == "from-db", _out(r)
-            r = _run(path, "alpha", cmd=["sh", "-c", "curl -sS -m 5 http://web:8080/; echo rc=$?"])
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", "curl -sS -m 5 http://web:8080/; echo rc=$?"])
             assert "rc=6" in r.stdout, _out(r)            # no such name any more
             assert _ask_in(daemon.pid, hp).stdout.strip() == "from-db"
-            r = _run(path, "alpha", name="web", cmd=["sh", "-c", "ip -4 -o addr show tap0"])
+            r = _run(path, "alpha", name="web", **u, cmd=["sh", "-c", "ip -4 -o addr show tap0"])
             assert r.returncode == 0 and f"inet {web_addr}" in r.stdout, _out(r)
             assert db.poll() is None and daemon.poll() is None
-            assert {n["name"] for n in _status(path)["networks"]} == {"alpha"}
+            assert {n["name"] for n in _status(path, user)["networks"]} == {"alpha"}
         finally:
             _stop(procs)
 
@@ -245,7 +262,7 @@ def test_network_flags_fail_in_one_line(tmp_path):
     r = _usernet(["run", "--network", "alpha", "--", "true"])
     assert r.returncode != 0 and r.stderr.count("\n") == 1, _out(r)
     assert "--network needs the daemon" in r.stderr and "add --daemon" in r.stderr, r.stderr
-    with _daemon() as (_d, path):
+    with _daemon() as (_d, path, _dir):
         r = _run(path, "nope", cmd=["true"])
         assert r.returncode == 1 and r.stderr.count("\n") == 1, _out(r)
         assert "no network 'nope'" in r.stderr and "usernet network create nope" in r.stderr
@@ -273,7 +290,7 @@ def test_ipv6_on_a_network_by_name(tmp_path):
     """With -6, a link's name has an AAAA (its SLAAC address in the network's
     /64) and the two containers talk IPv6 directly through the switch."""
     tool("ping")
-    with _daemon() as (_d, path):
+    with _daemon() as (_d, path, _dir):
         r = _usernet(["network", "create", "six", "--socket", path])
         assert r.returncode == 0, _out(r)
         prefix = r.stdout.split()[2].split("::")[0]          # fd89 (the network's /64)
