@@ -539,6 +539,7 @@ class _Conn:
         self.busy = False
         self.last = time.monotonic()
         self.closed = False
+        self.leases: list[str] = []    # network leases made here (usernet/networks.py)
         loop = daemon.loop
         loop.add_reader(sock.fileno(), self.readable)
 
@@ -644,6 +645,11 @@ class _Conn:
         self.fds = []
         self.sock.close()
         self.daemon.conns.discard(self)
+        for token in self.leases:
+            # A client that leased an address and went away without the
+            # attach (its namespace failed, it was killed): free it now.
+            self.daemon.networks.cancel(token)
+        self.leases = []
 
 
 class Daemon:
@@ -854,9 +860,11 @@ class Daemon:
             if not isinstance(network, str) or not isinstance(name, (str, type(None))):
                 raise DaemonError("bad request: network_lease needs 'network' (and 'name')")
             try:
-                return {"ok": True, **self.networks.lease(network, name)}
+                reply = {"ok": True, **self.networks.lease(network, name)}
             except NetworkError as e:
                 raise DaemonError(str(e)) from None
+            conn.leases.append(reply["lease"])     # given back if the client goes first
+            return reply
         raise DaemonError(f"bad request: unknown op {op!r} (attach, status, stats, flows, "
                           "detach, stop, ping, network_lease)")
 

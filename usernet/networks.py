@@ -22,7 +22,8 @@ links on no network is never one of them.
 **The lease.** A client with ``--network`` must configure the TAP with the
 address the network gives it, before it hands the TAP over, so it asks
 first (``{"op": "network_lease", "network": N, "name": M}``); the daemon
-reserves an address (and the name) for ``LEASE_TIMEOUT`` seconds and answers
+reserves an address (and the name) until the attach, or until the client's
+connection closes without one, or ``LEASE_TIMEOUT`` seconds, and answers
 the NetConfig fields of that address (``cidr``, ``guest_addr``, the one-address
 DHCP pool, the DNS search domain, the IPv6 prefix) and a token; the attach
 request carries the token back and the link is built with exactly those
@@ -261,6 +262,14 @@ class NetworkHub:
         fields = net.config_fields(ip)
         fields["dns_search"] = list(fields["dns_search"])
         return {"lease": token, "config": fields, "network": net.info()}
+
+    def cancel(self, token: str) -> None:
+        """Give back a lease not used (its client went away); a no-op once
+        it was used or has expired."""
+        ls = self.leases.pop(token, None)
+        if ls is not None:
+            ls.net.release(ls.ip)
+            self._maybe_forget(ls.net)
 
     def link_config(self, network: str, name: str | None, token: str | None, cfg,
                     now: float | None = None):

@@ -268,6 +268,20 @@ def test_network_flags_fail_in_one_line(tmp_path):
         assert "no network 'nope'" in r.stderr and "usernet network create nope" in r.stderr
         r = _usernet(["network", "create", "alpha", "--socket", path])
         assert r.returncode == 0, _out(r)
+        # A client that leases and goes away without attaching frees the
+        # address and the name at once.
+        from usernet.daemon import DaemonClient
+
+        def lease(name):
+            c = DaemonClient(path)
+            try:
+                return c.request({"op": "network_lease", "network": "alpha", "name": name})
+            finally:
+                c.close()
+        first = lease("gone")
+        assert first["ok"] and first["config"]["guest_addr"] == "10.89.0.100", first
+        again = _wait_for(lambda: lease("gone").get("ok") and True, 10, "the lease to be freed")
+        assert again
         hold = _start(path, "alpha", name="web", cmd=["sleep", "60"])
         try:
             _wait_for(lambda: _links(path, "alpha"), 30, "web to be linked")

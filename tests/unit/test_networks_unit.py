@@ -138,3 +138,17 @@ def test_join_refusal_releases_the_address(tmp_path):
     with pytest.raises(NetworkError, match="impair"):
         hub.join(net, ip, Gateway(cfg), None, Impaired())
     assert net.ports == [] and ip not in net.reserved4 and ip not in net.ip4
+
+
+def test_a_cancelled_lease_frees_address_and_name_at_once(tmp_path):
+    d = str(tmp_path)
+    nw.create(d, "app", routes=[])
+    hub = NetworkHub(d)
+    r = hub.lease("app", "web", now=0.0)
+    hub.cancel(r["lease"])
+    assert hub.nets == {}                                 # nothing held: forgotten
+    r2 = hub.lease("app", "web", now=1.0)
+    assert r2["config"]["guest_addr"] == "10.89.0.100"
+    _link(hub, "app", "web", r2["lease"], now=2.0)
+    hub.cancel(r2["lease"])                               # used: nothing happens
+    assert hub.nets["app"].names["web"].ip4 == bytes([10, 89, 0, 100])
