@@ -1018,27 +1018,6 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
-def attach_link(path: str, request: dict, fds: list, *, keep: bool = False):
-    """Send one attach request with its fds; the reply, or StartError with the
-    daemon's one line. ``keep``: also return the open client (``run`` watches
-    it to notice the daemon's end)."""
-    from .diagnose import StartError
-    client = DaemonClient(path)
-    try:
-        reply = client.request(request, fds)
-    except BaseException:
-        client.close()
-        raise
-    err = reply_error(reply)
-    if err is not None:
-        client.close()
-        raise StartError(f"daemon: {err}")
-    if keep:
-        return reply, client
-    client.close()
-    return reply
-
-
 def hand_over(client: DaemonClient, cfg, args, tap_fd: int, *, pidfd: int | None,
               exit_fd: int | None = None, where: str, pid: int | None, tap: str,
               network: str | None = None, name: str | None = None) -> dict:
@@ -1067,67 +1046,37 @@ def hand_over(client: DaemonClient, cfg, args, tap_fd: int, *, pidfd: int | None
 
 def run_command_via_daemon(client: DaemonClient, cfg, args, handle, tap_fd: int) -> int:
     """``usernet run --daemon``: hand the TAP and the namespace child's pidfd
-    to the daemon, then release the command and stay only as its parent:
-    stop signals are passed on (SIGKILL after --kill-grace, as without the
-    daemon), and the command's status is returned. The daemon's end (the
-    connection closes) is said once on stderr; the command keeps running."""
-    from .serve import KILL_GRACE, STOP_SIGNALS, new_loop
+    to the daemon, then become :mod:`usernet.runwait` (exec: the same process,
+    still CMD's parent, without usernet loaded: ~9 MiB instead of ~25), which
+    releases CMD, passes stop signals on and exits with CMD's status. Returns
+    only if the exec fails (a StartError; CMD never started)."""
+    import sys
+    from .serve import KILL_GRACE
     hand_over(client, cfg, args, tap_fd, pidfd=handle.pidfd,
               where=f"new namespace of pid {handle.pid}", pid=handle.pid, tap="tap0")
-    os.close(tap_fd)          # the daemon has its own; ours would keep the TAP alive after it
+    # Our TAP fd, pidfd and pipes are close-on-exec: the exec below drops
+    # them (an open TAP fd here would keep the TAP alive after the daemon).
     grace = getattr(args, "kill_grace", KILL_GRACE)
-    loop = new_loop()
-
-    async def main():
-        done = loop.create_future()
-        escalation = None
-
-        def finish():
-            loop.remove_reader(handle.pidfd)
-            if not done.done():
-                done.set_result(handle.wait())
-
-        def kill_child():
-            if handle.returncode is None:
-                log.warning("usernet: the command did not exit %gs after being told to stop; "
-                            "killing it", grace)
-                handle.kill(signal.SIGKILL)
-
-        def on_signal(sig):
-            nonlocal escalation
-            handle.kill(sig)
-            if escalation is None and grace is not None:
-                escalation = loop.call_later(grace, kill_child)
-
-        def daemon_gone():
-            loop.remove_reader(client.sock.fileno())
-            try:
-                if client.sock.recv(1 << 16, socket.MSG_DONTWAIT):
-                    return
-            except BlockingIOError:
-                loop.add_reader(client.sock.fileno(), daemon_gone)
-                return
-            except OSError:
-                pass
-            log.warning("usernet: daemon: %s closed (the daemon stopped or died): the "
-                        "command has no network any more", client.path)
-
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, on_signal, sig)
-        for sig in (signal.SIGUSR1, signal.SIGUSR2):
-            loop.add_signal_handler(sig, lambda: None)
-        loop.add_reader(handle.pidfd, finish)
-        loop.add_reader(client.sock.fileno(), daemon_gone)
-        handle.go()
-        try:
-            return await done
-        finally:
-            if escalation is not None:
-                escalation.cancel()
-            loop.remove_reader(client.sock.fileno())
-            for sig in STOP_SIGNALS + (signal.SIGUSR1, signal.SIGUSR2):
-                loop.remove_signal_handler(sig)
+    ctl, sock = handle._ctl_w, client.sock.fileno()
+    os.set_inheritable(ctl, True)
+    os.set_inheritable(sock, True)
+    client.sock.setblocking(True)
+    for h in logging.getLogger("usernet").handlers:
+        h.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    from . import runwait
+    wargs = [str(handle.pid), str(ctl), str(sock), str(-1.0 if grace is None else grace),
+             client.path, os.path.abspath(args.log_file) if getattr(args, "log_file", None) else ""]
     try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
+        os.execv(sys.executable, [sys.executable, "-I", "-S", runwait.__file__, *wargs])
+    except OSError as e:
+        # E.g. an interpreter this user reached only through a capability
+        # its starter had: wait here instead, with the same code.
+        log.debug("run --daemon: cannot exec %s (%s): waiting in this process",
+                  sys.executable, e.strerror)
+    handle._ctl_w = -1                 # the waiter writes "G" on it and closes it
+    code = runwait.main(wargs)
+    handle.returncode = code           # reaped by the waiter
+    handle._close_pipes()
+    return code

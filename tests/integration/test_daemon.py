@@ -394,6 +394,32 @@ def test_daemon_run_reports_status_and_frees_link(request, tmp_path, user):
         assert r.stdout == "page of the host\n"
         _wait_for(lambda: _status(path, user)["daemon"]["links"] == 0, 10, "the link to go")
 
+        # While CMD runs, run is only its parent: the small waiter (no usernet
+        # loaded), which passes SIGTERM on and reports CMD's status.
+        p = subprocess.Popen(_pre(user) + USERNET + ["run", "--daemon-socket", path, "--",
+                                                     "sleep", "60"],
+                             env=ENV, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+        try:
+            _wait_for(lambda: _status(path, user)["daemon"]["links"] == 1, 15, "the link")
+            if user is None:
+                # (uid 65534 here may not reach the interpreter by its path, only through
+                # setpriv's capabilities: it waits in its own process, tested the same way.)
+                with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                assert any(a.endswith(b"usernet/runwait.py") for a in argv), argv
+                with open(f"/proc/{p.pid}/status") as f:
+                    rss = int(next(ln for ln in f if ln.startswith("VmRSS:")).split()[1]) * 1024
+                assert rss < 16 << 20, f"the waiting run process holds {rss >> 20} MiB"
+            p.send_signal(signal.SIGTERM)
+            _o, err = p.communicate(timeout=15)
+            assert p.returncode == 128 + signal.SIGTERM, err
+            _wait_for(lambda: _status(path, user)["daemon"]["links"] == 0, 10, "the link to go")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+
 
 def test_daemon_sigterm_closes_links(tmp_path):
     """SIGTERM with a live link: the TAP leaves the namespace, the socket is
@@ -435,8 +461,20 @@ def test_daemon_crash_and_restart(tmp_path):
                 r = _attach(path, t.pid, *(["-p", f"127.0.0.1:{hp}:8000"] if i == 0 else []))
                 assert r.returncode == 0, _out(r)
                 assert _fetch(t.pid, port).returncode == 0
+            run = subprocess.Popen(USERNET + ["run", "--daemon-socket", path, "--", "sleep", "60"],
+                                   env=ENV, cwd="/", stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+            _wait_for(lambda: _status(path)["daemon"]["links"] == 3, 15, "the run's link")
             p.kill()
             p.wait(timeout=10)
+            # run --daemon says its network is gone; its command keeps running.
+            time.sleep(0.5)
+            assert run.poll() is None
+            run.send_signal(signal.SIGTERM)
+            _o, err = run.communicate(timeout=15)
+            assert run.returncode == 128 + signal.SIGTERM, err
+            assert (f"daemon: {path} closed (the daemon stopped or died): the command has no "
+                    "network any more") in err, err
             for t in targets:
                 _wait_for(lambda: "tap0" not in _in(t.pid, "ip", "-o", "link").stdout, 10,
                           "the TAP to vanish with the daemon")
