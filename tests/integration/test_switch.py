@@ -128,8 +128,8 @@ def _start(path, network, *args, name=None, cmd, user=None):
     flags = ["run", "--daemon-socket", path, "--network", network, "--dns-upstream", NOWHERE_DNS]
     if name:
         flags += ["--name", name]
-    return subprocess.Popen(_pre(user) + USERNET + flags + list(args) + ["--"] + cmd, env=ENV, cwd="/",
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(_pre(user) + USERNET + flags + list(args) + ["--"] + cmd, env=ENV,
+                            cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _stop(procs):
@@ -243,9 +243,10 @@ def test_two_networks_by_name_isolation_and_a_killed_container(request, user):
             _wait_for(lambda: {ln["name"] for ln in _links(path, "alpha", user)} == {"db"}, 20,
                       "web's link to be freed")
             r = _run(path, "alpha", **u, cmd=["sh", "-c", FETCH.format(
-                cmd="echo hi | busybox nc -w 5 db 8000") + "; "])
+                cmd="echo hi | busybox nc -w 5 db 8000")])
             assert r.returncode == 0 and r.stdout == "from-db", _out(r)
-            r = _run(path, "alpha", **u, cmd=["sh", "-c", "curl -sS -m 5 http://web:8080/; echo rc=$?"])
+            r = _run(path, "alpha", **u, cmd=["sh", "-c",
+                                              "curl -sS -m 5 http://web:8080/; echo rc=$?"])
             assert "rc=6" in r.stdout, _out(r)            # no such name any more
             assert _ask_in(daemon.pid, hp).stdout.strip() == "from-db"
             r = _run(path, "alpha", name="web", **u, cmd=["sh", "-c", "ip -4 -o addr show tap0"])
