@@ -237,6 +237,18 @@ def test_two_networks_by_name_isolation_and_a_killed_container(request, user):
             r = _ask_in(daemon.pid, hp)
             assert r.stdout.strip() == "from-db", _out(r)
 
+            # NAT to the host as without a network: network+2 is the host's
+            # loopback (here, the daemon's namespace's).
+            host_port = free_port()
+            host_srv = subprocess.Popen(
+                ["nsenter", f"--net=/proc/{daemon.pid}/ns/net", "python3", "-m", "http.server",
+                 str(host_port), "--bind", "127.0.0.1", "--directory", www],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/")
+            procs.append(host_srv)
+            r = _run(path, "alpha", **u, cmd=["sh", "-c", FETCH.format(
+                cmd=f"curl -sS -m 5 http://10.89.0.2:{host_port}/page.txt")])
+            assert r.returncode == 0 and r.stdout == "page of web", _out(r)
+
             # Kill web: its link goes, its name and address are free.
             web.send_signal(signal.SIGKILL)
             web.wait(timeout=20)
