@@ -22,11 +22,11 @@ table and the ratios (daemon / slirp4netns).
 """
 
 import argparse
+import resource
 import http.server
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +40,7 @@ PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=REPO)
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 USERNET = [PY, "-m", "usernet"]
+CLIENT_CPU = {}          # N -> CPU seconds of each `attach --daemon` client (user+system)
 
 
 def vm(pid):
@@ -113,14 +114,19 @@ def run_daemon(n, port, sockdir):
         time.sleep(0.01)
     ts, userns = make_targets(n)
     lat = []
+    cpu = []
     try:
         for t in ts:
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             r = subprocess.run(USERNET + ["attach", "--daemon-socket", path, str(t.pid)], env=ENV,
                                cwd="/", capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"attach --daemon: {r.stderr}")
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
             lat.append(first_fetch(t.pid, userns, port, t0))
+        CLIENT_CPU[n] = cpu
         m = vm(d.pid)
         return m["VmRSS"], m["VmHWM"], lat, 1
     finally:
@@ -203,6 +209,9 @@ def main():
             print(f"{n:>4}  {name:34} {procs:>5} {rss / 2**20:8.1f} {hwm / 2**20:8.1f} "
                   f"{rss / 2**20 / n:7.2f} {statistics.median(lat) * 1e3:12.0f} "
                   f"{max(lat) * 1e3:7.0f}")
+    for n, cpu in CLIENT_CPU.items():
+        print(f"N={n}: each `usernet attach --daemon` client used {statistics.median(cpu) * 1e3:.0f} ms "
+              "of CPU (median; its Python start and imports are most of the start latency)")
     print("ratios usernet daemon / slirp4netns (RSS; median start latency):")
     for n, res in rows:
         if "slirp4netns" in res:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import array
 import asyncio
-import errno
 import fcntl
 import json
 import logging
@@ -80,7 +79,7 @@ SOCKET_ENV = "USERNET_DAEMON_SOCKET"
 MAX_REQUEST = 64 * 1024          # bytes of one request line
 MAX_FDS = 3                      # tap, pidfd, exit
 FD_ROLES = ("tap", "pidfd", "exit")
-MAX_CLIENTS = 256                # connections served at once; the oldest idle one goes
+MAX_CLIENTS = 256                # connections at once beyond one per link; the oldest idle one goes
 CLIENT_IDLE_TIMEOUT = 60.0       # seconds a connection may sit without a request
 CLIENT_TIMEOUT = 30.0            # a client's wait for a reply
 DEFAULT_MAX_LINKS = 1024
@@ -374,9 +373,15 @@ class Link:
         self.created = time.time()
         self.rx_bytes = self.tx_bytes = 0
         self._watched = []
+        self._closing = None
         self.closed = None           # a future, set once everything is released
 
     def forwards(self) -> list:
+        """(proto, host_addr, host_port) of the link's forwards: its forwarder's
+        (those added through its API socket too), or, while it starts, its -p."""
+        fwd = self.services.forwarder if self.services is not None else None
+        if fwd is not None:
+            return [(e["proto"], e["host_addr"], e["host_port"]) for e in fwd.entries()]
         return [(f.proto, f.host_addr, f.host_port) for f in self.spec.publish]
 
     async def start(self) -> None:
@@ -399,8 +404,11 @@ class Link:
         self.driver = d = HostDriver(self.gw, self.tap_fd, impair=spec.impair,
                                      outbound=spec.outbound)
         if self.net is not None:
-            # A port of the switch before the first frame is read.
-            self.port = hub.join(self.net, self.net_ip, self.gw, spec.name, d)
+            # A port of the switch before the first frame is read. A refusal
+            # has given the address back already: nothing left to leave.
+            net, self.net = self.net, None
+            self.port = hub.join(net, self.net_ip, self.gw, spec.name, d)
+            self.net = net
         d.start(loop)
         self._meter()
         try:
@@ -410,14 +418,18 @@ class Link:
                                   publish_only_when_bound=spec.publish_only_when_bound,
                                   api_socket=spec.api_socket)
             self.services = await setup_services(d, opts, ns_pid=spec.pid)
+            for fd, why in ((self.pidfd, "process exited"), (self.exit_fd, "exit fd closed")):
+                if fd is not None:
+                    try:
+                        loop.add_reader(fd, self.end, why)
+                    except (OSError, ValueError) as e:
+                        raise DaemonError(f"the {why.split()[0]} fd cannot be watched "
+                                          f"({getattr(e, 'strerror', None) or e})") from None
+                    self._watched.append(fd)
         except BaseException:
-            self._release()
+            await self.abort()
             raise
         self.state = "up"
-        for fd, why in ((self.pidfd, "process exited"), (self.exit_fd, "exit fd closed")):
-            if fd is not None:
-                loop.add_reader(fd, self.end, why)
-                self._watched.append(fd)
         d.stopped.add_done_callback(lambda _f: self.end("TAP gone"))
 
     def _meter(self) -> None:
@@ -436,6 +448,19 @@ class Link:
             self.tx_bytes += len(entry[1])
         d._read, d._tap_write = metered_read, metered_write
 
+    async def abort(self) -> None:
+        """Undo a start that failed half-way."""
+        self._unwatch()
+        if self.services is not None:
+            await self.services.close()
+        self._release()
+
+    def _unwatch(self) -> None:
+        if self.driver is not None and self.driver.loop is not None:
+            for fd in self._watched:
+                self.driver.loop.remove_reader(fd)
+        self._watched = []
+
     def end(self, reason: str, drain: bool = True) -> None:
         """The namespace is done with this link: leave the table now, release
         everything in the background (bounded)."""
@@ -443,13 +468,11 @@ class Link:
             return
         self.state = "closing"
         self.reason = reason
-        loop = self.driver.loop
-        for fd in self._watched:
-            loop.remove_reader(fd)
-        self._watched = []
+        self._unwatch()
         self._leave_network()          # its address and name are free now, not after the drain
         self.daemon._link_ended(self)
-        loop.create_task(self._close(drain))
+        # Kept: the loop holds only a weak reference to a task.
+        self._closing = self.driver.loop.create_task(self._close(drain))
 
     async def _close(self, drain: bool) -> None:
         from .host.driver import DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT
@@ -537,6 +560,8 @@ class _Conn:
         self.fds: list[int] = []
         self.out = bytearray()
         self.busy = False
+        self.watching = False        # a run client that attached here: stays open, never evicted
+        self.task = None
         self.last = time.monotonic()
         self.closed = False
         self.leases: list[str] = []    # network leases made here (usernet/networks.py)
@@ -575,7 +600,7 @@ class _Conn:
         fds, self.fds = self.fds, []
         self.busy = True
         self.daemon.loop.remove_reader(self.sock.fileno())
-        self.daemon.loop.create_task(self.serve(line, fds))
+        self.task = self.daemon.loop.create_task(self.serve(line, fds))
 
     async def serve(self, line: bytes, fds: list) -> None:
         try:
@@ -764,7 +789,8 @@ class Daemon:
               memory_budget=self.pool.limit, max_links=self.max_links)
         try:
             await self.done
-            await self.close_links()
+            while self.links or self.closing:
+                await self.close_links()
         finally:
             sweep.cancel()
             for c in list(self.conns):
@@ -786,10 +812,14 @@ class Daemon:
     async def close_links(self) -> None:
         """Every link ended (flows drained, bounded, then reset) and released."""
         for link in list(self.links.values()):
-            link.end("daemon stopping")
-        waits = [link.closed for link in self.closing.values() if link.closed is not None]
+            if link.state == "up":
+                link.end("daemon stopping")
+        waits = [link.closed for link in list(self.links.values()) + list(self.closing.values())
+                 if link.closed is not None]
         if waits:
             await asyncio.gather(*waits, return_exceptions=True)
+        else:
+            await asyncio.sleep(0.01)     # a link still starting: its attach finishes first
 
     def _print_status(self) -> None:
         log.log(max(logging.INFO, log.getEffectiveLevel()), "",
@@ -815,8 +845,8 @@ class Daemon:
                 s.close()
                 continue
             s.setblocking(False)
-            if len(self.conns) >= MAX_CLIENTS:
-                idle = [c for c in self.conns if not c.busy]
+            if len(self.conns) >= MAX_CLIENTS + self.max_links:
+                idle = [c for c in self.conns if not c.busy and not c.watching]
                 if not idle:
                     s.close()
                     continue
@@ -833,7 +863,9 @@ class Daemon:
     async def handle(self, req: dict, fds: list, conn: _Conn) -> dict:
         op = req.get("op")
         if op == "attach":
-            return await self.attach(req, fds)
+            reply = await self.attach(req, fds)
+            conn.watching = True
+            return reply
         if fds:
             raise DaemonError(f"bad request: {op!r} takes no fds")
         if op == "status":
@@ -923,12 +955,13 @@ class Daemon:
         self.next_id += 1
         self.links[link.id] = link           # reserves its name and ports while it starts
         try:
-            await link.start()
+            await link.start()          # undoes itself if it fails
         except BaseException:
             self.links.pop(link.id, None)
-            if link.state != "closed":
-                link._release()
             raise
+        if self.done is not None and self.done.done():
+            link.end("daemon stopping", drain=False)
+            raise DaemonError("the daemon is stopping")
         from .log import event
         event(log, logging.INFO, "link_up", link=link.id, where=spec.where, tap=spec.tap,
               addr=f"{link.config.guest_str}/{link.config.prefixlen}",
@@ -974,7 +1007,10 @@ class Daemon:
 def serve_daemon(path: str, *, default_dir: bool, memory_budget: int, max_links: int) -> int:
     """``usernet daemon``: serve until SIGTERM/SIGINT/SIGHUP or ``stop``."""
     from .serve import new_loop, raise_fd_limit
+    from . import sandbox
     raise_fd_limit()
+    # What a link needs, loaded now rather than by the first attach (~60 ms).
+    sandbox.preload()
     d = Daemon(path, memory_budget=memory_budget, max_links=max_links)
     d.listen(default_dir)
     loop = new_loop()

@@ -422,10 +422,17 @@ def test_daemon_run_reports_status_and_frees_link(request, tmp_path, user):
 
 
 def test_daemon_sigterm_closes_links(tmp_path):
-    """SIGTERM with a live link: the TAP leaves the namespace, the socket is
+    """SIGTERM with a live link holding a TCP connection to the host: the host
+    side of the connection ends, the TAP leaves the namespace, the socket is
     removed, exit 0."""
     tool("nsenter")
     t = _unshare_target(None)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(15)
+    port = srv.getsockname()[1]
+    holder = None
     try:
         with _sockdir(None) as d:
             path = os.path.join(d, "d.sock")
@@ -433,11 +440,56 @@ def test_daemon_sigterm_closes_links(tmp_path):
             r = _attach(path, t.pid, "-p", f"127.0.0.1:{_free_port()}:80")
             assert r.returncode == 0, _out(r)
             assert "tap0" in _in(t.pid, "ip", "-o", "link").stdout
+            holder = subprocess.Popen(_ns(t.pid) + [
+                "python3", "-c", "import socket, time; "
+                f"s = socket.create_connection(('10.0.2.2', {port})); time.sleep(60)"])
+            conn, _ = srv.accept()
+            conn.settimeout(15)
             rc, err = _stop_daemon(p)
             assert rc == 0 and "Traceback" not in err, err
             assert "event=link_down" in err and 'reason="daemon stopping"' in err, err
+            try:
+                assert conn.recv(100) == b""
+            except ConnectionResetError:
+                pass                     # reset: the flow was cut, not finished
+            conn.close()
             assert not os.path.exists(path) and not os.path.exists(path + ".lock")
             assert "tap0" not in _in(t.pid, "ip", "-o", "link").stdout
+    finally:
+        srv.close()
+        _kill(([holder] if holder else []) + [t])
+
+
+def test_daemon_exit_fd_and_stop_command():
+    """attach --daemon --exit-fd FD: the link ends when FD's other end closes;
+    `usernet daemon stop` stops the daemon (exit 0)."""
+    tool("nsenter")
+    t = _unshare_target(None)
+    try:
+        with _sockdir(None) as d:
+            path = os.path.join(d, "d.sock")
+            p = _start_daemon(path)
+            r_fd, w_fd = os.pipe()
+            try:
+                r = subprocess.run(USERNET + ["attach", "--daemon-socket", path, "--exit-fd",
+                                              str(r_fd), str(t.pid)],
+                                   capture_output=True, text=True, timeout=TIMEOUT, env=ENV,
+                                   cwd="/", pass_fds=(r_fd,))
+                assert r.returncode == 0, _out(r)
+                assert _status(path)["daemon"]["links"] == 1
+            finally:
+                os.close(r_fd)
+                os.close(w_fd)
+            _wait_for(lambda: _status(path)["daemon"]["links"] == 0, 10, "the exit fd to end it")
+            assert "tap0" not in _in(t.pid, "ip", "-o", "link").stdout or \
+                _wait_for(lambda: "tap0" not in _in(t.pid, "ip", "-o", "link").stdout, 10,
+                          "the TAP to go")
+            r = _usernet(["attach", "--exit-fd", "3", str(t.pid)])
+            assert r.returncode == 1 and "--exit-fd needs --daemon" in r.stderr, _out(r)
+            r = _usernet(["daemon", "stop", "--socket", path])
+            assert r.returncode == 0, _out(r)
+            assert p.wait(timeout=20) == 0
+            assert not os.path.exists(path)
     finally:
         _kill([t])
 

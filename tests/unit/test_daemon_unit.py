@@ -167,6 +167,17 @@ def test_protocol_in_process(tmp_path):
                 break
             await asyncio.sleep(0.02)
         assert not d.links and not d.closing and d.pool.used == 0
+        # An exit fd that cannot be watched (a regular file): refused, nothing left behind.
+        t3, p3 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        f = open(tmp_path / "plain", "w")
+        req3 = dm.link_request(NetConfig(), _args(publish=[]), where="t3", pid=None, tap="tap0",
+                               fds=("tap", "exit"))
+        reply = await loop.run_in_executor(None, client, req3, [t3.fileno(), f.fileno()])
+        assert reply["ok"] is False and "cannot be watched" in reply["error"]["message"], reply
+        assert not d.links and not d.closing
+        f.close()
+        t3.close()
+        p3.close()
         reply = await loop.run_in_executor(None, client, {"op": "stop"})
         assert reply["ok"] is True
         assert await task == 0
@@ -181,3 +192,39 @@ def test_protocol_in_process(tmp_path):
         d.unlisten()
         loop.close()
     assert not os.path.exists(path) and not os.path.exists(path + ".lock")
+
+
+def test_links_share_one_global_budget():
+    """Two links' gateways in one pool: link A's unread flows spend the pool,
+    so link B's new SYN is reset (counted in B's counters, not A's) although B
+    holds nothing; once A's flows go, B's new flows are accepted again. And a
+    link's own limit holds inside a roomy pool."""
+    from test_limits import Flow, feed, ip
+    from scapy.layers.inet import TCP
+    from usernet.stack.gateway import Gateway
+    from usernet.stack.tcp import SND_BUF
+    pool = BudgetPool(1 << 20)
+    ga = Gateway(NetConfig(), seed=1, budget=PooledBudget(256 << 20, pool))
+    gb = Gateway(NetConfig(), seed=2, budget=PooledBudget(256 << 20, pool))
+    a1, a2 = Flow(ga, 1001), Flow(ga, 1002)
+    assert ga.tcp_host_data(a1.fid, b"x" * SND_BUF, 0.1) == SND_BUF
+    assert ga.tcp_host_data(a2.fid, b"y" * SND_BUF, 0.1) == SND_BUF
+    assert pool.used == 2 * SND_BUF and gb.budget.used == 0
+    out = feed(gb, ip() / TCP(sport=2001, dport=80, flags="S", seq=5), 0.2)
+    assert out[0][TCP].flags.R and gb.counters["tcp_syn_budget_rst"] == 1
+    assert ga.counters["tcp_syn_budget_rst"] == 0
+    ga.tcp_host_reset(a1.fid, 0.3)
+    ga.tcp_host_reset(a2.fid, 0.3)
+    assert pool.used == 0
+    out = feed(gb, ip() / TCP(sport=2002, dport=80, flags="S", seq=5), 0.4)
+    assert not out and gb.flows.tcp_connecting == 1
+    # Own limit: 1 MiB for C in a 1 GiB pool.
+    big = BudgetPool(1 << 30)
+    gc = Gateway(NetConfig(), seed=3, budget=PooledBudget(1 << 20, big))
+    c1, c2 = Flow(gc, 3001), Flow(gc, 3002)
+    gc.tcp_host_data(c1.fid, b"x" * SND_BUF, 0.1)
+    gc.tcp_host_data(c2.fid, b"y" * SND_BUF, 0.1)
+    gc.frames_out.clear()
+    out = feed(gc, ip() / TCP(sport=3003, dport=80, flags="S", seq=5), 0.2)
+    assert out[0][TCP].flags.R and gc.counters["tcp_syn_budget_rst"] == 1
+    assert not big.over()
