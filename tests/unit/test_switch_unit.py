@@ -621,3 +621,28 @@ def test_a_removed_port_reaches_only_its_own_gateway():
     assert tap(web) == [] and client.counters["switch_drop_port_gone"] == 2
     send(client, Ether(src=MACS[1], dst=GW_MAC) / IP(src=ip_of(client), dst="10.89.0.2") / ICMP())
     assert len(tap(client)) == 1                           # its draining flows still work
+
+
+def test_flooding_is_rate_limited_per_port_and_recovers():
+    net, (web, client, third) = make_net(3)
+    settle(net, [web, client, third])
+    arp = Ether(src=MACS[1], dst=BCAST) / ARP(op=1, hwsrc=MACS[1], psrc=ip_of(client),
+                                              pdst="10.89.0.9")
+    burst = int(sw.FLOOD_BURST)
+    for _ in range(burst + 50):
+        send(client, arp, now=10.0)
+    assert len(tap(web)) == burst and len(tap(third)) == burst
+    assert client.counters["switch_drop_flood_limit"] == 50
+    # The sender's own gateway still saw every one of them.
+    assert client.gw.counters["arp_ignored_not_ours"] == burst + 50
+    # Another port's budget is its own; and the bucket refills with time.
+    send(web, Ether(src=MACS[0], dst=BCAST) / ARP(op=1, hwsrc=MACS[0], psrc=ip_of(web),
+                                                  pdst="10.89.0.9"), now=10.0)
+    assert len(tap(client)) == 1
+    send(client, arp, now=10.0 + 2 / sw.FLOOD_RATE)
+    assert len(tap(web)) == 1
+    # Unknown unicast counts against the same bucket.
+    for _ in range(burst + 5):
+        send(client, Ether(src=MACS[1], dst="02:00:00:00:00:99") / IP(
+            src=ip_of(client), dst="10.89.0.9") / UDP(), now=20.0)
+    assert client.counters["switch_drop_flood_limit"] == 55

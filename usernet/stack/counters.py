@@ -162,7 +162,8 @@ _SWITCH = ("switch_flooded", "switch_unicast", "switch_unknown_unicast_flooded",
            "switch_delivered", "switch_mac_learned", "switch_mac_aged", "switch_ip6_learned",
            "switch_drop_runt", "switch_drop_hairpin", "switch_drop_mac_spoof",
            "switch_drop_ip_spoof", "switch_drop_mac_limit", "switch_drop_ip6_limit",
-           "switch_drop_gso_to_plain", "switch_drop_bad_vnet_hdr", "switch_drop_port_gone")
+           "switch_drop_gso_to_plain", "switch_drop_bad_vnet_hdr", "switch_drop_port_gone",
+           "switch_drop_flood_limit")
 
 # The API socket (usernet/api.py): requests and its limits.
 _API = ("api_request", "api_request_too_large", "api_conn_timeout", "api_conn_evicted",

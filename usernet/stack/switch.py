@@ -27,6 +27,11 @@ gateway; the switch decides where it goes:
 * **unknown unicast** (a destination not learned, or aged out): flooded to
   the other ports' TAPs (their kernels drop what is not theirs).
 
+Flooding costs every other port, so each port may flood ``FLOOD_RATE``
+frames a second (a token bucket of ``FLOOD_BURST``); past it the flood is
+dropped (``switch_drop_flood_limit``) while the sender's own gateway still
+gets its broadcasts.
+
 *Learning and aging.* A port's source MAC is learned on its first frame and
 pinned for the port's life (or given up front, ``--macaddress``); further
 MACs a port uses (a bridge inside the container) are learned with an
@@ -84,6 +89,12 @@ from .config import GATEWAY_MAC, parse_cidr
 MAC_AGE = 300.0              # seconds a learned (not pinned) MAC or IPv6 address lives idle
 MAX_MACS_PER_PORT = 8        # the pinned MAC included
 MAX_IP6_PER_PORT = 16        # SLAAC, link-local, temporary addresses of one container
+# Frames one port may flood to every other port (broadcast, multicast,
+# unknown unicast): a token bucket, so a container's broadcast storm costs
+# the others (their kernels, the daemon's loop) a bounded rate; ARP, ND and
+# DHCP need a few a second.
+FLOOD_RATE = 2000.0          # frames per second, sustained
+FLOOD_BURST = 500.0          # frames at once
 NAME_TTL = 10                # seconds: links come and go, answers must not linger
 # Host numbers of the network the switch never hands out (slirp4netns's
 # layout: .2 the gateway, .3 the DNS forwarder; .1 kept free so a habit of
@@ -134,7 +145,8 @@ class Port:
     switch may queue the same object for several TAPs."""
 
     __slots__ = ("net", "gw", "counters", "name", "ip4", "ipv6", "mac", "macs", "ip6s",
-                 "tap_out", "vnet", "gw_mac", "dirty", "owner", "live", "nat_key")
+                 "tap_out", "vnet", "gw_mac", "dirty", "owner", "live", "nat_key",
+                 "flood_tokens", "flood_at")
 
     def __init__(self, net, gw, ip4: bytes, name: str | None, vnet: bool):
         self.net = net
@@ -155,6 +167,8 @@ class Port:
         # The first 14 bytes of its IPv4 frames to its gateway (gateway MAC,
         # pinned MAC, EtherType), set when the MAC is pinned: one compare.
         self.nat_key = None
+        self.flood_tokens = FLOOD_BURST
+        self.flood_at = None
 
     def receive(self, hdr, frame, now: float, csum_ok: bool = False) -> None:
         # The NAT path: IPv4 from the pinned MAC and the link's own address
@@ -354,7 +368,7 @@ class Network:
             # containers hear it on their TAPs; other gateways never do.
             c["switch_flooded"] += 1
             port.gw.receive_frame(frame, now, csum_ok)
-            self._flood(port, hdr, frame, c)
+            self._flood(port, hdr, frame, c, now)
             return
         e = self.macs.get(dst)
         if e is not None:
@@ -371,9 +385,19 @@ class Network:
             self._forget(self.macs, dst, e)
             c["switch_mac_aged"] += 1
         c["switch_unknown_unicast_flooded"] += 1
-        self._flood(port, hdr, frame, c)
+        self._flood(port, hdr, frame, c, now)
 
-    def _flood(self, port, hdr, frame, c) -> None:
+    def _flood(self, port, hdr, frame, c, now) -> None:
+        # The token bucket: refilled by the time since the last flood.
+        tokens = port.flood_tokens
+        if port.flood_at is not None:
+            tokens = min(FLOOD_BURST, tokens + (now - port.flood_at) * FLOOD_RATE)
+        port.flood_at = now
+        if tokens < 1.0:
+            port.flood_tokens = tokens
+            c["switch_drop_flood_limit"] += 1
+            return
+        port.flood_tokens = tokens - 1.0
         for q in self.ports:
             if q is not port:
                 self._deliver(q, hdr, frame, c)
