@@ -303,6 +303,12 @@ def test_network_flags_fail_in_one_line(tmp_path):
             assert "the name 'web' is taken on network alpha" in r.stderr, r.stderr
             r = _usernet(["network", "rm", "alpha", "--socket", path])
             assert r.returncode == 1 and "has 1 link(s)" in r.stderr, _out(r)
+            lid = _links(path)[0]["id"]
+            r = _usernet(["network", "ls", "--socket", path])
+            assert r.stdout.splitlines()[1].split() == ["alpha", "10.89.0.0/24", "fd89::/64",
+                                                       f"web({lid})"], _out(r)
+            r = _usernet(["daemon", "status", "--socket", path])
+            assert "network alpha 10.89.0.0/24: 1 link(s), names web" in r.stdout, _out(r)
             assert len(_links(path)) == 1
         finally:
             _stop([hold])
