@@ -337,3 +337,39 @@ def test_ipv6_on_a_network_by_name(tmp_path):
             assert r.stdout.startswith(prefix + ":"), _out(r)
         finally:
             _stop([web])
+
+
+def test_attach_joins_a_network(tmp_path):
+    """``attach --daemon --network --name`` on a running namespace: it gets the
+    network's address and name, and a run container on the network reaches
+    it by that name."""
+    tool("ping")
+    tool("nsenter")
+    with _daemon() as (_d, path, _dir):
+        r = _usernet(["network", "create", "att", "--socket", path])
+        assert r.returncode == 0, _out(r)
+        target = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "sleep",
+                                   "60"], cwd="/")
+        try:
+            own = os.stat("/proc/self/ns/net").st_ino
+
+            def ready():            # sleep runs: the namespaces and the uid map are made
+                with open(f"/proc/{target.pid}/comm") as f:
+                    return (f.read().strip() == "sleep"
+                            and os.stat(f"/proc/{target.pid}/ns/net").st_ino != own)
+            _wait_for(ready, 10, "unshare to start")
+            r = _usernet(["attach", "--daemon-socket", path, "--network", "att", "--name",
+                          "box", str(target.pid)])
+            assert r.returncode == 0, _out(r)
+            r = subprocess.run(["nsenter", f"--target={target.pid}", "--user", "--net",
+                                "--preserve-credentials", "ip", "-4", "-o", "addr", "show",
+                                "tap0"], capture_output=True, text=True, timeout=30)
+            assert "inet 10.89.0.100/24" in r.stdout, _out(r)
+            r = _run(path, "att", cmd=["sh", "-c", FETCH.format(
+                cmd="ping -c 1 -W 2 box >/dev/null && echo reached")])
+            assert r.returncode == 0 and r.stdout == "reached", _out(r)
+            assert [ln["name"] for ln in _links(path, "att")] == ["box"]
+        finally:
+            target.kill()
+            target.wait(timeout=10)
+        _wait_for(lambda: not _links(path), 20, "the attached link to end")
