@@ -646,3 +646,15 @@ def test_flooding_is_rate_limited_per_port_and_recovers():
         send(client, Ether(src=MACS[1], dst="02:00:00:00:00:99") / IP(
             src=ip_of(client), dst="10.89.0.9") / UDP(), now=20.0)
     assert client.counters["switch_drop_flood_limit"] == 55
+
+
+def test_ipv6_reverse_names():
+    net, (web, client) = make_net(ipv6=True)
+    settle(net, [web, client])
+    rev = ipaddress.IPv6Address(slaac(net.prefix6, mac(0))).reverse_pointer
+    r = _ask(client, rev, "PTR")
+    assert r.an[0].rdata == b"web.alpha."
+    other = ipaddress.IPv6Address(net.prefix6 + bytes(7) + b"\x55").reverse_pointer
+    assert _ask(client, other, "PTR").rcode == 3
+    assert _ask(client, ipaddress.IPv6Address("2001:db8::1").reverse_pointer, "PTR") is None
+    assert net.resolve("1.2.ip6.arpa", 12) is None

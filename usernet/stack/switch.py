@@ -60,10 +60,10 @@ it to the port, and every port's DNS forwarder answers ``web`` and
 ``web.NETWORK`` from it (:meth:`Network.resolve`, consulted by
 :class:`usernet.stack.dns.LocalNames` before anything goes upstream): A
 with the link's address, AAAA with its SLAAC address when that link has
-IPv6, PTR for the network's reverse names. Other names under ``.NETWORK``
-are NXDOMAIN (the network is their only authority); every other name,
-including the names of other networks' links, is not ours and goes
-upstream as before.
+IPv6, PTR for the network's reverse names (in-addr.arpa and ip6.arpa).
+Other names under ``.NETWORK`` are NXDOMAIN (the network is their only
+authority); every other name, including the names of other networks'
+links, is not ours and goes upstream as before.
 
 *Output.* The switch appends to the target port's ``tap_out`` (its gateway's
 ``frames_out``: the list its host driver writes to the TAP) and lists the
@@ -115,6 +115,7 @@ _NDP_NA = 136
 _PROTO_ICMPV6 = 58
 _UDP_CSUM_OFFSET = 6
 _REVERSE4 = ".in-addr.arpa"
+_REVERSE6 = ".ip6.arpa"
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -576,6 +577,8 @@ class Network:
             if port is None:
                 if name.endswith(_REVERSE4):
                     return self._reverse(name, qtype)
+                if name.endswith(_REVERSE6):
+                    return self._reverse6(name, qtype)
                 return None
         answers = []
         if qtype == TYPE_A or qtype == TYPE_ANY:
@@ -602,6 +605,23 @@ class Network:
         if qtype != TYPE_PTR and qtype != TYPE_ANY:
             return RCODE_NOERROR, []
         return RCODE_NOERROR, [(TYPE_PTR, NAME_TTL, encode_name(f"{port.name}.{self.name}"))]
+
+    def _reverse6(self, name: str, qtype: int):
+        """RFC 3596 2.5: 32 nibble labels, least significant first."""
+        labels = name[:-len(_REVERSE6)].split(".")
+        if self.prefix6 is None or len(labels) != 32 or \
+                not all(len(x) == 1 and x in "0123456789abcdef" for x in labels):
+            return None
+        ip = bytes.fromhex("".join(reversed(labels)))
+        if ip[:8] != self.prefix6:
+            return None                 # not this network's
+        for port in self.ports:
+            if port.name is not None and port.ip6() == ip:
+                if qtype != TYPE_PTR and qtype != TYPE_ANY:
+                    return RCODE_NOERROR, []
+                return RCODE_NOERROR, [(TYPE_PTR, NAME_TTL,
+                                        encode_name(f"{port.name}.{self.name}"))]
+        return RCODE_NXDOMAIN, []
 
     # ---------------------------------------------------------------- stats
     def info(self) -> dict:
