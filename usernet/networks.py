@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 
 from .stack.switch import Network, check_name
@@ -138,6 +139,12 @@ def create(d: str, name: str, subnet: str | None = None, ipv6_prefix: str | None
     from .stack.config import DEFAULT_CIDR, parse_cidr
     name = check_name(name, "network name")
     os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        # Beside a socket in a shared directory (/tmp): someone else's
+        # networks must not become ours.
+        raise NetworkError(f"{d} is not a directory of uid {os.geteuid()}; fix: remove it, or "
+                           "give --socket PATH in a directory of yours")
     warnings = []
     lock = os.open(os.path.join(d, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -341,9 +348,16 @@ def cmd_network(args) -> int:
     """``usernet network create|ls|rm``."""
     import sys
     from .daemon import default_socket_path
+    from .diagnose import StartError, message
     path = args.socket or default_socket_path()
     d = store_dir(path)
     try:
+        if args.socket is None and not os.environ.get("USERNET_DAEMON_SOCKET") \
+                and args.action == "create":
+            # The daemon's default directory: made 0700 and checked to be
+            # ours, as the daemon itself does.
+            from .daemon import _own_dir
+            _own_dir(os.path.dirname(path), make=True)
         if args.action == "create":
             if args.subnet is not None and args.name is None:
                 raise NetworkError("network create: give the network's NAME")
@@ -382,7 +396,10 @@ def cmd_network(args) -> int:
                                "end those containers first (usernet daemon detach ID)")
         remove(d, name)
         return 0
-    except (NetworkError, ValueError) as e:
+    except (NetworkError, ValueError, OSError) as e:
+        print(f"usernet: {message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        return 1
+    except StartError as e:
         print(f"usernet: {e}", file=sys.stderr)
         return 1
 
