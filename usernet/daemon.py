@@ -54,12 +54,15 @@ JSON requests on a SOCK_STREAM unix socket, the fds as SCM_RIGHTS on the
 request's bytes, one JSON reply line per request. Only the daemon's own user
 (and root) may connect (``SO_PEERCRED``); the default directory is made
 mode 0700; a lock file beside the socket keeps one daemon per path.
+
+asyncio is imported inside the daemon's functions only: the clients (which
+import this module for :class:`DaemonClient` and :func:`hand_over`) never
+run a loop, and importing it is most of their start.
 """
 
 from __future__ import annotations
 
 import array
-import asyncio
 import fcntl
 import json
 import logging
@@ -385,6 +388,7 @@ class Link:
         return [(f.proto, f.host_addr, f.host_port) for f in self.spec.publish]
 
     async def start(self) -> None:
+        import asyncio
         from .host.driver import HostDriver
         from .serve import open_pcap, set_tap_offload
         from .services import ServiceOptions, setup_services
@@ -776,6 +780,7 @@ class Daemon:
             self.lock_fd = None
 
     async def run(self) -> int:
+        import asyncio
         self.loop = loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         loop.add_reader(self.sock.fileno(), self._accept)
@@ -811,6 +816,7 @@ class Daemon:
 
     async def close_links(self) -> None:
         """Every link ended (flows drained, bounded, then reset) and released."""
+        import asyncio
         for link in list(self.links.values()):
             if link.state == "up":
                 link.end("daemon stopping")
@@ -877,6 +883,7 @@ class Daemon:
             link = self._link(req)
             return {"ok": True, "link": link.id, "flows": link.services.flows()}
         if op == "detach":
+            import asyncio
             link = self._link(req)
             link.end("detached")
             await asyncio.shield(link.closed)

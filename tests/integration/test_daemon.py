@@ -613,3 +613,34 @@ def test_daemon_100_namespaces_rss(tmp_path):
             assert fds < 30, f"{fds} fds left open in the daemon"
         finally:
             _kill(targets)
+
+
+@need_root
+def test_daemon_netns_path_lives_until_detach(tmp_path):
+    """attach --daemon --netns-type=path: no process to watch, so the link
+    lives until `usernet daemon detach ID`, which removes its TAP."""
+    tool("ip")
+    www = _page(tmp_path)
+    name = f"s18-daemon-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
+    try:
+        with http_server(www) as port, _daemon() as (_d, path):
+            r = _usernet(["attach", "--daemon-socket", path, "--netns-type=path",
+                          f"/run/netns/{name}"])
+            assert r.returncode == 0, _out(r)
+            (ln,) = _status(path)["links"]
+            assert ln["pid"] is None and ln["where"] == f"/run/netns/{name}"
+            r = subprocess.run(["ip", "netns", "exec", name, "curl", "-sS", "-m", "10",
+                                f"http://10.0.2.2:{port}/page.txt"],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            assert r.returncode == 0 and r.stdout == "page of the host\n", _out(r)
+            r = _usernet(["daemon", "detach", str(ln["id"]), "--socket", path])
+            assert r.returncode == 0, _out(r)
+            assert _status(path)["links"] == []
+            r = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link"],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            assert "tap0" not in r.stdout, r.stdout
+            r = _usernet(["daemon", "detach", str(ln["id"]), "--socket", path])
+            assert r.returncode == 1 and f"no link {ln['id']}" in r.stderr, _out(r)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=TIMEOUT)

@@ -161,12 +161,19 @@ def test_protocol_in_process(tmp_path):
         assert "tcp_syn_connect" in stats["stats"]
         bad = await loop.run_in_executor(None, client, {"op": "status"}, [exit_w])
         assert bad["ok"] is False and "takes no fds" in bad["error"]["message"]
+        import gc
+        import weakref
+        link = weakref.ref(d.links[1])
+        gw = weakref.ref(d.links[1].gw)
         os.close(exit_w)              # the exit fd's other end: the link ends
         for _ in range(100):
             if not d.links and not d.closing:
                 break
             await asyncio.sleep(0.02)
         assert not d.links and not d.closing and d.pool.used == 0
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert link() is None and gw() is None, "a freed link is still referenced"
         # An exit fd that cannot be watched (a regular file): refused, nothing left behind.
         t3, p3 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         f = open(tmp_path / "plain", "w")
