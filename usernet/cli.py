@@ -199,6 +199,13 @@ def _common(p):
     dm.add_argument("--daemon-socket", metavar="PATH",
                     help="the daemon's socket (implies --daemon; default $USERNET_DAEMON_SOCKET, "
                          "else $XDG_RUNTIME_DIR/usernet/daemon.sock)")
+    dm.add_argument("--network", metavar="NAME",
+                    help="with --daemon: join the named network (usernet network create NAME): "
+                         "its links share one switch, reach each other directly and by name; "
+                         "the address comes from the network")
+    dm.add_argument("--name", metavar="NAME",
+                    help="with --daemon: this link's name; on a network, other links resolve "
+                         "NAME and NAME.NETWORK to it")
     lg = p.add_argument_group("logging (key=value lines on stderr)")
     lg.add_argument("-v", "--verbose", action="store_true",
                     help="info lines too (run is quiet on success without it; attach prints "
@@ -278,6 +285,15 @@ examples:
   usernet daemon stop                               # (or SIGTERM) every link closed, exit 0
 """
 
+EPILOG_NETWORK = """\
+examples:
+  usernet network create app                        # 10.89.0.0/24 (the first free /24)
+  usernet run --daemon --network app --name web -- python3 -m http.server 8080 &
+  usernet run --daemon --network app -- wget -qO- http://web:8080/
+  usernet network ls                                # networks and their links
+  usernet network rm app                            # refused while links use it
+"""
+
 EPILOG_FWD = """\
 examples:
   usernet fwd add --api-socket /tmp/u.sock 8080:80          # host 0.0.0.0:8080 -> container 80
@@ -296,7 +312,7 @@ def build_parser():
                 epilog=EPILOG_MAIN, formatter_class=raw)
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,attach,daemon,fwd,stats,flows,slirp4netns}",
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,daemon,network,fwd,stats,flows,slirp4netns}",
                            parser_class=_Parser)
     sub.required = True
 
@@ -355,6 +371,21 @@ def build_parser():
     dn.add_argument("-v", "--verbose", action="store_true", help="(the daemon logs info lines anyway)")
     dn.add_argument("--debug", action="store_true", help="debug lines too")
     dn.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
+
+    nw = sub.add_parser("network", help="named networks for the daemon's links (a switch, DNS "
+                                        "by name)",
+                        description="Create, list and remove named networks. Links started with "
+                                    "--daemon --network NAME share one switch: they reach each "
+                                    "other directly and by --name. See docs/networks.md.",
+                        epilog=EPILOG_NETWORK, formatter_class=raw)
+    nw.add_argument("action", choices=("create", "ls", "rm"))
+    nw.add_argument("name", nargs="?", metavar="NAME", help="the network (create, rm)")
+    nw.add_argument("--subnet", metavar="CIDR",
+                    help="create: its IPv4 subnet (default the first free 10.89.N.0/24)")
+    nw.add_argument("--socket", metavar="PATH",
+                    help="the daemon whose networks these are (they live beside its socket; "
+                         "default as for usernet daemon)")
+    nw.add_argument("--json", action="store_true", help="create, ls: JSON for scripts")
 
     f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)",
                        description="Add, list and remove port forwards of a running usernet "
@@ -435,7 +466,8 @@ def make_config(args):
 def _resolv_conf(cfg) -> str:
     if not cfg.enable_dns:
         return "# usernet: DNS disabled (--disable-dns)\n"
-    return f"# written by usernet\nnameserver {cfg.dns_str}\n"
+    search = f"search {' '.join(cfg.dns_search)}\n" if cfg.dns_search else ""
+    return f"# written by usernet\nnameserver {cfg.dns_str}\n{search}"
 
 
 def cmd_run(args) -> int:
@@ -449,6 +481,7 @@ def cmd_run(args) -> int:
     _preflight(args)
     client = _daemon_client(args)      # before any namespace is made
     try:
+        cfg = _network_lease(client, cfg, args)
         handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
     except BaseException:
         if client is not None:
@@ -484,6 +517,10 @@ def _daemon_client(args):
     if not getattr(args, "daemon", False):
         if getattr(args, "exit_fd", None) is not None:
             raise UsageError("--exit-fd needs --daemon")
+        for flag in ("network", "name"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"--{flag} needs the daemon (links on a network share its "
+                                 "switch); fix: start `usernet daemon` and add --daemon")
         return None
     for flag in ("enable_sandbox", "enable_seccomp"):
         if getattr(args, flag, False):
@@ -491,6 +528,32 @@ def _daemon_client(args):
                              "with --daemon (the daemon serves many namespaces)")
     from .daemon import DaemonClient, default_socket_path
     return DaemonClient(args.daemon_socket or default_socket_path())
+
+
+def _network_lease(client, cfg, args):
+    """--network: ask the daemon for this link's address on the network (held
+    for the attach that follows); the config with the network's addresses."""
+    import dataclasses
+    from .stack.config import DEFAULT_CIDR, DEFAULT_IPV6_PREFIX
+    if client is None or getattr(args, "network", None) is None:
+        return cfg
+    if args.cidr != DEFAULT_CIDR or args.ipv6_prefix != DEFAULT_IPV6_PREFIX:
+        raise UsageError("--cidr/--ipv6-prefix: a link on a network takes the network's "
+                         "subnet (see usernet network ls)")
+    from .daemon import reply_error
+    from .diagnose import StartError
+    reply = client.request({"op": "network_lease", "network": args.network,
+                            "name": getattr(args, "name", None)})
+    err = reply_error(reply)
+    if err is not None:
+        raise StartError(f"daemon: {err}")
+    fields = dict(reply.get("config") or {})
+    fields["dns_search"] = tuple(fields.get("dns_search", ()))
+    args.network_lease = reply.get("lease")
+    try:
+        return dataclasses.replace(cfg, **fields)
+    except (TypeError, ValueError) as e:
+        raise StartError(f"daemon: the network's lease does not fit: {e}") from None
 
 
 def _preflight(args) -> None:
@@ -520,6 +583,7 @@ def cmd_attach(args) -> int:
     client = _daemon_client(args)      # before the TAP is made
     if client is not None:
         try:
+            cfg = _network_lease(client, cfg, args)
             return _attach_via_daemon(client, cfg, args, pid)
         finally:
             client.close()
@@ -725,6 +789,11 @@ def main(argv=None) -> int:
             return cmd_attach(args)
         if args.command == "daemon":
             return cmd_daemon(args)
+        if args.command == "network":
+            from .networks import cmd_network
+            if args.action in ("create", "rm") and not args.name:
+                raise UsageError(f"network {args.action}: give the network's NAME")
+            return cmd_network(args)
         if args.command in ("stats", "flows"):
             return cmd_monitor(args)
         return cmd_fwd(args)

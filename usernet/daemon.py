@@ -280,7 +280,8 @@ _OPTION_FIELDS = {"offload": (bool,), "impair": (str, type(None)), "dns_upstream
                   "pcap_max_size": (int, type(None)), "outbound": (dict,)}
 _TOP_FIELDS = {"op": (str,), "version": (int,), "fds": (list,), "where": (str,),
                "pid": (int, type(None)), "tap": (str,), "network": (str, type(None)),
-               "name": (str, type(None)), "config": (dict,), "options": (dict,)}
+               "name": (str, type(None)), "config": (dict,), "options": (dict,),
+               "lease": (str, type(None))}
 
 
 def _check_fields(d: dict, fields: dict, what: str) -> None:
@@ -318,6 +319,7 @@ class LinkSpec:
         self.tap = req.get("tap") or "tap0"
         self.network = req.get("network")
         self.name = req.get("name")
+        self.lease = req.get("lease")          # a network_lease's token (usernet/networks.py)
         if self.name is not None and not _NAME.fullmatch(self.name):
             raise DaemonError(f"name {self.name!r} is not a DNS label (letters, digits, '-', "
                               "at most 63)")
@@ -379,6 +381,7 @@ class Link:
         self.name = spec.name
         self.tap_fd, self.pidfd, self.exit_fd = tap_fd, pidfd, exit_fd
         self.gw = self.driver = self.services = self.pcap = self.budget = None
+        self.net = self.net_ip = self.port = None     # the named network's switch port
         self.state = "starting"
         self.reason = None
         self.created = time.time()
@@ -405,11 +408,22 @@ class Link:
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
         spec, cfg, pool = self.spec, self.config, self.daemon.pool
+        hub = self.daemon.networks
+        if spec.network is not None:
+            # The network's addresses (the lease's, checked), not the client's.
+            self.net, self.net_ip, cfg = hub.link_config(spec.network, spec.name, spec.lease, cfg)
+            self.config = cfg
         self.budget = PooledBudget(min(cfg.memory_budget, pool.limit), pool)
         self.gw = Gateway(cfg, offload=set_tap_offload(self.tap_fd, spec.offload),
                           budget=self.budget)
         self.driver = d = HostDriver(self.gw, self.tap_fd, impair=spec.impair,
                                      outbound=spec.outbound)
+        if self.net is not None:
+            # A port of the switch before the first frame is read. A refusal
+            # has given the address back already: nothing left to leave.
+            net, self.net = self.net, None
+            self.port = hub.join(net, self.net_ip, self.gw, spec.name, d)
+            self.net = net
         d.start(loop)
         self._meter()
         try:
@@ -470,6 +484,7 @@ class Link:
         self.state = "closing"
         self.reason = reason
         self._unwatch()
+        self._leave_network()          # its address and name are free now, not after the drain
         self.daemon._link_ended(self)
         # Kept: the loop holds only a weak reference to a task.
         self._closing = self.driver.loop.create_task(self._close(drain))
@@ -488,8 +503,15 @@ class Link:
                 await self.services.close()
             self._release()
 
+    def _leave_network(self) -> None:
+        if self.net is not None:
+            self.daemon.networks.leave(self.net, self.port,
+                                       None if self.port is not None else self.net_ip)
+            self.net = None
+
     def _release(self) -> None:
         """Close everything this link holds; its charge leaves the pool."""
+        self._leave_network()
         if self.driver is not None:
             self.driver.close()
         if self.pcap is not None:
@@ -515,8 +537,10 @@ class Link:
         if cfg.enable_ipv6:
             addrs.append(str(cfg.network6))
         f = self.gw.flows
+        port = self.port
         return {"id": self.id, "where": self.spec.where, "pid": self.spec.pid,
                 "tap": self.spec.tap, "network": self.network or "", "name": self.name or "",
+                "mac": port.mac.hex(":") if port is not None and port.mac else None,
                 "state": self.state, "addresses": addrs, "gateway": cfg.gateway_str,
                 "dns": cfg.dns_str if cfg.enable_dns else None,
                 "flows": {"tcp": g["tcp_flows"], "udp": g["udp_flows"], "icmp": g["icmp_flows"]},
@@ -557,6 +581,7 @@ class _Conn:
         self.task = None
         self.last = time.monotonic()
         self.closed = False
+        self.leases: list[str] = []    # network leases made here (usernet/networks.py)
         loop = daemon.loop
         loop.add_reader(sock.fileno(), self.readable)
 
@@ -662,6 +687,11 @@ class _Conn:
         self.fds = []
         self.sock.close()
         self.daemon.conns.discard(self)
+        for token in self.leases:
+            # A client that leased an address and went away without the
+            # attach (its namespace failed, it was killed): free it now.
+            self.daemon.networks.cancel(token)
+        self.leases = []
 
 
 class Daemon:
@@ -682,6 +712,8 @@ class Daemon:
         self.closing: dict[int, Link] = {}
         self.conns: set[_Conn] = set()
         self.hooks: list = []
+        from .networks import NetworkHub, store_dir
+        self.networks = NetworkHub(store_dir(path))   # named networks and their switches
         self.next_id = 1
         self.loop = None
         self.sock = None
@@ -887,8 +919,19 @@ class Daemon:
             return {"ok": True}
         if op == "ping":
             return {"ok": True, "version": PROTOCOL, "pid": os.getpid()}
+        if op == "network_lease":
+            from .networks import NetworkError
+            network, name = req.get("network"), req.get("name")
+            if not isinstance(network, str) or not isinstance(name, (str, type(None))):
+                raise DaemonError("bad request: network_lease needs 'network' (and 'name')")
+            try:
+                reply = {"ok": True, **self.networks.lease(network, name)}
+            except NetworkError as e:
+                raise DaemonError(str(e)) from None
+            conn.leases.append(reply["lease"])     # given back if the client goes first
+            return reply
         raise DaemonError(f"bad request: unknown op {op!r} (attach, status, stats, flows, "
-                          "detach, stop, ping)")
+                          "detach, stop, ping, network_lease)")
 
     def _link(self, req: dict) -> Link:
         lid = req.get("link")
@@ -1016,7 +1059,8 @@ class Daemon:
                            "memory_budget": self.pool.limit, "memory_used": self.pool.used,
                            "rss": mem.get("VmRSS"), "rss_peak": mem.get("VmHWM"),
                            "uptime": round(time.time() - self.started, 1)},
-                "links": [link.status() for link in up]}
+                "links": [link.status() for link in up],
+                "networks": self.networks.info()}
 
 
 # -------------------------------------------------------------- front ends
@@ -1064,6 +1108,9 @@ def format_status(st: dict) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for n in st.get("networks", []):
+        lines.append(f"network {n['name']} {n['subnet']}: {n['links']} link(s)"
+                     + (f", names {', '.join(n['names'])}" if n["names"] else ""))
     return "\n".join(lines)
 
 
@@ -1083,6 +1130,8 @@ def hand_over(client: DaemonClient, cfg, args, tap_fd: int, *, pidfd: int | None
     req = link_request(cfg, args, where=where, pid=pid, tap=tap, fds=roles,
                        network=network if network is not None else getattr(args, "network", None),
                        name=name if name is not None else getattr(args, "name", None))
+    if getattr(args, "network_lease", None):
+        req["lease"] = args.network_lease      # the address the TAP was configured with
     reply = client.request(req, fds)
     err = reply_error(reply)
     if err is not None:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "usernet"
 CLI_LAYER = {"usernet.tap", "usernet.netns", "usernet.api", "usernet.cli", "usernet.publish",
              "usernet.services", "usernet.slirp4netns", "usernet.sandbox", "usernet.serve",
-             "usernet.rtnl", "usernet.diagnose", "usernet.__main__"}
+             "usernet.rtnl", "usernet.diagnose", "usernet.__main__", "usernet.networks"}
 IO_MODULES = {"asyncio", "socket", "os", "time", "select", "selectors", "uvloop", "subprocess"}
 
 

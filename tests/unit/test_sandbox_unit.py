@@ -141,7 +141,9 @@ BEFORE_SANDBOX_ONLY = {"usernet.rtnl", "pwd", "shutil", "subprocess", "tempfile"
                        # the stats/flows client: its own process, never sandboxed
                        "usernet.monitor",
                        # the daemon and its clients: never sandboxed (refused with --daemon)
-                       "usernet.daemon", "usernet.runwait"}
+                       "usernet.daemon", "usernet.runwait",
+                       # named networks: the daemon's and the network command's
+                       "usernet.networks"}
 
 
 def _function_level_imports():

@@ -31,6 +31,12 @@ answers EAGAIN, frames wait in a bounded deque (``TX_QUEUE_MAX``) drained by
 
 The impairment hook (``Impairment``) sits between the TAP and the gateway in
 both directions, for tests: this kernel has no netem.
+
+A link on a named network (the daemon's ``--network``) reads its TAP with
+``_on_readable_switched`` instead (bound once, by :meth:`HostDriver.attach_port`):
+each frame goes to its switch port (``usernet.stack.switch``), which hands
+it to the gateway or to other links' TAPs; the links written to are flushed
+after the batch. A link on no network never runs that code.
 """
 
 import asyncio
@@ -42,7 +48,8 @@ import random
 from collections import deque
 
 from ..stack import events as ev
-from ..wire.vnet import VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN
+from ..wire.vnet import (VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN,
+                         VNET_HDR_NONE)
 from .tcp import TcpHost
 from .udp import UdpHost
 
@@ -152,10 +159,21 @@ class HostDriver:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
         self.stopped = None
+        self.port = None               # a switch port (attach_port), on a named network
         self._handlers: dict = {}      # event type -> method, built at start()
         # --outbound-addr[6]: address family -> source address of outbound
         # sockets (host/outbound.py); empty: the kernel chooses.
         self.outbound = dict(outbound or {})
+
+    def attach_port(self, port) -> None:
+        """Feed the container's frames to ``port`` (a link on a named network:
+        ``usernet.stack.switch``) instead of straight to the gateway. Call
+        before :meth:`start`. A driver with no port never runs this path."""
+        if self.rx_impair is not None:
+            raise ValueError("--impair is not supported on a link on a network")
+        self.port = port
+        port.owner = self
+        self._on_readable = self._on_readable_switched
 
     def attach_dns(self, dns) -> None:
         """Serve the stack's DNS queries with ``dns`` (a ``DnsForwarder``)."""
@@ -371,6 +389,54 @@ class HostDriver:
                 c["drop_stack_error"] += 1
                 log.debug("stack error on a frame", exc_info=True)
         self.flush()
+
+    def _on_readable_switched(self) -> None:
+        """``_on_readable`` for a link on a network: each frame, with its
+        virtio-net header (a peer's TAP may take it as it is), goes to the
+        switch port; after the batch, the links the switch wrote to are
+        flushed too."""
+        port = self.port
+        fd = self.fd
+        now = self.loop.time()
+        vnet = self.vnet_hdr
+        c = self.counters
+        read = self._read
+        for _ in range(RX_BATCH):
+            try:
+                data = read(fd, RX_BUF)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                log.info("TAP read failed (%s): the namespace is gone, stopping", e.strerror)
+                self._stop()
+                return
+            if not data:
+                self._stop()
+                return
+            if vnet:
+                if len(data) < VNET_HDR_LEN:
+                    c["drop_vnet_truncated"] += 1
+                    continue
+                csum_ok = bool(data[0] & _CSUM_DONE)
+                if data[1]:
+                    c["rx_gso_frames"] += 1
+                hdr = data[:VNET_HDR_LEN]
+                frame = memoryview(data)[VNET_HDR_LEN:]
+            else:
+                csum_ok = False
+                hdr = VNET_HDR_NONE
+                frame = data
+            try:
+                port.receive(hdr, frame, now, csum_ok)
+            except Exception:  # noqa: BLE001 - one bad frame must not stop the loop
+                c["drop_stack_error"] += 1
+                log.debug("stack error on a frame", exc_info=True)
+        self.flush()
+        for q in port.net.take_dirty():
+            if q is not port and q.owner is not None:
+                q.owner.flush()
 
     # ------------------------------------------------------------------- tx
     def _tap_write(self, entry) -> None:

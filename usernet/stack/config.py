@@ -73,6 +73,10 @@ TCP_EVICT_IDLE = 120.0
 # (tcp_min_snd_mss); ours is higher because each frame costs Python ~10x.
 TCP_MIN_PEER_MSS = 536
 
+# Addresses the DHCP server may hand out from the container's address on
+# (one container per TAP: a few spare for restarts and clones).
+DHCP_POOL_SIZE = 16
+
 DEFAULT_IPV6_PREFIX = "fd00::/64"   # slirp4netns's
 GATEWAY_MAC = bytes.fromhex("525500000202")  # locally administered; slirp's habit: 52:55:...
 
@@ -93,6 +97,22 @@ def parse_cidr(text: str) -> ipaddress.IPv4Network:
     if not 1 <= net.prefixlen <= 25:
         raise ValueError(f"{text!r}: prefix length must be 1..25")
     return net
+
+
+def _guest_addr(net: ipaddress.IPv4Network, text: str) -> bytes:
+    """The container's address ``text`` inside ``net``: not the network or
+    broadcast address, not the gateway (+2) or the DNS forwarder (+3)."""
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    if addr not in net:
+        raise ValueError(f"{addr} is not inside {net}")
+    host = int(addr) - int(net.network_address)
+    if addr in (net.network_address, net.broadcast_address) or host in (2, 3):
+        raise ValueError(f"{addr} cannot be the container's address in {net} "
+                         "(network, broadcast, gateway +2 or DNS +3)")
+    return addr.packed
 
 
 def check_mtu(mtu: int) -> int:
@@ -131,6 +151,14 @@ class NetConfig:
     dns_max_pending: int = DNS_MAX_PENDING
     enable_ipv6: bool = False
     ipv6_prefix: str = DEFAULT_IPV6_PREFIX
+    # The container's address, when not network+100: a link on a named
+    # network (usernet/stack/switch.py) gets the one its network allocated,
+    # and its DHCP server hands out that one alone (dhcp_pool_size 1).
+    guest_addr: str | None = None
+    dhcp_pool_size: int = DHCP_POOL_SIZE
+    # DHCP's domain search list (option 119): a named network's name, so
+    # "web" also finds "web.NETWORK" for a resolver that asks with dots.
+    dns_search: tuple = ()
     network: ipaddress.IPv4Network = field(init=False)
 
     def __post_init__(self):
@@ -147,6 +175,10 @@ class NetConfig:
         self.gateway_ip = _ip4(base + 2)
         self.dns_ip = _ip4(base + 3)
         self.guest_ip = _ip4(base + 100)
+        if self.guest_addr is not None:
+            self.guest_ip = _guest_addr(net, self.guest_addr)
+        if not 1 <= self.dhcp_pool_size <= 256:
+            raise ValueError(f"the DHCP pool must hold 1..256 addresses, got {self.dhcp_pool_size}")
         self.broadcast_ip = net.broadcast_address.packed
         self.netmask = net.netmask.packed
         self.prefixlen = net.prefixlen

@@ -155,12 +155,22 @@ _DNS_GUARD = (
     "dns_tcp_idle_close", "dns_tcp_bad_framing", "dns_tcp_closed_on_garbage",
 )
 
+# The virtual switch of a named network (usernet/stack/switch.py), counted
+# on the link whose frame it decided about (``switch_delivered``: on the
+# link whose TAP got it).
+_SWITCH = ("switch_flooded", "switch_unicast", "switch_unknown_unicast_flooded",
+           "switch_delivered", "switch_mac_learned", "switch_mac_aged", "switch_ip6_learned",
+           "switch_drop_runt", "switch_drop_hairpin", "switch_drop_mac_spoof",
+           "switch_drop_ip_spoof", "switch_drop_mac_limit", "switch_drop_ip6_limit",
+           "switch_drop_gso_to_plain", "switch_drop_bad_vnet_hdr", "switch_drop_port_gone",
+           "switch_drop_flood_limit")
+
 # The API socket (usernet/api.py): requests and its limits.
 _API = ("api_request", "api_request_too_large", "api_conn_timeout", "api_conn_evicted",
         "api_conn_busy", "api_fwd_limit", "api_host_addr_not_unicast")
 
 DECLARED = frozenset(
-    _API + _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
+    _API + _SWITCH + _DNS_GUARD + _GATEWAY + _ARP + _NDP + _IPV6 + _FLOWS + _FRAG + _DHCP + _TCP + _HOST
     + tuple("drop_" + r for r in PARSE_REASONS)
     + tuple("policy_refused_" + r for r in REFUSAL_REASONS)
     + tuple("tcp_host_connect_failed_" + r for r in CONNECT_FAILURES)

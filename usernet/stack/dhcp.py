@@ -80,7 +80,8 @@ class DhcpConfig(NamedTuple):
 
     @classmethod
     def from_net(cls, net) -> "DhcpConfig":
-        return cls(net.gateway_ip, net.dns_ip, net.guest_ip, net.prefixlen, net.mtu)
+        return cls(net.gateway_ip, net.dns_ip, net.guest_ip, net.prefixlen, net.mtu,
+                   net.dhcp_pool_size, dns_search=tuple(net.dns_search))
 
 
 class Lease(NamedTuple):

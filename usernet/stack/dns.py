@@ -6,7 +6,10 @@ with the gateway address, which usernet maps to the host's loopback. Every
 other query gets ``None``: the caller forwards it upstream unchanged. When
 host loopback is disabled (``--disable-host-loopback``) the gateway does not
 reach the host, so the names are not answered locally either (pass
-``gateway_ip=None``) and go upstream like any other name.
+``gateway_ip=None``) and go upstream like any other name. A link on a named
+network (``LocalNames.network``, set by :mod:`usernet.stack.switch`) also
+answers the names of that network's links (``web``, ``web.NETWORK``, their
+reverse names) and NXDOMAIN for the rest of ``.NETWORK``.
 
 :func:`parse_resolv_conf` reads the host's ``/etc/resolv.conf`` text (the
 host side reads the file; this module never does I/O) into the upstream
@@ -37,6 +40,10 @@ class LocalNames:
             raise ValueError("gateway_ip6 must be 16 bytes")
         self.gateway_ip = gateway_ip
         self.gateway_ip6 = gateway_ip6
+        # The named network this link is on (usernet/stack/switch.py
+        # Network, set when the link joins it): its links' names are
+        # answered here too.
+        self.network = None
 
     def answer(self, query) -> bytes | None:
         """The response to ``query`` (bytes) if it is for a local name, else None.
@@ -44,7 +51,7 @@ class LocalNames:
         A query that does not parse is not ours either (None): the forwarder
         decides what to do with garbage.
         """
-        if self.gateway_ip is None:
+        if self.gateway_ip is None and self.network is None:
             return None
         try:
             q = parse_query(query)
@@ -52,8 +59,17 @@ class LocalNames:
             return None
         if q.opcode != OPCODE_QUERY or q.qclass not in (CLASS_IN, CLASS_ANY):
             return None
-        if q.qname.rstrip(".") not in HOST_NAMES:
-            return None
+        name = q.qname.rstrip(".")
+        if self.gateway_ip is None or name not in HOST_NAMES:
+            if self.network is None:
+                return None
+            # A link's name on the network (web, web.NETWORK), its reverse
+            # name, or NXDOMAIN inside the network's zone.
+            found = self.network.resolve(name, q.qtype)
+            if found is None:
+                return None
+            rcode, answers = found
+            return build_response(query, answers, rcode=rcode, aa=True)
         answers = []
         if q.qtype in (TYPE_A, TYPE_ANY):
             answers.append((TYPE_A, LOCAL_TTL, self.gateway_ip))
