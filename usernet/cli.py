@@ -356,7 +356,7 @@ def build_parser():
                     help="ask a running daemon (default: run one)")
     dn.add_argument("link", nargs="?", type=_arg_type(_parse_count, "link"), metavar="ID",
                     help="detach: the link's id (see status)")
-    dn.add_argument("--socket", metavar="PATH",
+    dn.add_argument("--socket", "--daemon-socket", dest="socket", metavar="PATH",
                     help="the daemon's socket (default $USERNET_DAEMON_SOCKET, else "
                          "$XDG_RUNTIME_DIR/usernet/daemon.sock, /run/usernet/ for root, "
                          "/tmp/usernet-UID/)")
@@ -382,7 +382,7 @@ def build_parser():
     nw.add_argument("name", nargs="?", metavar="NAME", help="the network (create, rm)")
     nw.add_argument("--subnet", metavar="CIDR",
                     help="create: its IPv4 subnet (default the first free 10.89.N.0/24)")
-    nw.add_argument("--socket", metavar="PATH",
+    nw.add_argument("--socket", "--daemon-socket", dest="socket", metavar="PATH",
                     help="the daemon whose networks these are (they live beside its socket; "
                          "default as for usernet daemon)")
     nw.add_argument("--json", action="store_true", help="create, ls: JSON for scripts")

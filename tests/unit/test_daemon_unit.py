@@ -296,3 +296,13 @@ def test_flow_tables_share_the_open_files(tmp_path, monkeypatch):
         loop.close()
         for s in pairs:
             s.close()
+
+
+@pytest.mark.parametrize("argv", [["daemon", "status"], ["daemon", "stop"], ["daemon", "detach", "3"],
+                                  ["network", "ls"]])
+def test_daemon_commands_take_the_socket_under_both_spellings(argv):
+    """attach/run spell it --daemon-socket, the daemon's own commands --socket: both work."""
+    from usernet.cli import build_parser
+    for flag in ("--socket", "--daemon-socket"):
+        args = build_parser().parse_args(argv + [flag, "/tmp/x/d.sock"])
+        assert args.socket == "/tmp/x/d.sock"
