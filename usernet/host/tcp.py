@@ -78,6 +78,11 @@ def abort_with_rst(transport) -> None:
 
 
 class FlowProtocol(asyncio.BufferedProtocol):
+    # One per host socket, so slots (no instance dict): what an idle flow
+    # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
+    __slots__ = ("host", "fid", "transport", "pending", "paused", "eof_pending", "eof_seen",
+                 "closed")
+
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
         self.fid = fid

@@ -100,6 +100,9 @@ PUSH_ACK_DELAY = 0.01
 # The options of nearly every segment of an established flow: NOP, NOP,
 # timestamps (what build_tcp_options gives for ts alone, packed directly).
 _TS_ONLY = struct.Struct("!BBBBII")
+# Distinct addresses TcpNat._addr keeps one copy of (then it starts again:
+# a container talking to many hosts only loses the sharing, never a flow).
+ADDR_CACHE_MAX = 1024
 
 
 class TcpNat:
@@ -126,6 +129,7 @@ class TcpNat:
         self._kind = timers.kind(self._live, self._timer)
         self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
         self.budget = budget if budget is not None else MemoryBudget(config.memory_budget)
+        self._addrs: dict = {}   # address -> the one bytes object flows keep (_addr)
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -215,8 +219,21 @@ class TcpNat:
                                else TcpConnect(flow.id, host, dport))
         self.output(flow, now)
 
+    def _addr(self, a: bytes) -> bytes:
+        """One bytes object per address for every flow that names it: the
+        parser's copies (37 bytes each, two a flow) would otherwise live as
+        long as the flow, though nearly every flow names the same two."""
+        cache = self._addrs
+        b = cache.get(a)
+        if b is None:
+            if len(cache) >= ADDR_CACHE_MAX:
+                cache.clear()
+            cache[a] = b = a
+        return b
+
     def _new_flow(self, key: tuple, inbound: bool, now: float) -> TcpFlow:
         """The one way a TCP flow is made: its connection emits straight into ``events_out``."""
+        key = (self._addr(key[0]), key[1], self._addr(key[2]), key[3])
         fid = self.flows.new_id()
         # The MSS we offer: the link MTU less the IP and TCP headers (IPv6's
         # header is 20 bytes longer than IPv4's).
