@@ -63,6 +63,10 @@ _CONNECT_ERRORS = {
     errno.EACCES: "denied",
     errno.EPERM: "denied",
     errno.EADDRNOTAVAIL: "unreachable",
+    # Out of file descriptors (ours or the system's): the flow limit was set
+    # past RLIMIT_NOFILE, or UDP and the rest took the room (serve.py).
+    errno.EMFILE: "fd_limit",
+    errno.ENFILE: "fd_limit",
 }
 
 

@@ -33,9 +33,11 @@ closing or unanswered-handshake flow, or an established one silent for
 ``TCP_EVICT_IDLE``, among the ``EVICT_SCAN`` oldest), ``max_tcp_connects``
 host connects in flight (a SYN past it is dropped; the container retries).
 
-Memory budget (stack/budget.py): :meth:`output` charges each flow's held
-bytes (send queue, out-of-order pieces, host write backlog, and what the
-host side read but we did not take) by difference;
+Memory budget (stack/budget.py): every flow is charged ``TCP_FLOW_COST``
+(its objects, here and on the host side) from its SYN until it is
+forgotten, and :meth:`output` charges its held bytes (send queue,
+out-of-order pieces, host write backlog, and what the host side read but
+we did not take) by difference;
 past the budget a SYN is reset (``tcp_syn_budget_rst``), a port forward
 refused, the window toward the container held to ``BUDGET_FLOW_WINDOW``
 less the host write backlog (``tcp_budget_window_squeezed``) and the send
@@ -72,7 +74,7 @@ from .arp import UNRESOLVED
 from .events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
                      TcpInboundRefused)
 from .budget import MemoryBudget
-from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE
+from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE, TCP_FLOW_COST
 from .flows import TcpFlow
 from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                   SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
@@ -248,6 +250,9 @@ class TcpNat:
         cfg = self.config
         flow.ka_at = now + min(cfg.tcp_fin_timeout, cfg.tcp_keepalive_idle)
         self.flows.tcp.add(flow)
+        # The flow's own objects are charged from now until it is forgotten.
+        flow.charged = TCP_FLOW_COST
+        self.budget.used += TCP_FLOW_COST
         return flow
 
     def _evict(self, now: float) -> bool:
@@ -354,7 +359,7 @@ class TcpNat:
             self._forget(flow)
             return
         # The memory budget: what the flow holds now, charged by difference.
-        held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
+        held = TCP_FLOW_COST + len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
             b = self.budget
             b.used += held - flow.charged
