@@ -200,6 +200,13 @@ def _common(p):
                           "both ways (default)")
     off.add_argument("--no-offload", dest="offload", action="store_false",
                      help="no TAP offloads: MTU-sized, fully checksummed frames")
+    dm = p.add_argument_group("daemon (one usernet for many namespaces: docs/daemon.md)")
+    dm.add_argument("--daemon", action="store_true",
+                    help="hand the TAP to a running `usernet daemon` instead of serving it "
+                         "from this process (attach exits once the daemon has it)")
+    dm.add_argument("--daemon-socket", metavar="PATH",
+                    help="the daemon's socket (implies --daemon; default $USERNET_DAEMON_SOCKET, "
+                         "else $XDG_RUNTIME_DIR/usernet/daemon.sock)")
     lg = p.add_argument_group("logging (key=value lines on stderr)")
     lg.add_argument("-v", "--verbose", action="store_true",
                     help="info lines too (run is quiet on success without it; attach prints "
@@ -274,6 +281,15 @@ examples:
 usernet stops when the process exits (pid form), or on SIGINT/SIGTERM.
 """
 
+EPILOG_DAEMON = """\
+examples:
+  usernet daemon &                                  # one process for every namespace below
+  usernet attach --daemon $PID                      # hand PID's namespace to it; exits at once
+  usernet run --daemon -p 8080:80 -- CMD            # run stays only as CMD's parent
+  usernet daemon status                             # links, addresses, flows, bytes, memory
+  usernet daemon stop                               # (or SIGTERM) every link closed, exit 0
+"""
+
 EPILOG_FWD = """\
 examples:
   usernet fwd add --api-socket /tmp/u.sock 8080:80          # host 0.0.0.0:8080 -> container 80
@@ -292,7 +308,7 @@ def build_parser():
                 epilog=EPILOG_MAIN, formatter_class=raw)
     from . import __version__
     p.add_argument("--version", action="version", version=f"usernet {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{run,attach,fwd,stats,flows,slirp4netns}",
+    sub = p.add_subparsers(dest="command", metavar="{run,attach,daemon,fwd,stats,flows,slirp4netns}",
                            parser_class=_Parser)
     sub.required = True
 
@@ -322,6 +338,35 @@ def build_parser():
                      help="leave the TAP unconfigured")
     a.add_argument("target", metavar="PID|PATH")
     a.add_argument("tapname", nargs="?", default="tap0")
+
+    a.add_argument("--exit-fd", type=_arg_type(_parse_fd, "fd"), metavar="FD",
+                   help="with --daemon: the daemon frees the link when FD (inherited, handed "
+                        "to it) is closed by its other end, as slirp4netns's -e")
+
+    dn = sub.add_parser("daemon", help="serve many namespaces from one process (and ask it)",
+                        description="Without an action: run the daemon in the foreground "
+                                    "(SIGTERM stops it). status: its links; stop: stop it; "
+                                    "detach ID: free one link. See docs/daemon.md.",
+                        epilog=EPILOG_DAEMON, formatter_class=raw)
+    dn.add_argument("action", nargs="?", choices=("status", "stop", "detach"),
+                    help="ask a running daemon (default: run one)")
+    dn.add_argument("link", nargs="?", type=_arg_type(_parse_count, "link"), metavar="ID",
+                    help="detach: the link's id (see status)")
+    dn.add_argument("--socket", metavar="PATH",
+                    help="the daemon's socket (default $USERNET_DAEMON_SOCKET, else "
+                         "$XDG_RUNTIME_DIR/usernet/daemon.sock, /run/usernet/ for root, "
+                         "/tmp/usernet-UID/)")
+    dn.add_argument("--json", action="store_true", help="status: the reply as JSON")
+    from .daemon import DEFAULT_DAEMON_BUDGET, DEFAULT_MAX_LINKS
+    dn.add_argument("--memory-budget", type=_size, default=DEFAULT_DAEMON_BUDGET, metavar="SIZE",
+                    help="bytes buffered across all links; past it new flows of every link "
+                         f"are refused (default {DEFAULT_DAEMON_BUDGET >> 20}M); each link also "
+                         "keeps its own --memory-budget")
+    dn.add_argument("--max-links", type=_arg_type(_parse_count, "count"), default=DEFAULT_MAX_LINKS,
+                    metavar="N", help=f"namespaces served at once (default {DEFAULT_MAX_LINKS})")
+    dn.add_argument("-v", "--verbose", action="store_true", help="(the daemon logs info lines anyway)")
+    dn.add_argument("--debug", action="store_true", help="debug lines too")
+    dn.add_argument("--log-file", metavar="PATH", help="append the log to PATH instead of stderr")
 
     f = sub.add_parser("fwd", help="manage port forwards of a running usernet (API socket)",
                        description="Add, list and remove port forwards of a running usernet "
@@ -363,6 +408,12 @@ def _positive_int(what):
 
 
 _parse_pid = _positive_int("a PID")
+
+
+def _parse_fd(text):
+    if not text.isdigit() or int(text) < 3:
+        raise ValueError(f"not an inherited fd (3 or more): {text!r}")
+    return int(text)
 _parse_count = _positive_int("a positive count")
 
 
@@ -409,10 +460,19 @@ def cmd_run(args) -> int:
         raise UsageError("run: no command given (usernet run [OPTIONS] -- CMD [ARGS...])")
     cfg = make_config(args)
     _preflight(args)
-    handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
+    client = _daemon_client(args)      # before any namespace is made
+    try:
+        handle = netns.spawn_in_new_namespace(cmd, resolv_conf_text=_resolv_conf(cfg))
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     fd = -1
     try:
         fd = netns.attach(pid=handle.pid, tap_name="tap0", configure=ifconfig(cfg))
+        if client is not None:
+            from .daemon import run_command_via_daemon
+            return run_command_via_daemon(client, cfg, args, handle, fd)
         log_started(cfg, f"new namespace of pid {handle.pid}", "tap0")
         loop = new_loop()
         try:
@@ -422,9 +482,28 @@ def cmd_run(args) -> int:
         finally:
             loop.close()
     finally:
+        if client is not None:
+            client.close()
         handle.close()
         if fd >= 0:
             os.close(fd)
+
+
+def _daemon_client(args):
+    """With --daemon: a connection to the daemon (StartError if none runs),
+    made before anything else so that a missing daemon costs nothing."""
+    if getattr(args, "daemon_socket", None):
+        args.daemon = True
+    if not getattr(args, "daemon", False):
+        if getattr(args, "exit_fd", None) is not None:
+            raise UsageError("--exit-fd needs --daemon")
+        return None
+    for flag in ("enable_sandbox", "enable_seccomp"):
+        if getattr(args, flag, False):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to a whole process: not "
+                             "with --daemon (the daemon serves many namespaces)")
+    from .daemon import DaemonClient, default_socket_path
+    return DaemonClient(args.daemon_socket or default_socket_path())
 
 
 def _preflight(args) -> None:
@@ -451,6 +530,12 @@ def cmd_attach(args) -> int:
         except ValueError:
             raise UsageError(f"attach: {target!r} is not a PID (use --netns-type=path for a path)")
     _preflight(args)
+    client = _daemon_client(args)      # before the TAP is made
+    if client is not None:
+        try:
+            return _attach_via_daemon(client, cfg, args, pid)
+        finally:
+            client.close()
     if pid is not None:
         # The pidfd first: should the process exit while we attach, its exit
         # is still seen (a pid opened later could be gone, or reused).
@@ -482,6 +567,68 @@ def cmd_attach(args) -> int:
         os.close(fd)
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _attach_via_daemon(client, cfg, args, pid) -> int:
+    """attach --daemon: make the TAP as always, hand it (with a pidfd of PID,
+    and --exit-fd) to the daemon, print the start line, exit."""
+    from . import netns
+    from .daemon import hand_over
+    pidfd = fd = None
+    try:
+        if pid is not None:
+            try:
+                pidfd = netns.pidfd_open(pid)
+            except ProcessLookupError:
+                from .diagnose import no_process
+                raise netns.NetnsError(no_process(pid)) from None
+            fd = netns.attach(pid=pid, userns_path=args.userns_path, tap_name=args.tapname,
+                              configure=ifconfig(cfg) if args.configure else None)
+            where = f"pid {pid}"
+        else:
+            fd = netns.attach(netns_path=args.target, userns_path=args.userns_path,
+                              tap_name=args.tapname,
+                              configure=ifconfig(cfg) if args.configure else None)
+            where = args.target
+        hand_over(client, cfg, args, fd, pidfd=pidfd, exit_fd=args.exit_fd, where=where,
+                  pid=pid, tap=args.tapname)
+        return 0
+    finally:
+        for f in (fd, pidfd):
+            if f is not None:
+                os.close(f)
+
+
+def cmd_daemon(args) -> int:
+    from .daemon import DaemonClient, default_socket_path, format_status, reply_error, serve_daemon
+    path = args.socket or default_socket_path()
+    if args.action is None:
+        if args.link is not None or args.json:
+            raise UsageError("daemon: ID and --json go with an action (status, detach)")
+        return serve_daemon(path, default_dir=args.socket is None and
+                            not os.environ.get("USERNET_DAEMON_SOCKET"),
+                            memory_budget=args.memory_budget, max_links=args.max_links)
+    if args.action == "detach":
+        if args.link is None:
+            raise UsageError("daemon detach: give the link's ID (see usernet daemon status)")
+        req = {"op": "detach", "link": args.link}
+    elif args.link is not None:
+        raise UsageError(f"daemon {args.action}: takes no ID")
+    else:
+        req = {"op": args.action}
+    client = DaemonClient(path)
+    try:
+        reply = client.request(req)
+    finally:
+        client.close()
+    err = reply_error(reply)
+    if err is not None:
+        print(f"usernet: daemon: {err}", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        reply.pop("ok", None)
+        print(json.dumps(reply, indent=2) if args.json else format_status(reply))
+    return 0
 
 
 def _request(path, req):
@@ -578,7 +725,7 @@ def main(argv=None) -> int:
         from . import log as ulog
         if getattr(args, "debug", False):
             level = logging.DEBUG
-        elif getattr(args, "verbose", False) or args.command == "attach":
+        elif getattr(args, "verbose", False) or args.command in ("attach", "daemon"):
             level = logging.INFO
         else:
             level = logging.WARNING
@@ -589,6 +736,8 @@ def main(argv=None) -> int:
             return cmd_run(args)
         if args.command == "attach":
             return cmd_attach(args)
+        if args.command == "daemon":
+            return cmd_daemon(args)
         if args.command in ("stats", "flows"):
             return cmd_monitor(args)
         return cmd_fwd(args)

@@ -183,6 +183,28 @@ def api_client_error(path: str, exc: OSError) -> str:
     return f"API socket {path}: {exc.strerror or exc}"
 
 
+# ------------------------------------------------------------------ the daemon
+def daemon_not_running(path: str) -> str:
+    from .daemon import default_socket_path
+    start = "usernet daemon" if path == default_socket_path() else f"usernet daemon --socket {path}"
+    return f"daemon: not running at {path}; fix: start `{start}`"
+
+
+def daemon_client_error(path: str, exc: OSError) -> str:
+    """A client (``--daemon``, ``usernet daemon status``) could not talk to the daemon."""
+    if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+        return daemon_not_running(path)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"daemon: {path}: permission denied; fix: run as the user who started the "
+                "daemon, or start your own")
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return (f"daemon: {path} did not answer in time; fix: check that it is not stopped "
+                "(kill -CONT), or restart it")
+    if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+        return f"daemon: {path} closed the connection; fix: see the daemon's log"
+    return f"daemon: {path}: {exc.strerror or exc}"
+
+
 # ------------------------------------------------------------------ ping
 def ping_warning() -> str | None:
     """A warning if the container's pings will be answered "administratively

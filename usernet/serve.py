@@ -326,14 +326,16 @@ def ifconfig(cfg):
 
 
 
-def log_started(cfg, where, tap) -> None:
-    """The one start line (``event=attached``): where, the TAP and the addresses."""
+def log_started(cfg, where, tap, **extra) -> None:
+    """The one start line (``event=attached``): where, the TAP and the addresses
+    (and, through the daemon, its socket and the link's id)."""
     from .log import event
     f = {"where": where, "tap": tap, "addr": f"{cfg.guest_str}/{cfg.prefixlen}",
          "gateway": cfg.gateway_str, "dns": cfg.dns_str if cfg.enable_dns else "off",
          "mtu": cfg.mtu}
     if cfg.enable_ipv6:
         f.update(ipv6=str(cfg.network6), gateway6=str(cfg.network6[2]))
+    f.update(extra)
     event(log, logging.INFO, "attached", **f)
 
 

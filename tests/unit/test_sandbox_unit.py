@@ -139,7 +139,9 @@ def test_apply_without_flags_does_nothing():
 BEFORE_SANDBOX_ONLY = {"usernet.rtnl", "pwd", "shutil", "subprocess", "tempfile", "uvloop",
                        "resource", "importlib", "pyseccomp",
                        # the stats/flows client: its own process, never sandboxed
-                       "usernet.monitor"}
+                       "usernet.monitor",
+                       # the daemon and its clients: never sandboxed (refused with --daemon)
+                       "usernet.daemon", "usernet.runwait"}
 
 
 def _function_level_imports():

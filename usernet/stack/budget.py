@@ -52,3 +52,56 @@ class MemoryBudget:
 
     def __repr__(self) -> str:
         return f"<MemoryBudget used={self.used} limit={self.limit} peak={self.peak}>"
+
+
+class BudgetPool:
+    """The global budget of many stacks (``usernet daemon``): ``used`` is the
+    sum of its members' ``used``, kept by their setters, never recounted."""
+    __slots__ = ("limit", "used", "peak")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def over(self) -> bool:
+        used = self.used
+        if used > self.peak:
+            self.peak = used
+        return used >= self.limit
+
+
+class PooledBudget(MemoryBudget):
+    """One stack's budget inside a :class:`BudgetPool`: its own ``limit`` (the
+    link's share), and new work is refused when either it or the pool is
+    spent -- so one link can neither pass its own limit nor take the whole
+    process's memory from the others. Every change of ``used`` moves the
+    pool's by the same amount (a property: the charging sites are unchanged
+    and still plain ``+=``). :meth:`detach` gives back what is still charged
+    when the stack goes away."""
+    __slots__ = ("pool", "_used")
+
+    def __init__(self, limit: int, pool: BudgetPool):
+        self.pool = pool
+        self._used = 0
+        super().__init__(limit)
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @used.setter
+    def used(self, value: int) -> None:
+        self.pool.used += value - self._used
+        self._used = value
+
+    def over(self) -> bool:
+        used = self._used
+        if used > self.peak:
+            self.peak = used
+        return used >= self.limit or self.pool.over()
+
+    def detach(self) -> None:
+        """Leave the pool: what this stack still holds no longer counts there."""
+        self.used = 0
+        self.pool = BudgetPool(self.limit)

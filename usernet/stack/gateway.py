@@ -122,7 +122,7 @@ _UNREACH_V6 = {
 
 class Gateway:
     def __init__(self, config: NetConfig | None = None, *, seed=None, counters=None,
-                 offload: bool = False):
+                 offload: bool = False, budget: MemoryBudget | None = None):
         self.config = cfg = config or NetConfig()
         # TAP offloads on (the driver's fd has TUN_F_CSUM|TSO4|TSO6): TCP
         # frames toward the container leave their checksum to the kernel and
@@ -139,8 +139,9 @@ class Gateway:
         self.nat = AddressPolicy(cfg)
         self.timers = Timers()
         # The one memory accountant (stack/budget.py): every buffer below
-        # charges it; past its limit new work is refused.
-        self.budget = budget = MemoryBudget(cfg.memory_budget)
+        # charges it; past its limit new work is refused. The daemon passes
+        # a PooledBudget, so many gateways also share one global limit.
+        self.budget = budget = budget if budget is not None else MemoryBudget(cfg.memory_budget)
         self.neigh = NeighbourCache(self.counters, self.frames_out, self.timers,
                                     self._arp_solicit, VNET_HDR_NONE, budget=budget)
         if cfg.guest_mac is not None:
