@@ -152,6 +152,9 @@ class NetConfig:
     def __post_init__(self):
         net = parse_cidr(self.cidr)
         check_mtu(self.mtu)
+        if not 1 <= self.max_tcp_flows <= MAX_TCP_FLOWS_CEILING:
+            raise ValueError(f"max_tcp_flows must be 1..{MAX_TCP_FLOWS_CEILING}, "
+                             f"got {self.max_tcp_flows}")
         if self.memory_budget < MIN_MEMORY_BUDGET:
             raise ValueError(f"the memory budget must be at least {MIN_MEMORY_BUDGET} bytes, "
                              f"got {self.memory_budget}")
