@@ -602,8 +602,9 @@ def test_daemon_serves_concurrent_containers_with_no_process_each(podman, tmp_pa
     Two `podman run` at once: each helper hands its TAP and exit fd to the daemon and exits, so
     while both containers run no usernet-slirp4netns process exists (/proc), the daemon lists
     two links, and both containers fetch a page from the host through 10.0.2.2. When they exit
-    (conmon closes the exit pipe) their links end. Then port_handler=slirp4netns: the API socket
-    Podman sends add_hostfwd to is the daemon's, and the published port serves from inside."""
+    (conmon closes the exit pipe) their links end. Then port_handler=slirp4netns, with
+    USERNET_DAEMON set in containers.conf instead: the API socket Podman sends add_hostfwd to is
+    the daemon's, the published port serves from inside, and `podman rm -f` ends the link."""
     (tmp_path / "page").write_text("page for the daemon's containers\n")
     os.chmod(tmp_path, 0o755)
     sock = os.path.join(podman.runtime, "usernet", "daemon.sock")
@@ -616,6 +617,9 @@ def test_daemon_serves_concurrent_containers_with_no_process_each(podman, tmp_pa
     env = {"USERNET_DAEMON": "1"}
     runs = []
     name = "usernet-daemon-pub"
+    conf = os.path.join(podman.home, ".config", "containers", "containers.conf")
+    with open(conf) as f:
+        original = f.read()
     try:
         _until(lambda: daemon.poll() is None and os.path.exists(sock), 30, "the daemon's socket")
         net = "slirp4netns:allow_host_loopback=true"
@@ -639,10 +643,14 @@ def test_daemon_serves_concurrent_containers_with_no_process_each(podman, tmp_pa
         _until(lambda: not _daemon_status(sock), 30, "the links to end with their containers")
 
         # port_handler=slirp4netns: Podman's add_hostfwd goes to the API socket the daemon made.
+        # USERNET_DAEMON this time from containers.conf ([engine] env: Podman's own
+        # environment, which its helpers inherit), as docs/podman.md says to set it.
         hport = free_port()
+        with open(conf, "w") as f:
+            f.write(original.replace("[engine]\n", '[engine]\nenv = ["USERNET_DAEMON=1"]\n'))
         r = podman.run("run", "-d", "--name", name, "--network",
                        "slirp4netns:port_handler=slirp4netns", "-p", f"127.0.0.1:{hport}:8080",
-                       IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www", env=env, check=True)
+                       IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www", check=True)
         assert not _helper_warnings(r.stderr), r.stderr
         got = b""
         deadline = time.monotonic() + 30
@@ -663,6 +671,8 @@ def test_daemon_serves_concurrent_containers_with_no_process_each(podman, tmp_pa
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", hport), timeout=5).close()
     finally:
+        with open(conf, "w") as f:
+            f.write(original)
         for p in runs:
             if p.poll() is None:
                 p.kill()
