@@ -54,12 +54,16 @@ JSON requests on a SOCK_STREAM unix socket, the fds as SCM_RIGHTS on the
 request's bytes, one JSON reply line per request. Only the daemon's own user
 (and root) may connect (``SO_PEERCRED``); the default directory is made
 mode 0700; a lock file beside the socket keeps one daemon per path.
+
+asyncio is imported inside the daemon's functions only: the clients (which
+import this module for :class:`DaemonClient` and :func:`hand_over`) never
+run a loop, and importing it is most of their start.
 """
 
 from __future__ import annotations
 
 import array
-import asyncio
+import errno
 import fcntl
 import json
 import logging
@@ -85,6 +89,16 @@ CLIENT_TIMEOUT = 30.0            # a client's wait for a reply
 DEFAULT_MAX_LINKS = 1024
 DEFAULT_DAEMON_BUDGET = 1 << 30  # the global memory budget (bytes)
 LISTEN_BACKLOG = 128
+ACCEPT_BACKOFF = 0.5             # seconds without accepting after running out of fds
+# Open files are the one thing links could take from each other (a flow
+# holds a host socket; the process has one RLIMIT_NOFILE). Each link's flow
+# tables are capped at a fair share of it, recomputed as links come and go:
+# (limit - FD_RESERVE) / links - FD_PER_LINK, split TCP 3/4, UDP 1/5, echo
+# 1/20, never above the link's own limits. Below MIN_FLOW_SHARE a new link
+# is refused.
+FD_RESERVE = 64                  # the daemon's own: listening socket, clients, log
+FD_PER_LINK = 16                 # a link's fds beside its flows: TAP, pidfd, exit fd, DNS, forwards
+MIN_FLOW_SHARE = 32
 # A name on a network becomes a DNS name: one label (RFC 1035 2.3.1, with
 # digits first allowed as RFC 1123 2.1 does).
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
@@ -383,6 +397,7 @@ class Link:
         return [(f.proto, f.host_addr, f.host_port) for f in self.spec.publish]
 
     async def start(self) -> None:
+        import asyncio
         from .host.driver import HostDriver
         from .serve import open_pcap, set_tap_offload
         from .services import ServiceOptions, setup_services
@@ -500,11 +515,13 @@ class Link:
         addrs = [f"{cfg.guest_str}/{cfg.prefixlen}"]
         if cfg.enable_ipv6:
             addrs.append(str(cfg.network6))
+        f = self.gw.flows
         return {"id": self.id, "where": self.spec.where, "pid": self.spec.pid,
                 "tap": self.spec.tap, "network": self.network or "", "name": self.name or "",
                 "state": self.state, "addresses": addrs, "gateway": cfg.gateway_str,
                 "dns": cfg.dns_str if cfg.enable_dns else None,
                 "flows": {"tcp": g["tcp_flows"], "udp": g["udp_flows"], "icmp": g["icmp_flows"]},
+                "flow_limits": {"tcp": f.tcp.limit, "udp": f.udp.limit, "icmp": f.icmp.limit},
                 "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes,
                 "memory_used": g["memory_used"], "memory_peak": g["memory_peak"],
                 "memory_budget": g["memory_budget"],
@@ -745,6 +762,7 @@ class Daemon:
             self.lock_fd = None
 
     async def run(self) -> int:
+        import asyncio
         self.loop = loop = asyncio.get_running_loop()
         self.done = loop.create_future()
         loop.add_reader(self.sock.fileno(), self._accept)
@@ -780,6 +798,7 @@ class Daemon:
 
     async def close_links(self) -> None:
         """Every link ended (flows drained, bounded, then reset) and released."""
+        import asyncio
         for link in list(self.links.values()):
             if link.state == "up":
                 link.end("daemon stopping")
@@ -802,7 +821,16 @@ class Daemon:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.debug("accept: %s", e)
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of fds (the links' flows hold them): the pending
+                    # connection keeps the socket readable, so stop watching it
+                    # for a moment rather than spin.
+                    log.warning("daemon: cannot accept a client (%s); retrying in %gs",
+                                e.strerror, ACCEPT_BACKOFF)
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.loop.call_later(ACCEPT_BACKOFF, self._rearm_accept)
+                else:
+                    log.debug("accept: %s", e)
                 return
             try:
                 uid = _peer_uid(s)
@@ -821,6 +849,10 @@ class Daemon:
                     continue
                 min(idle, key=lambda c: c.last).close()
             self.conns.add(_Conn(self, s))
+
+    def _rearm_accept(self) -> None:
+        if self.sock is not None:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -846,6 +878,7 @@ class Daemon:
             link = self._link(req)
             return {"ok": True, "link": link.id, "flows": link.services.flows()}
         if op == "detach":
+            import asyncio
             link = self._link(req)
             link.end("detached")
             await asyncio.shield(link.closed)
@@ -878,6 +911,26 @@ class Daemon:
                     raise DaemonError(f"name {name!r} is taken on network "
                                       f"{network or '(none)'} by link {link.id}")
 
+    @staticmethod
+    def _fd_limit() -> int:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+    def flow_share(self, links: int) -> int:
+        """Host sockets one of ``links`` links may hold (see FD_RESERVE)."""
+        return (self._fd_limit() - FD_RESERVE) // max(links, 1) - FD_PER_LINK
+
+    def _reshare(self) -> None:
+        """Each link's flow tables capped at its share of the open files."""
+        links = [ln for ln in self.links.values() if ln.gw is not None]
+        share = max(self.flow_share(len(links)), MIN_FLOW_SHARE)
+        for ln in links:
+            c, f = ln.config, ln.gw.flows
+            f.tcp.limit = min(c.max_tcp_flows, share * 3 // 4)
+            f.udp.limit = min(c.max_udp_flows, max(share // 5, 1))
+            f.icmp.limit = min(c.max_icmp_flows, max(share // 20, 1))
+
     def check_forwards(self, spec: LinkSpec) -> None:
         """A host port is one link's: refuse one another link publishes."""
         want = [(f.proto, f.host_addr, f.host_port) for f in spec.publish]
@@ -904,6 +957,11 @@ class Daemon:
         if len(self.links) >= self.max_links:
             raise DaemonError(f"link limit reached ({self.max_links}); fix: end unused "
                               "containers, or start the daemon with a higher --max-links")
+        if self.flow_share(len(self.links) + 1) < MIN_FLOW_SHARE:
+            raise DaemonError(f"too few open files for another link (RLIMIT_NOFILE "
+                              f"{self._fd_limit()}, {len(self.links)} links); fix: raise the "
+                              "daemon's hard limit (ulimit -Hn, LimitNOFILE=), or end unused "
+                              "containers")
         self.check_network(spec.network, spec.name)
         self.check_forwards(spec)
         got = dict(zip(roles, fds))
@@ -920,6 +978,7 @@ class Daemon:
         if self.done is not None and self.done.done():
             link.end("daemon stopping", drain=False)
             raise DaemonError("the daemon is stopping")
+        self._reshare()
         from .log import event
         event(log, logging.INFO, "link_up", link=link.id, where=spec.where, tap=spec.tap,
               addr=f"{link.config.guest_str}/{link.config.prefixlen}",
@@ -948,6 +1007,7 @@ class Daemon:
     def _link_released(self, link: Link) -> None:
         self.closing.pop(link.id, None)
         self.links.pop(link.id, None)
+        self._reshare()
 
     def status(self) -> dict:
         mem = _rss()

@@ -8,9 +8,11 @@ applies the sandbox, and runs until the command or the watched process
 exits, the TAP goes away, or a signal says stop. Both front ends import this
 module; it imports neither, so the top layer's imports run one way:
 cli -> slirp4netns -> serve.
+
+asyncio is imported where it is used: ``usernet run/attach --daemon`` clients
+never start a loop, and importing it is most of their start (~30 ms).
 """
 
-import asyncio
 import ipaddress
 import logging
 import os
@@ -123,6 +125,7 @@ def fit_flow_limit(cfg, explicit: bool = False) -> None:
 
 
 def new_loop():
+    import asyncio
     try:
         import uvloop
         return uvloop.new_event_loop()
@@ -148,6 +151,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     now; the pidfd still reports its exit); ``watch_pid`` opens one here.
     ``on_ready(finish)`` is called once everything listens (the slirp4netns
     ready fd); ``finish(status)`` ends the run (its exit fd)."""
+    import asyncio
     from .host.driver import DRAIN_TIMEOUT, EXIT_FLUSH_TIMEOUT, HostDriver
     from .stack.gateway import Gateway
     from .services import ServiceOptions, setup_services

@@ -613,3 +613,89 @@ def test_daemon_100_namespaces_rss(tmp_path):
             assert fds < 30, f"{fds} fds left open in the daemon"
         finally:
             _kill(targets)
+
+
+@need_root
+def test_daemon_netns_path_lives_until_detach(tmp_path):
+    """attach --daemon --netns-type=path: no process to watch, so the link
+    lives until `usernet daemon detach ID`, which removes its TAP."""
+    tool("ip")
+    www = _page(tmp_path)
+    name = f"s18-daemon-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
+    try:
+        with http_server(www) as port, _daemon() as (_d, path):
+            r = _usernet(["attach", "--daemon-socket", path, "--netns-type=path",
+                          f"/run/netns/{name}"])
+            assert r.returncode == 0, _out(r)
+            (ln,) = _status(path)["links"]
+            assert ln["pid"] is None and ln["where"] == f"/run/netns/{name}"
+            r = subprocess.run(["ip", "netns", "exec", name, "curl", "-sS", "-m", "10",
+                                f"http://10.0.2.2:{port}/page.txt"],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            assert r.returncode == 0 and r.stdout == "page of the host\n", _out(r)
+            r = _usernet(["daemon", "detach", str(ln["id"]), "--socket", path])
+            assert r.returncode == 0, _out(r)
+            assert _status(path)["links"] == []
+            r = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "link"],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            assert "tap0" not in r.stdout, r.stdout
+            r = _usernet(["daemon", "detach", str(ln["id"]), "--socket", path])
+            assert r.returncode == 1 and f"no link {ln['id']}" in r.stderr, _out(r)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=TIMEOUT)
+
+
+HOLD_CONNECTIONS = r"""
+import socket, sys, time
+held, refused = [], 0
+for _ in range(int(sys.argv[2])):
+    try:
+        held.append(socket.create_connection(("10.0.2.2", int(sys.argv[1])), timeout=5))
+    except OSError:
+        refused += 1
+print(len(held), refused, flush=True)
+time.sleep(30)
+"""
+
+
+@need_root
+def test_daemon_one_link_cannot_take_the_open_files(tmp_path):
+    """A daemon with few open files (prlimit 300) and two links: one link
+    opening 300 connections (more than the daemon has files) gets its share
+    (its TCP table's limit, RST past it), and the other link still connects
+    while they are held."""
+    tool("prlimit")
+    tool("curl")
+    www = _page(tmp_path)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(512)
+    hold_port = srv.getsockname()[1]
+    targets, holder = [], None
+    with http_server(www) as port, _sockdir(None) as d:
+        path = os.path.join(d, "d.sock")
+        p = subprocess.Popen(["prlimit", "--nofile=300:300"] + USERNET +
+                             ["daemon", "--socket", path], env=ENV, cwd="/",
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda: os.path.exists(path), 20, "the daemon")
+            targets = [_unshare_target(None, userns=False) for _ in range(2)]
+            for t in targets:
+                r = _attach(path, t.pid)
+                assert r.returncode == 0, _out(r)
+            limits = [ln["flow_limits"]["tcp"] for ln in _status(path)["links"]]
+            assert limits == [((300 - 64) // 2 - 16) * 3 // 4] * 2, limits   # 76 each
+            holder = subprocess.Popen(_ns(targets[0].pid, userns=False) + [
+                "python3", "-c", HOLD_CONNECTIONS, str(hold_port), "300"],
+                stdout=subprocess.PIPE, text=True, cwd="/")
+            held, refused = map(int, holder.stdout.readline().split())
+            assert held <= limits[0] and refused >= 300 - limits[0], (held, refused)
+            assert held >= limits[0] - 8, (held, refused)
+            r = _fetch(targets[1].pid, port, userns=False)
+            assert r.returncode == 0 and r.stdout == "page of the host\n", _out(r)
+        finally:
+            _kill(([holder] if holder else []) + targets)
+            srv.close()
+            rc, err = _stop_daemon(p)
+            assert rc == 0, err

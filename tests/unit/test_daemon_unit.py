@@ -161,12 +161,19 @@ def test_protocol_in_process(tmp_path):
         assert "tcp_syn_connect" in stats["stats"]
         bad = await loop.run_in_executor(None, client, {"op": "status"}, [exit_w])
         assert bad["ok"] is False and "takes no fds" in bad["error"]["message"]
+        import gc
+        import weakref
+        link = weakref.ref(d.links[1])
+        gw = weakref.ref(d.links[1].gw)
         os.close(exit_w)              # the exit fd's other end: the link ends
         for _ in range(100):
             if not d.links and not d.closing:
                 break
             await asyncio.sleep(0.02)
         assert not d.links and not d.closing and d.pool.used == 0
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert link() is None and gw() is None, "a freed link is still referenced"
         # An exit fd that cannot be watched (a regular file): refused, nothing left behind.
         t3, p3 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         f = open(tmp_path / "plain", "w")
@@ -229,3 +236,64 @@ def test_links_share_one_global_budget():
     out = feed(gc, ip() / TCP(sport=3003, dport=80, flags="S", seq=5), 0.2)
     assert out[0][TCP].flags.R and gc.counters["tcp_syn_budget_rst"] == 1
     assert not big.over()
+
+
+def test_flow_tables_share_the_open_files(tmp_path, monkeypatch):
+    """Each link's flow tables are capped at its share of the open files,
+    shrinking as links come and growing back as they go; a link that would
+    get less than MIN_FLOW_SHARE is refused."""
+    monkeypatch.setattr(dm.Daemon, "_fd_limit", staticmethod(lambda: 400))
+    path = str(tmp_path / "d.sock")
+    d = dm.Daemon(path)
+    d.listen(default_dir=False)
+    pairs = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(d.run())
+        await asyncio.sleep(0.05)
+
+        def client(msg, fds=()):
+            c = dm.DaemonClient(path)
+            try:
+                return c.request(msg, fds)
+            finally:
+                c.close()
+
+        def attach():
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            pairs.extend((a, b))
+            req = dm.link_request(NetConfig(), _args(publish=[]), where="t", pid=None,
+                                  tap="tap0", fds=("tap",))
+            return client(req, [a.fileno()])
+
+        def limits():
+            return [ln["flow_limits"] for ln in client({"op": "status"})["links"]]
+        assert (await loop.run_in_executor(None, attach))["ok"]
+        assert await loop.run_in_executor(None, limits) == [{"tcp": 240, "udp": 64, "icmp": 16}]
+        assert (await loop.run_in_executor(None, attach))["ok"]
+        assert await loop.run_in_executor(None, limits) == [{"tcp": 114, "udp": 30, "icmp": 7}] * 2
+        assert (await loop.run_in_executor(None, attach))["ok"]      # (400-64)//3-16 = 96
+        assert (await loop.run_in_executor(None, attach))["ok"]      # 68
+        r = await loop.run_in_executor(None, attach)                 # 51
+        assert r["ok"]
+        r = await loop.run_in_executor(None, attach)                 # 40
+        assert r["ok"]
+        r = await loop.run_in_executor(None, attach)                 # 32
+        assert r["ok"]
+        r = await loop.run_in_executor(None, attach)                 # 26 < 32: refused
+        assert r["ok"] is False and "too few open files" in r["error"]["message"], r
+        for lid in (1, 2, 3, 4, 5, 6):
+            assert (await loop.run_in_executor(None, client, {"op": "detach", "link": lid}))["ok"]
+        assert await loop.run_in_executor(None, limits) == [{"tcp": 240, "udp": 64, "icmp": 16}]
+        d.stop()
+        assert await task == 0
+    from usernet.serve import new_loop
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        d.unlisten()
+        loop.close()
+        for s in pairs:
+            s.close()
