@@ -44,7 +44,6 @@ DNS upstream (Podman passes no such flag, but its environment).
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import ipaddress
 import logging
@@ -563,6 +562,7 @@ def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
     log_started(cfg, where, o.tapname)
 
     def on_ready(finish):
+        import asyncio      # here: a helper that hands its link to the daemon runs no loop
         loop = asyncio.get_running_loop()
         if o.ready_fd >= 0:
             # slirp4netns: write(ready_fd, "1", 1), then close. Podman reads one byte and
