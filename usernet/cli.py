@@ -145,6 +145,14 @@ def _parse_pcap_snaplen(text):
     return parse_snaplen(text)
 
 
+def _parse_max_tcp_flows(text):
+    from .stack.config import MAX_TCP_FLOWS_CEILING
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TCP_FLOWS_CEILING:
+        raise ValueError(f"must be 1..{MAX_TCP_FLOWS_CEILING}, got {text!r}")
+    return int(text)
+
+
+_max_tcp_flows = _arg_type(_parse_max_tcp_flows, "max_tcp_flows")
 _pcap_size = _arg_type(_parse_pcap_size, "size")
 _pcap_snaplen = _arg_type(_parse_pcap_snaplen, "snaplen")
 
@@ -224,10 +232,14 @@ def _common(p):
                    help="when FILE would grow past BYTES (K, M, G suffixes), rename it to "
                         "FILE.1 and start again: at most twice BYTES on disk")
     h = p.add_argument_group("hardening")
-    from .stack.config import DEFAULT_MEMORY_BUDGET, TCP_FIN_TIMEOUT
+    from .stack.config import DEFAULT_MEMORY_BUDGET, MAX_TCP_FLOWS, TCP_FIN_TIMEOUT
     h.add_argument("--memory-budget", type=_size, default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
                    help="bytes buffered across all flows, reassembly and DNS; past it new "
                         f"flows are refused and windows shrink (default {DEFAULT_MEMORY_BUDGET >> 20}M)")
+    h.add_argument("--max-tcp-flows", type=_max_tcp_flows, default=None, metavar="N",
+                   help="TCP flows at once; past it the longest-silent idle flow is evicted, "
+                        f"else a new connection is reset (default {MAX_TCP_FLOWS}, lowered "
+                        "to what the open-file limit allows)")
     h.add_argument("--tcp-fin-timeout", type=_seconds, default=TCP_FIN_TIMEOUT, metavar="SECONDS",
                    help="probe a flow the container half-closed after this much silence, "
                         f"and tear it down if the container's side is gone (default {TCP_FIN_TIMEOUT:g})")
@@ -454,12 +466,13 @@ def _parse_limit(text):
 
 
 def make_config(args):
-    from .stack.config import NetConfig
+    from .stack.config import MAX_TCP_FLOWS, NetConfig
     return NetConfig(cidr=args.cidr, mtu=args.mtu, host_loopback=not args.disable_host_loopback,
                      guest_mac=args.macaddress, enable_dns=not args.disable_dns,
                      enable_dhcp=not args.disable_dhcp, enable_ipv6=args.enable_ipv6,
                      ipv6_prefix=args.ipv6_prefix, allow_link_local=args.allow_link_local,
-                     memory_budget=args.memory_budget, tcp_fin_timeout=args.tcp_fin_timeout)
+                     memory_budget=args.memory_budget, tcp_fin_timeout=args.tcp_fin_timeout,
+                     max_tcp_flows=args.max_tcp_flows or MAX_TCP_FLOWS)
 
 
 # --------------------------------------------------------------------- serve

@@ -253,7 +253,8 @@ def link_request(cfg, args, *, where: str, pid: int | None, tap: str,
             "guest_mac": cfg.guest_mac.hex() if cfg.guest_mac else None,
             "enable_dns": cfg.enable_dns, "enable_dhcp": cfg.enable_dhcp,
             "enable_ipv6": cfg.enable_ipv6, "ipv6_prefix": cfg.ipv6_prefix,
-            "memory_budget": cfg.memory_budget, "tcp_fin_timeout": cfg.tcp_fin_timeout},
+            "memory_budget": cfg.memory_budget, "tcp_fin_timeout": cfg.tcp_fin_timeout,
+            "max_tcp_flows": cfg.max_tcp_flows},
         "options": {
             "offload": bool(opt("offload", True)), "impair": opt("impair"),
             "dns_upstream": [[h, p] for h, p in opt("dns_upstream", [])],
@@ -272,7 +273,7 @@ _CONFIG_FIELDS = {"cidr": (str,), "mtu": (int,), "host_loopback": (bool,),
                   "allow_link_local": (bool,), "guest_mac": (str, type(None)),
                   "enable_dns": (bool,), "enable_dhcp": (bool,), "enable_ipv6": (bool,),
                   "ipv6_prefix": (str,), "memory_budget": (int,),
-                  "tcp_fin_timeout": (int, float)}
+                  "tcp_fin_timeout": (int, float), "max_tcp_flows": (int,)}
 _OPTION_FIELDS = {"offload": (bool,), "impair": (str, type(None)), "dns_upstream": (list,),
                   "publish": (list,), "publish_from_gateway": (bool,),
                   "publish_only_when_bound": (bool,), "api_socket": (str, type(None)),

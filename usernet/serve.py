@@ -92,6 +92,37 @@ def raise_fd_limit() -> None:
         log.debug("cannot raise RLIMIT_NOFILE: %s", e)
 
 
+# File descriptors kept for what is not a flow: the TAP, the API socket and
+# its connections (api.API_MAX_CONNECTIONS), DNS upstream sockets, forward
+# listeners, the log and capture files.
+FD_RESERVE = 1024
+
+
+def fit_flow_limit(cfg, explicit: bool = False) -> None:
+    """Lower ``cfg.max_tcp_flows`` to what RLIMIT_NOFILE (already raised to
+    its hard limit) leaves once every UDP and echo flow and ``FD_RESERVE``
+    have theirs, but never below half the limit: each TCP flow holds one
+    host socket, and a flow table that outgrows the fds would fail new
+    connects (``tcp_host_connect_failed_fd_limit``) where a full table
+    evicts its longest-silent idle flow first. A limit given on the command
+    line (``explicit``) that does not fit is a warning; the default
+    lowered, a debug line."""
+    import resource
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ValueError, OSError):
+        return
+    if soft == resource.RLIM_INFINITY:
+        return
+    room = max(soft - FD_RESERVE - cfg.max_udp_flows - cfg.max_icmp_flows, soft // 2)
+    if cfg.max_tcp_flows <= room:
+        return
+    log.log(logging.WARNING if explicit else logging.DEBUG,
+            "usernet: %d TCP flows at once, not %d: the open-file limit is %d "
+            "(raise it with ulimit -n, or the service's LimitNOFILE)",
+            room, cfg.max_tcp_flows, soft)
+    cfg.max_tcp_flows = room
+
 
 def new_loop():
     import asyncio
@@ -126,6 +157,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     from .services import ServiceOptions, setup_services
 
     loop = asyncio.get_running_loop()
+    fit_flow_limit(cfg, getattr(args, "max_tcp_flows", None) is not None)
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
     driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
     driver.start(loop)

@@ -44,7 +44,6 @@ DNS upstream (Podman passes no such flag, but its environment).
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import ipaddress
 import logging
@@ -99,9 +98,13 @@ fd00::/64 (fd00::2 is the host's ::1, fd00::3 the DNS forwarder).
 --pcap=FILE (usernet's own) writes every frame to and from the container to FILE (pcap,
 for tcpdump -r); --pcap-snaplen=N cuts frames at N bytes; --pcap-max-size=BYTES rotates
 FILE to FILE.1 past BYTES.
+--daemon-socket=PATH (usernet's own) hands the TAP, the exit fd and the API socket to the
+`usernet daemon` at PATH, writes the ready byte and exits: no process per container.
 Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf); USERNET_ALLOW_LINK_LOCAL=1 lets the container
-reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there).
+reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there);
+USERNET_DAEMON=1 (the default daemon socket), =PATH, or =auto (the daemon if one runs, else
+serve here) as --daemon-socket.
 
 Examples:
   unshare --user --map-root-user --net sleep 1000 &
@@ -120,8 +123,9 @@ _OPTIONS = [
     ("enable-sandbox", None, False), ("enable-seccomp", None, False),
     ("outbound-addr", None, True), ("outbound-addr6", None, True),
     ("disable-dns", None, False), ("macaddress", None, True), ("target-type", None, True),
-    # usernet's own (slirp4netns has no capture option).
+    # usernet's own (slirp4netns has no capture option, and no daemon).
     ("pcap", None, True), ("pcap-snaplen", None, True), ("pcap-max-size", None, True),
+    ("daemon-socket", None, True),
 ]
 _SHORT = {s: (name, arg) for name, s, arg in _OPTIONS if s}
 _LONG = {name: arg for name, _s, arg in _OPTIONS}
@@ -158,6 +162,7 @@ class Options:
     pcap: str | None = None
     pcap_snaplen: int | None = None
     pcap_max_size: int | None = None
+    daemon_socket: str | None = None
     target_pid: int | None = None
     netns_path: str | None = None
     tapname: str = ""
@@ -244,7 +249,7 @@ def version_text() -> str:
 _SWITCHES = frozenset(("configure", "enable-ipv6", "disable-host-loopback", "enable-seccomp",
                        "disable-dns"))
 _PLAIN_VALUES = frozenset(("api-socket", "cidr", "netns-type", "outbound-addr", "outbound-addr6",
-                           "macaddress", "pcap"))
+                           "macaddress", "pcap", "daemon-socket"))
 
 
 def parse(argv, prog: str = "slirp4netns") -> Options:
@@ -382,6 +387,92 @@ def outbound_addresses(o: Options) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ daemon
+#: ``USERNET_DAEMON``: how Podman (which passes no option of ours, but its environment) asks for
+#: the daemon: ``1`` the default socket, an absolute path that socket, ``auto`` the default
+#: socket if a daemon answers there (else serve in this process), empty or ``0`` never.
+DAEMON_ENV = "USERNET_DAEMON"
+#: After handing over a link with an API socket (Podman's port_handler=slirp4netns), seconds to
+#: stay before exiting. Podman, once it has read the ready byte, polls the helper's pid with
+#: wait4(WNOHANG) while it waits for the API socket's file (libpod's
+#: setupRootlessPortMappingViaSlirp); an exit seen then fails the container's start ("slirp4netns
+#: exited with status 0"). That poll lasts a few milliseconds; this outlasts it.
+API_HANDOVER_LINGER = 1.0
+
+
+def daemon_choice(o: Options, environ=None) -> tuple[str | None, bool]:
+    """(socket path, required): where the daemon is to be asked, and whether its absence is an
+    error (``--daemon-socket``, ``USERNET_DAEMON=1|PATH``) or means serving here (``auto``).
+    (None, False): no daemon. Raises Exit on a value that is none of these."""
+    if o.daemon_socket is not None:
+        if not o.daemon_socket:
+            raise Exit(1, "", "usernet: --daemon-socket: give the daemon's socket path\n")
+        return o.daemon_socket, True
+    env = os.environ if environ is None else environ
+    v = env.get(DAEMON_ENV, "").strip()
+    if v in ("", "0"):
+        return None, False
+    if v in ("1", "auto"):
+        from .daemon import default_socket_path
+        return default_socket_path(env), v == "1"
+    if os.path.isabs(v):
+        return v, True
+    raise Exit(1, "", f"usernet: {DAEMON_ENV}={v!r}: want 1, auto, 0 or the daemon's socket path\n")
+
+
+def _daemon_client(o: Options):
+    """A connection to the daemon the options or the environment ask for, made before any TAP
+    exists (so a missing daemon costs nothing); None to serve in this process. A required
+    daemon that does not answer is a StartError naming the fix."""
+    path, required = daemon_choice(o)
+    if path is None:
+        return None
+    if o.exit_fd < 0 and o.target_pid is None:
+        # A path target and no exit fd (Podman's rootless network namespace helper, which it
+        # stops with SIGTERM to this pid): nothing would ever tell the daemon the link is done.
+        log.info("usernet: serving here, not in the daemon: no exit fd (-e) and no PID to "
+                 "watch would end the link")
+        return None
+    from .daemon import DaemonClient
+    from .diagnose import StartError
+    try:
+        return DaemonClient(path)
+    except StartError:
+        if required:
+            raise
+        log.debug("no daemon at %s: serving here", path)
+        return None
+
+
+def _handover(client, o: Options, cfg, args, fd: int, pidfd, where: str) -> int:
+    """The link is the daemon's: hand it the TAP, the exit fd (and a pidfd of a PID target),
+    write the ready byte, and return the exit status (the caller closes our copies)."""
+    import time
+    from .daemon import hand_over
+    if o.enable_sandbox or o.enable_seccomp:
+        # Podman always passes both; they apply to a whole process, and the daemon is one
+        # process for every container (docs/podman.md, "One usernet for every container").
+        log.info("usernet: --enable-sandbox/--enable-seccomp not applied: the daemon serves "
+                 "this container")
+    hand_over(client, cfg, args, fd, pidfd=pidfd, exit_fd=o.exit_fd if o.exit_fd >= 0 else None,
+              where=where, pid=o.target_pid, tap=o.tapname)
+    client.close()
+    if o.ready_fd >= 0:
+        try:
+            os.write(o.ready_fd, b"1")
+        except OSError as e:
+            log.error("usernet: cannot write to the ready fd %d: %s", o.ready_fd, e.strerror)
+            return 1
+        finally:
+            try:
+                os.close(o.ready_fd)
+            except OSError:
+                pass
+    if o.api_socket is not None:
+        time.sleep(API_HANDOVER_LINGER)
+    return 0
+
+
 # -------------------------------------------------------------------- run
 def _cloexec(fd: int) -> bool:
     """Keep ``fd`` from leaking into anything we exec; False if it is not open."""
@@ -396,12 +487,11 @@ def _cloexec(fd: int) -> bool:
 def run(o: Options) -> int:
     """Attach, serve, and speak the fd protocol. Returns the exit status; raises Exit,
     NetnsError, TapError or OSError for the caller to print as one line."""
-    from . import netns
-    from .serve import dns_upstream_from_env, ifconfig, log_started, new_loop, serve
+    from .serve import dns_upstream_from_env, ifconfig
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
-    from .diagnose import api_socket_problem, check_tun, no_process, ping_warning
+    from .diagnose import api_socket_problem, check_tun, ping_warning
     if o.api_socket is not None:
         why = api_socket_problem(o.api_socket)
         if why:
@@ -424,6 +514,19 @@ def run(o: Options) -> int:
         pcap=o.pcap, pcap_snaplen=o.pcap_snaplen, pcap_max_size=o.pcap_max_size)
 
     ifc = ifconfig(cfg) if o.configure else None
+    client = _daemon_client(o)
+    try:
+        return _attach_and_serve(o, cfg, args, ifc, client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
+    """Make the TAP, then hand it to the daemon (``client``) or serve it here."""
+    from . import netns
+    from .diagnose import no_process
+    from .serve import log_started, new_loop, serve
     pidfd = None
     if o.target_pid is not None:
         try:
@@ -444,9 +547,22 @@ def run(o: Options) -> int:
         fd = netns.attach(netns_path=o.netns_path, userns_path=o.userns_path, tap_name=o.tapname,
                           configure=ifc)
         where = o.netns_path
+    if client is not None:
+        try:
+            return _handover(client, o, cfg, args, fd, pidfd, where)
+        finally:
+            os.close(fd)
+            if pidfd is not None:
+                os.close(pidfd)
+            if o.exit_fd >= 0:
+                try:
+                    os.close(o.exit_fd)
+                except OSError:
+                    pass
     log_started(cfg, where, o.tapname)
 
     def on_ready(finish):
+        import asyncio      # here: a helper that hands its link to the daemon runs no loop
         loop = asyncio.get_running_loop()
         if o.ready_fd >= 0:
             # slirp4netns: write(ready_fd, "1", 1), then close. Podman reads one byte and

@@ -553,3 +553,138 @@ def _bridge_run(podman, name):
         rm = podman.run("rm", "-f", "-t", "0", name)
     assert rm.returncode == 0, rm.stderr
     assert _wait_gone(podman.uid, podman.runtime), "the rootless netns helper outlived its last container"
+
+
+# ------------------------------------------------------------- one daemon for every container
+def _daemon_argv(podman):
+    """``usernet daemon`` as the test user can run it: the venv's script when the user can run
+    the venv, else (the wrapper case of _entry_for) the system python on the checkout."""
+    if podman.entry == ENTRY:
+        return [os.path.join(REPO, ".venv", "bin", "usernet"), "daemon"], {}
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = os.path.join(REPO, ".venv", "lib", ver, "site-packages")
+    return [f"/usr/bin/{ver}", "-m", "usernet", "daemon"], {"PYTHONPATH": f"{REPO}:{site}"}
+
+
+def _daemon_status(sock):
+    """The daemon's links, asked as root (the daemon answers its own user and root)."""
+    import json
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(sock)
+        s.sendall(b'{"op": "status"}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            b = s.recv(65536)
+            if not b:
+                break
+            buf += b
+    finally:
+        s.close()
+    reply = json.loads(buf)
+    assert reply.get("ok"), reply
+    return reply["links"]
+
+
+def _until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_daemon_serves_concurrent_containers_with_no_process_each(podman, tmp_path):
+    """`usernet daemon` runs as the Podman user; Podman's environment says USERNET_DAEMON=1.
+    Two `podman run` at once: each helper hands its TAP and exit fd to the daemon and exits, so
+    while both containers run no usernet-slirp4netns process exists (/proc), the daemon lists
+    two links, and both containers fetch a page from the host through 10.0.2.2. When they exit
+    (conmon closes the exit pipe) their links end. Then port_handler=slirp4netns, with
+    USERNET_DAEMON set in containers.conf instead: the API socket Podman sends add_hostfwd to is
+    the daemon's, the published port serves from inside, and `podman rm -f` ends the link."""
+    (tmp_path / "page").write_text("page for the daemon's containers\n")
+    os.chmod(tmp_path, 0o755)
+    sock = os.path.join(podman.runtime, "usernet", "daemon.sock")
+    argv, extra = _daemon_argv(podman)
+    with contextlib.suppress(OSError):
+        os.chmod(TUN, 0o666)
+    daemon = subprocess.Popen(["setpriv", f"--reuid={podman.uid}", f"--regid={podman.gid}",
+                               "--init-groups", *argv], env=podman.env(extra), cwd=podman.home,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {"USERNET_DAEMON": "1"}
+    runs = []
+    name = "usernet-daemon-pub"
+    conf = os.path.join(podman.home, ".config", "containers", "containers.conf")
+    with open(conf) as f:
+        original = f.read()
+    try:
+        _until(lambda: daemon.poll() is None and os.path.exists(sock), 30, "the daemon's socket")
+        net = "slirp4netns:allow_host_loopback=true"
+        with http_server(tmp_path) as port:
+            for _ in range(2):
+                runs.append(podman.popen("run", "--rm", "--network", net, IMAGE, "sh", "-c",
+                                         f"wget -qO- http://10.0.2.2:{port}/page && sleep 6",
+                                         env=env))
+            # Both containers up, served by the daemon; their helpers gone already.
+            _until(lambda: len(_daemon_status(sock)) == 2 and not _usernet_procs(podman.uid),
+                   60, "two links and no helper process")
+            assert all(p.poll() is None for p in runs), "a container ended early"
+            links = _daemon_status(sock)
+            assert sorted(ln["addresses"][0] for ln in links) == ["10.0.2.100/24"] * 2, links
+            assert not _usernet_procs(podman.uid)
+            outs = [p.communicate(timeout=T) for p in runs]
+        for p, (out, err) in zip(runs, outs):
+            assert p.returncode == 0, err
+            assert out == "page for the daemon's containers\n", (out, err)
+            assert not _helper_warnings(err), err
+        _until(lambda: not _daemon_status(sock), 30, "the links to end with their containers")
+
+        # port_handler=slirp4netns: Podman's add_hostfwd goes to the API socket the daemon made.
+        # USERNET_DAEMON this time from containers.conf ([engine] env: Podman's own
+        # environment, which its helpers inherit), as docs/podman.md says to set it.
+        hport = free_port()
+        with open(conf, "w") as f:
+            f.write(original.replace("[engine]\n", '[engine]\nenv = ["USERNET_DAEMON=1"]\n'))
+        r = podman.run("run", "-d", "--name", name, "--network",
+                       "slirp4netns:port_handler=slirp4netns", "-p", f"127.0.0.1:{hport}:8080",
+                       IMAGE, "httpd", "-f", "-p", "8080", "-h", "/www", check=True)
+        assert not _helper_warnings(r.stderr), r.stderr
+        got = b""
+        deadline = time.monotonic() + 30
+        while b"served from inside" not in got and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
+                    s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+                    s.settimeout(5)
+                    got = b"".join(iter(lambda: s.recv(65536), b""))
+            time.sleep(0.2)
+        assert b"served from inside the container" in got, got
+        (link,) = _daemon_status(sock)
+        assert link["forwards"] == [f"tcp/127.0.0.1:{hport}"], link
+        _until(lambda: not _usernet_procs(podman.uid), 10, "the helper to exit")
+        rm = podman.run("rm", "-f", name)
+        assert rm.returncode == 0, rm.stderr
+        _until(lambda: not _daemon_status(sock), 30, "the link to end with podman rm")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", hport), timeout=5).close()
+    finally:
+        with open(conf, "w") as f:
+            f.write(original)
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=10)
+        podman.run("rm", "-f", name)
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            _o, derr = daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            _o, derr = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0, derr
+    assert "Traceback" not in derr, derr
+    assert not os.path.exists(sock), "the daemon left its socket behind"

@@ -216,7 +216,8 @@ def test_links_share_one_global_budget():
     a1, a2 = Flow(ga, 1001), Flow(ga, 1002)
     assert ga.tcp_host_data(a1.fid, b"x" * SND_BUF, 0.1) == SND_BUF
     assert ga.tcp_host_data(a2.fid, b"y" * SND_BUF, 0.1) == SND_BUF
-    assert pool.used == 2 * SND_BUF and gb.budget.used == 0
+    from usernet.stack.config import TCP_FLOW_COST      # each flow's own objects (issue 15)
+    assert pool.used == 2 * (SND_BUF + TCP_FLOW_COST) and gb.budget.used == 0
     out = feed(gb, ip() / TCP(sport=2001, dport=80, flags="S", seq=5), 0.2)
     assert out[0][TCP].flags.R and gb.counters["tcp_syn_budget_rst"] == 1
     assert ga.counters["tcp_syn_budget_rst"] == 0

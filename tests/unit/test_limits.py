@@ -13,7 +13,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from usernet.stack.config import (BUDGET_FLOW_WINDOW, DNS_MAX_PENDING, FRAG_MAX_DATAGRAMS,
-                                  TCP_MIN_PEER_MSS, NetConfig)
+                                  MAX_TCP_FLOWS, TCP_FLOW_COST, TCP_MIN_PEER_MSS, NetConfig)
 from usernet.stack.events import DnsQuery, TcpAbort, TcpConnect, TcpData, TcpShutdown
 from usernet.stack.gateway import Gateway
 from usernet.stack.tcp import SND_BUF
@@ -101,7 +101,7 @@ def test_budget_refuses_new_work_shrinks_windows_and_frees():
     assert gw.tcp_host_data(a.fid, b"x" * SND_BUF, 0.1) == SND_BUF
     assert gw.tcp_host_data(b.fid, b"y" * SND_BUF, 0.1) == SND_BUF
     gw.frames_out.clear()
-    assert gw.budget.used == 2 * SND_BUF and gw.budget.over()
+    assert gw.budget.used == 2 * SND_BUF + 2 * TCP_FLOW_COST and gw.budget.over()
     # New work refused, the protocol's way.
     out = feed(gw, ip() / TCP(sport=1003, dport=80, flags="S", seq=5), 0.2)
     assert out[0][TCP].flags.R and gw.counters["tcp_syn_budget_rst"] == 1
@@ -146,7 +146,7 @@ def test_budget_refuses_new_work_shrinks_windows_and_frees():
     assert not out and gw.flows.tcp_connecting == 1      # new work accepted again
     gw.tcp_host_reset(a.fid, 1.3)
     gw.tcp_host_reset(b.fid, 1.3)
-    assert gw.budget.used == 0
+    assert gw.budget.used == TCP_FLOW_COST              # the new flow's own cost
 
 
 def test_budget_counts_dns_reassembly_and_holds_and_gives_back():
@@ -364,6 +364,30 @@ def test_default_limits_are_named():
     cfg = NetConfig()
     assert cfg.dns_max_pending == DNS_MAX_PENDING
     assert cfg.memory_budget == 256 << 20
+    assert cfg.max_tcp_flows == MAX_TCP_FLOWS
+
+
+def test_idle_flows_are_charged_to_the_budget():
+    """Every TCP flow costs TCP_FLOW_COST from its SYN to its end, data or
+    not: a budget full of idle flows refuses the next SYN (RST) and takes new
+    flows again once one has gone; the budget is empty when all are gone."""
+    n = 8
+    gw = make_gw(memory_budget=1 << 20)
+    gw.budget.limit = n * TCP_FLOW_COST       # below the CLI's least, to stay small
+    flows = [Flow(gw, 7000 + i) for i in range(n)]
+    assert gw.budget.used == n * TCP_FLOW_COST and gw.budget.over()
+    out = feed(gw, ip() / TCP(sport=7100, dport=80, flags="S", seq=5), 0.1)
+    assert out[0][TCP].flags.R and gw.counters["tcp_syn_budget_rst"] == 1
+    gw.tcp_host_reset(flows[0].fid, 0.2)
+    gw.frames_out.clear()
+    assert gw.budget.used == (n - 1) * TCP_FLOW_COST
+    out = feed(gw, ip() / TCP(sport=7101, dport=80, flags="S", seq=5), 0.3)
+    assert not out and gw.flows.tcp_connecting == 1      # accepted: connecting
+    (fid,) = [e.fid for e in gw.events_out if isinstance(e, TcpConnect)]
+    gw.tcp_refused(fid, 0.4, "refused")                  # the host said no: forgotten
+    for f in flows[1:]:
+        gw.tcp_host_reset(f.fid, 0.5)
+    assert gw.budget.used == 0 and not gw.flows.tcp.by_id
 
 
 # ------------------------------------------------ per-flow and in-flight limits
@@ -372,7 +396,7 @@ def test_bytes_per_flow_are_bounded_and_the_flow_keeps_moving():
     f = Flow(gw, 6001)
     assert gw.tcp_host_data(f.fid, b"b" * (SND_BUF + 1000), 0.1) == SND_BUF
     assert gw.flows.tcp.by_id[f.fid].host_held == 1000       # charged while the host holds it
-    assert gw.budget.used == SND_BUF + 1000
+    assert gw.budget.used == TCP_FLOW_COST + SND_BUF + 1000
     sent = f.flow.conn.snd_max - f.flow.conn.snd_una
     gw.frames_out.clear()
     f.send(b"", 0.2, ack=(f.ack + sent) & 0xFFFFFFFF)

@@ -142,3 +142,40 @@ def test_usernet_slirp4netns_subcommand(capsys):
     assert capsys.readouterr().out.startswith("slirp4netns version 1.2.0\n")
     assert main(["slirp4netns", "--bogus"]) == 1
     assert "usernet slirp4netns: unrecognized option '--bogus'" in capsys.readouterr().err
+
+
+def test_daemon_choice_from_the_option_and_the_environment(tmp_path):
+    """--daemon-socket and USERNET_DAEMON say whether the link goes to a daemon, which
+    socket, and whether a missing daemon is an error (1, PATH, the option) or means serving
+    here (auto); anything else is one line naming the variable."""
+    xdg = str(tmp_path)
+    base = {"XDG_RUNTIME_DIR": xdg}
+    default = str(tmp_path / "usernet" / "daemon.sock")
+    o = parse("1", "tap0")
+    assert s4.daemon_choice(o, base) == (None, False)
+    assert s4.daemon_choice(o, dict(base, USERNET_DAEMON="0")) == (None, False)
+    assert s4.daemon_choice(o, dict(base, USERNET_DAEMON="1")) == (default, True)
+    assert s4.daemon_choice(o, dict(base, USERNET_DAEMON="auto")) == (default, False)
+    assert s4.daemon_choice(o, dict(base, USERNET_DAEMON="/run/d.sock")) == ("/run/d.sock", True)
+    o = parse("--daemon-socket=/x/d.sock", "1", "tap0")
+    assert s4.daemon_choice(o, dict(base, USERNET_DAEMON="0")) == ("/x/d.sock", True)
+    with pytest.raises(s4.Exit) as ei:
+        s4.daemon_choice(parse("1", "tap0"), dict(base, USERNET_DAEMON="yes"))
+    assert ei.value.status == 1 and "USERNET_DAEMON='yes'" in ei.value.err
+
+
+def test_a_required_daemon_that_is_not_running_is_one_line_and_no_tap(tmp_path, capsys):
+    # Checked before any namespace is touched: PID 1's namespace is never entered.
+    import os
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        pytest.skip("the TUN check comes first and needs /dev/net/tun")
+    sock = str(tmp_path / "none.sock")
+    r, w = os.pipe()
+    try:
+        rc = s4.main(["-c", "-e", str(r), f"--daemon-socket={sock}", "1", "tap0"], prog="PROG")
+    finally:
+        os.close(r)
+        os.close(w)
+    err = capsys.readouterr().err
+    assert rc == 1 and "not running" in err and sock in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err

@@ -1331,3 +1331,31 @@ def test_zero_window_tx_is_counted():
     h.conn.set_host_backlog(0, h.now)              # reopens: a window update
     h.recv(ack=IRS + 8193, window=8192)
     assert h.c["tcp_zero_window_tx"] == 2
+
+
+def test_an_idle_connection_keeps_no_buffers_or_lists():
+    """Issue 15 (10,000 idle flows): once everything sent is acknowledged and a hole in
+    what was received is filled, the send queue, the transmit-time log and the
+    out-of-order list are the shared empty objects again, not empty containers per flow;
+    and the connection has no instance dict."""
+    h = established(syn_options=TcpOptions(mss=MSS, sack_perm=True))
+    c = h.conn
+    assert not hasattr(c, "__dict__")
+    assert c._sndbuf is T._NO_BYTES and c._xl_end is T._EMPTY and c._ooo is T._EMPTY
+    assert c.send(b"r" * 3000, h.now) == 3000
+    sent = 0
+    while c.segments_out:
+        sent += len(h.recv().payload)
+    assert sent == 3000 and len(c._sndbuf) == 3000 and c._xl_end
+    h.send(ack=ISS + 1 + 3000)
+    assert c._sndbuf is T._NO_BYTES and c._xl_end is T._EMPTY and c._xl_ts is T._EMPTY
+    # Out of order, then the hole filled: the piece is delivered, the list goes.
+    h.send(seq=IRS + 1 + 100, payload=b"b" * 50)
+    assert len(c._ooo) == 1
+    h.send(payload=b"a" * 100)
+    assert h.data() == b"a" * 100 + b"b" * 50
+    assert c._ooo is T._EMPTY and c._sb is T._EMPTY and c._lost is T._EMPTY
+    c.segments_out.clear()                      # the ACKs of those
+    # And the next burst works as the first did.
+    assert c.send(b"s" * 10, h.now) == 10
+    assert bytes(h.recv(flags=ACK | PSH).payload) == b"s" * 10

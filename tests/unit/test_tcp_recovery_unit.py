@@ -319,7 +319,7 @@ def test_without_sack_no_probe_and_no_scoreboard():
     h.advance(RTT)
     h.send()
     flight(h, 10)
-    assert not h.conn._pto and h.conn._xl_end == []
+    assert not h.conn._pto and not h.conn._xl_end
     h.advance(RTT)
     h.send(**sack(1, (2, 5)))                   # blocks from a confused peer: ignored
     assert no_loss_state(h)

@@ -63,6 +63,10 @@ _CONNECT_ERRORS = {
     errno.EACCES: "denied",
     errno.EPERM: "denied",
     errno.EADDRNOTAVAIL: "unreachable",
+    # Out of file descriptors (ours or the system's): the flow limit was set
+    # past RLIMIT_NOFILE, or UDP and the rest took the room (serve.py).
+    errno.EMFILE: "fd_limit",
+    errno.ENFILE: "fd_limit",
 }
 
 
@@ -78,6 +82,11 @@ def abort_with_rst(transport) -> None:
 
 
 class FlowProtocol(asyncio.BufferedProtocol):
+    # One per host socket, so slots (no instance dict): what an idle flow
+    # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
+    __slots__ = ("host", "fid", "transport", "pending", "paused", "eof_pending", "eof_seen",
+                 "closed")
+
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
         self.fid = fid

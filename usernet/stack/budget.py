@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Per-flow bounds (a TCP flow's send queue and window, a datagram's size) keep
 one flow small; they do not keep 4,096 of them small (4,096 flows whose host
-peers never read once took ~1.2 GB). :class:`MemoryBudget` is the one
+peers never read once took ~1.2 GB), nor 60,000 idle ones. :class:`MemoryBudget` is the one
 accountant the stack owns: every place that keeps bytes for later adds them
 to ``used`` when it takes them and subtracts them when it lets them go, as
 plain integer adds at points that already exist (no object per packet):
@@ -12,8 +12,12 @@ plain integer adds at points that already exist (no object per packet):
 * TCP (stack/tcpnat.py, after every call into a connection): the flow's send
   queue toward the container, its out-of-order pieces, and the bytes the
   host side reported stuck in the host socket's write queue
-  (``tcp_host_backlog``, the contract's existing report). Each flow keeps
-  what it has charged (``TcpFlow.charged``) and pays the difference.
+  (``tcp_host_backlog``, the contract's existing report), plus a fixed
+  :data:`~usernet.stack.config.TCP_FLOW_COST` for the flow's own objects
+  (the connection, its table entries, the host socket's transport: what an
+  idle flow costs, measured), so ten thousand idle flows count too. Each
+  flow keeps what it has charged (``TcpFlow.charged``) and pays the
+  difference.
 * IP reassembly (stack/ipfrag.py): the fragment bytes held.
 * Neighbour holds (stack/arp.py): frames waiting for an address to resolve.
 * DNS (stack/gateway.py): the queries waiting for upstream.

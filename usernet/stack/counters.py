@@ -41,7 +41,7 @@ PARSE_REASONS = (
     "udp_bad_length", "udp_truncated",
 )
 #: Why a host connect failed (``host/tcp.py`` maps errnos to these).
-CONNECT_FAILURES = ("refused", "unreachable", "timeout", "denied", "error")
+CONNECT_FAILURES = ("refused", "unreachable", "timeout", "denied", "fd_limit", "error")
 #: Why no upstream resolver answered.
 DNS_FAILURES = ("timeout", "no_upstream", "unreachable", "error", "evicted")
 #: TCP states in which a segment can only be dropped (``tcp_drop_<state>``).

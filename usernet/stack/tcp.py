@@ -204,6 +204,16 @@ SND_BUF = 512 * 1024       # default send queue toward the container
 
 _M = 0xFFFFFFFF
 _HALF = 0x80000000
+# The lists an idle flow does not need (out-of-order pieces, the SACK
+# scoreboard, lost and retransmitted ranges, the transmit-time log) start as
+# this shared empty tuple and go back to it when they empty: a list is made
+# when the first item comes. Ten thousand idle flows keep no lists (~0.4 KiB
+# each). Code that reads them needs nothing else (len, iteration, bisect
+# work on a tuple); code that adds to one checks first.
+_EMPTY = ()
+# Likewise the send queue: empty bytes until host data comes, and again once
+# all of it is acknowledged (a bytearray is made per burst, not kept per flow).
+_NO_BYTES = b""
 
 
 def _covered(ranges: list, s: int, e: int) -> bool:
@@ -264,6 +274,37 @@ class Segment(NamedTuple):
 class TcpConnection:
     """The container side of one TCP flow. See the module docstring."""
 
+    # Slots, not an instance dict: a dict of this many attributes is a
+    # private (unshared-key) dict of ~3.3 KiB per connection, the largest
+    # single cost of an idle flow (10,000 idle flows: ~32 MiB of dicts);
+    # slots are 8 bytes each, ~0.8 KiB in all.
+    __slots__ = (
+        "state", "counters", "mss", "rcv_buf", "snd_buf", "wscale", "max_seg", "sack",
+        "timestamps", "ts_clock", "segments_out", "fid", "events",
+        # send sequence space
+        "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "snd_wscale",
+        "_ws_ok", "_max_snd_wnd", "_sndbuf", "_buf_seq", "_fin_queued",
+        # receive sequence space
+        "irs", "rcv_nxt", "rcv_wscale", "_rcv_adv", "_backlog", "_delivered", "_ooo",
+        "_ooo_bytes", "_ooo_fin", "_ooo_last", "_unacked_rx", "_ack_now", "push_ack_delay",
+        "_push_pending", "_last_ack_sent", "_last_oow_ack",
+        # negotiated options
+        "peer_mss", "snd_mss", "_seg_size", "_sws_thresh", "sack_ok", "ts_ok", "_ts_recent",
+        "_opts_key", "_opts",
+        # RFC 6298
+        "srtt", "rttvar", "rto", "_backoff", "_retries", "_stall_since", "_rtt_seq", "_rtt_at",
+        # congestion control
+        "cwnd", "ssthresh", "_dupacks", "_recover", "_lt_extra", "_rexmit_mark", "_rprobe_at",
+        "_rprobe_backoff",
+        # SACK recovery and RACK-TLP
+        "_xl_end", "_xl_ts", "_sb", "_lost", "_rx", "_rp", "_rto_rp", "_rack_ts", "_rack_end",
+        "_rack_rtt", "_fack", "_reo_seen", "_reo_mult", "_reo_round", "_min_rtt", "_rack_at",
+        "_pto", "_pto_base", "_tlp_end", "_tlp_rexmit",
+        # timers and the rest
+        "_rto_at", "_persist_at", "_delack_at", "_tw_at", "_persist_backoff", "_probes",
+        "_answered", "_active", "_paused", "closed", "rexmits",
+    )
+
     def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
                  wscale=7, max_seg=None, sack=True, timestamps=True, ts_clock=None, fid=0,
                  events=None, push_ack_delay=0.0):
@@ -291,7 +332,7 @@ class TcpConnection:
         self.snd_wscale = 0
         self._ws_ok = False
         self._max_snd_wnd = 0
-        self._sndbuf = bytearray()
+        self._sndbuf: bytearray | bytes = _NO_BYTES
         self._buf_seq = self.iss + 1          # sequence number of _sndbuf[0]
         self._fin_queued = False              # host EOF seen; FIN follows the queued data
 
@@ -302,7 +343,7 @@ class TcpConnection:
         self._rcv_adv = 0                     # right edge we advertised (never moves left)
         self._backlog = 0
         self._delivered = 0                   # bytes handed out during the current call
-        self._ooo: list[tuple[int, bytes]] = []
+        self._ooo: list[tuple[int, bytes]] | tuple = _EMPTY
         self._ooo_bytes = 0
         self._ooo_fin = None                  # sequence number of an out-of-order FIN
         self._ooo_last = None                 # start of the most recent out-of-order piece
@@ -353,11 +394,11 @@ class TcpConnection:
         # of a run of data first sent at _xl_ts[i] (one entry per distinct
         # ``now``: a whole burst shares one time, so RACK's per-segment
         # xmit_ts is exact and costs no object per segment).
-        self._xl_end: list = []
-        self._xl_ts: list = []
-        self._sb: list = []                   # scoreboard: sorted [s, e) SACKed above SND.UNA
-        self._lost: list = []                 # [s, e) marked lost, not yet retransmitted
-        self._rx: list = []                   # [s, e, ts] retransmitted (RACK.xmit_ts of those)
+        self._xl_end: list | tuple = _EMPTY
+        self._xl_ts: list | tuple = _EMPTY
+        self._sb: list | tuple = _EMPTY       # scoreboard: sorted [s, e) SACKed above SND.UNA
+        self._lost: list | tuple = _EMPTY     # [s, e) marked lost, not yet retransmitted
+        self._rx: list | tuple = _EMPTY       # [s, e, ts] retransmitted (RACK.xmit_ts of those)
         self._rp = None                       # RecoveryPoint while in SACK recovery, else None
         self._rto_rp = None                   # HighData at the last RTO: no fast recovery before it
         self._rack_ts = None                  # RACK.xmit_ts
@@ -499,7 +540,10 @@ class TcpConnection:
             n = room if room > 0 else 0
             data = memoryview(data)[:n]
         if n:
-            self._sndbuf += data
+            if self._sndbuf:
+                self._sndbuf += data
+            else:
+                self._sndbuf = bytearray(data)
             if st in _OUTPUT_STATES:
                 self._output(now)
         self._check_pause()
@@ -662,9 +706,7 @@ class TcpConnection:
             # dropped (the peer may renege) and go-back-N resends it all.
             self._rto_rp = self.snd_max
             self._rp = None
-            self._sb = []
-            self._lost = []
-            self._rx = []
+            self._sb = self._lost = self._rx = _EMPTY
             self._rack_at = None
             self._tlp_end = None
         # Go back N: resend from snd_una as the ACK clock allows.
@@ -711,8 +753,8 @@ class TcpConnection:
         self.state = CLOSED
         self._rto_at = self._persist_at = self._delack_at = self._tw_at = None
         self._rprobe_at = self._rack_at = None
-        self._sndbuf = bytearray()
-        self._ooo = []
+        self._sndbuf = _NO_BYTES
+        self._ooo = _EMPTY
         self._ooo_bytes = 0
         # The owner sees ``closed`` after the call and forgets the flow.
         self.closed = True
@@ -721,7 +763,7 @@ class TcpConnection:
         self.state = TIME_WAIT
         self._rto_at = self._persist_at = self._rprobe_at = self._rack_at = None
         self._tw_at = now + TIME_WAIT_TIME
-        self._sndbuf = bytearray()
+        self._sndbuf = _NO_BYTES
 
     # ------------------------------------------------------------------
     # segment arrival
@@ -1084,7 +1126,7 @@ class TcpConnection:
         # "eighth, check the FIN bit": advance RCV.NXT over the FIN, signal the user.
         self.rcv_nxt += 1
         self._ooo_fin = None
-        self._ooo = []
+        self._ooo = _EMPTY
         self._ooo_bytes = 0
         self.counters["tcp_fin_rx"] += 1
         self.events.append(TcpShutdown(self.fid))
@@ -1129,6 +1171,8 @@ class TcpConnection:
             self.counters["tcp_drop_ooo_full"] += 1
             return
         self.counters["tcp_ooo_queued"] += 1
+        if not self._ooo:
+            self._ooo = []
         for piece in new:
             insort(self._ooo, piece)
             self._ooo_bytes += len(piece[1])
@@ -1145,7 +1189,10 @@ class TcpConnection:
                 chunks.append(d[rcv_nxt - s:])
                 rcv_nxt = e
             i += 1
-        del ooo[:i]
+        if i:
+            del ooo[:i]
+            if not ooo:
+                self._ooo = _EMPTY
         return rcv_nxt
 
     def _sack_blocks(self) -> tuple:
@@ -1177,13 +1224,19 @@ class TcpConnection:
             blen = len(self._sndbuf)
             if n > blen:
                 n = blen
-            del self._sndbuf[:n]
+            if n == blen:
+                self._sndbuf = _NO_BYTES        # all acknowledged
+            else:
+                del self._sndbuf[:n]
             self._buf_seq += n
         xe = self._xl_end
         if xe and xe[0] <= ack:
             i = bisect_right(xe, ack)
-            del xe[:i]
-            del self._xl_ts[:i]
+            if i == len(xe):
+                self._xl_end = self._xl_ts = _EMPTY    # all acknowledged
+            else:
+                del xe[:i]
+                del self._xl_ts[:i]
         in_sack_recovery = self._rp is not None
         if self._sb or self._lost or self._rx or in_sack_recovery or self._rto_rp is not None:
             self._sack_trim(ack)
@@ -1493,10 +1546,16 @@ class TcpConnection:
                 del lst[:i]
             if lst and lst[0][0] < ack:
                 lst[0][0] = ack
+        if not self._sb:
+            self._sb = _EMPTY
+        if not self._lost:
+            self._lost = _EMPTY
+        if not self._rx:
+            self._rx = _EMPTY
         if self._rp is not None and ack >= self._rp:
             # RFC 6675 5: "once a cumulative ACK covers RecoveryPoint ... exit loss recovery"
             self._rp = None
-            self._rx = []
+            self._rx = _EMPTY
         if self._rto_rp is not None and ack >= self._rto_rp:
             self._rto_rp = None
 
@@ -1527,7 +1586,7 @@ class TcpConnection:
         rx_hi = rx[-1][1] if rx else 0
         xe, xt = self._xl_end, self._xl_ts
         nx = len(xe)
-        lost = self._lost
+        lost = self._lost or []             # a new list is kept only if something is marked
         timeout = None
         marked = False
         pos = una
@@ -1585,6 +1644,7 @@ class TcpConnection:
                 pos = end
         self._rack_at = None if timeout is None else now + timeout
         if marked:
+            self._lost = lost
             self.counters["tcp_rack_lost_marked"] += 1
             if self._rp is None:
                 self._enter_recovery(now)
@@ -1818,7 +1878,10 @@ class TcpConnection:
             if self.sack_ok:
                 # RACK's transmit-time log: one entry per distinct time.
                 xt = self._xl_ts
-                if xt and xt[-1] == now:
+                if not xt:
+                    self._xl_end = [nxt]
+                    self._xl_ts = [now]
+                elif xt[-1] == now:
                     self._xl_end[-1] = nxt
                 else:
                     self._xl_end.append(nxt)

@@ -33,9 +33,11 @@ closing or unanswered-handshake flow, or an established one silent for
 ``TCP_EVICT_IDLE``, among the ``EVICT_SCAN`` oldest), ``max_tcp_connects``
 host connects in flight (a SYN past it is dropped; the container retries).
 
-Memory budget (stack/budget.py): :meth:`output` charges each flow's held
-bytes (send queue, out-of-order pieces, host write backlog, and what the
-host side read but we did not take) by difference;
+Memory budget (stack/budget.py): every flow is charged ``TCP_FLOW_COST``
+(its objects, here and on the host side) from its SYN until it is
+forgotten, and :meth:`output` charges its held bytes (send queue,
+out-of-order pieces, host write backlog, and what the host side read but
+we did not take) by difference;
 past the budget a SYN is reset (``tcp_syn_budget_rst``), a port forward
 refused, the window toward the container held to ``BUDGET_FLOW_WINDOW``
 less the host write backlog (``tcp_budget_window_squeezed``) and the send
@@ -72,7 +74,7 @@ from .arp import UNRESOLVED
 from .events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnectDns, TcpData,
                      TcpInboundRefused)
 from .budget import MemoryBudget
-from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE
+from .config import BUDGET_FLOW_WINDOW, EVICT_SCAN, TCP_EVICT_IDLE, TCP_FLOW_COST
 from .flows import TcpFlow
 from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                   SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
@@ -100,6 +102,9 @@ PUSH_ACK_DELAY = 0.01
 # The options of nearly every segment of an established flow: NOP, NOP,
 # timestamps (what build_tcp_options gives for ts alone, packed directly).
 _TS_ONLY = struct.Struct("!BBBBII")
+# Distinct addresses TcpNat._addr keeps one copy of (then it starts again:
+# a container talking to many hosts only loses the sharing, never a flow).
+ADDR_CACHE_MAX = 1024
 
 
 class TcpNat:
@@ -126,6 +131,7 @@ class TcpNat:
         self._kind = timers.kind(self._live, self._timer)
         self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
         self.budget = budget if budget is not None else MemoryBudget(config.memory_budget)
+        self._addrs: dict = {}   # address -> the one bytes object flows keep (_addr)
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -215,8 +221,21 @@ class TcpNat:
                                else TcpConnect(flow.id, host, dport))
         self.output(flow, now)
 
+    def _addr(self, a: bytes) -> bytes:
+        """One bytes object per address for every flow that names it: the
+        parser's copies (37 bytes each, two a flow) would otherwise live as
+        long as the flow, though nearly every flow names the same two."""
+        cache = self._addrs
+        b = cache.get(a)
+        if b is None:
+            if len(cache) >= ADDR_CACHE_MAX:
+                cache.clear()
+            cache[a] = b = a
+        return b
+
     def _new_flow(self, key: tuple, inbound: bool, now: float) -> TcpFlow:
         """The one way a TCP flow is made: its connection emits straight into ``events_out``."""
+        key = (self._addr(key[0]), key[1], self._addr(key[2]), key[3])
         fid = self.flows.new_id()
         # The MSS we offer: the link MTU less the IP and TCP headers (IPv6's
         # header is 20 bytes longer than IPv4's).
@@ -231,6 +250,9 @@ class TcpNat:
         cfg = self.config
         flow.ka_at = now + min(cfg.tcp_fin_timeout, cfg.tcp_keepalive_idle)
         self.flows.tcp.add(flow)
+        # The flow's own objects are charged from now until it is forgotten.
+        flow.charged = TCP_FLOW_COST
+        self.budget.used += TCP_FLOW_COST
         return flow
 
     def _evict(self, now: float) -> bool:
@@ -337,7 +359,7 @@ class TcpNat:
             self._forget(flow)
             return
         # The memory budget: what the flow holds now, charged by difference.
-        held = len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
+        held = TCP_FLOW_COST + len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
             b = self.budget
             b.used += held - flow.charged
