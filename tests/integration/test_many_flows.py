@@ -254,27 +254,30 @@ REFUSALS = ("tcp_syn_flow_limit_rst", "tcp_syn_budget_rst", "tcp_flow_evicted",
             "tcp_syn_connect_limit_drop")
 
 
-def run_many_flows(tmp_path, n, args=(), window=128):
-    """Open ``n`` flows through ``usernet run ARGS``; returns a dict of what was seen."""
+def run_many_flows(tmp_path, n, args=(), window=128, server_pid=None):
+    """Open ``n`` flows through ``usernet run ARGS``; returns a dict of what was seen.
+    ``server_pid``: the process serving the namespace when it is not the run
+    process itself (a daemon); its RSS is the one measured."""
     need = n + 64
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < need:
         pytest.skip(f"RLIMIT_NOFILE hard limit below {need}")
     api = tmp_path / "api.sock"
     srv = HoldServer()
     u = Client(tmp_path, ["--api-socket", str(api), *args], [srv.port, n, window, OPEN_SECONDS])
+    pid = server_pid or u.p.pid
     try:
         u.expect("baseline")
         time.sleep(0.5)
-        base = rss_mib(u.p.pid)
+        base = rss_mib(pid)
         u.say()
         opened = u.expect("opened", timeout=OPEN_SECONDS + 30).split()
         time.sleep(1.0)
-        held = rss_mib(u.p.pid)
+        held = rss_mib(pid)
         stats = api_stats(api)
         u.say()
         new = u.expect("new", timeout=LIVENESS + 30).split()
         after = api_stats(api)
-        peak = rss_mib(u.p.pid, "VmHWM")
+        peak = rss_mib(pid, "VmHWM")
         u.say()
         u.finish()
     finally:
@@ -296,8 +299,40 @@ def _report(name, r):
           f"new {r['new'][1:]}")
 
 
-def test_ten_thousand_flows_within_budget(tmp_path):
-    r = run_many_flows(tmp_path, FLOWS, ["--memory-budget", f"{BUDGET_MIB}M"])
+@pytest.fixture
+def daemon(tmp_path):
+    """A ``usernet daemon`` of this test's own: (its pid, its socket)."""
+    sock = tmp_path / "d.sock"
+    log = open(tmp_path / "daemon.log", "w+")
+    d = subprocess.Popen(USERNET + ["daemon", "--socket", str(sock)], stdout=log,
+                         stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO), cwd="/")
+    try:
+        for _ in range(200):
+            if sock.exists() or d.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert d.poll() is None and sock.exists(), "the daemon did not start"
+        yield d.pid, sock
+    finally:
+        d.terminate()
+        try:
+            d.wait(30)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("mode", ["run", "daemon"])
+def test_ten_thousand_flows_within_budget(request, tmp_path, mode):
+    """The same with one process for the namespace (``run``) and with the
+    namespace served as one link of a daemon (``run --daemon``: the link's own
+    budget, the daemon's RSS)."""
+    args, pid = ["--memory-budget", f"{BUDGET_MIB}M"], None
+    if mode == "daemon":
+        pid, sock = request.getfixturevalue("daemon")
+        args += ["--daemon-socket", str(sock)]
+    r = run_many_flows(tmp_path, FLOWS, args, server_pid=pid)
     s, a = r["stats"], r["after"]
     _report("many flows", r)
     assert r["ok"] == FLOWS and r["failed"] == 0, r
