@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from conftest import NOBODY, REPO, USERNET, http_server, reopen_for_nobody, need_root, need_tun, tool
+from conftest import (NOBODY, REPO, USERNET, http_server, need_root, need_tun, reopen_for_nobody,
+                      tool, wait_for)
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -32,15 +33,7 @@ def _out(r):
     return f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 def _user(request, user):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, USERNET, need_tun, tool
+from conftest import REPO, USERNET, need_tun, tool, wait_for
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -46,12 +46,7 @@ def _in_target(pid, *argv, timeout=TIMEOUT):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 @pytest.mark.parametrize("args,net,mtu", [

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import (NOBODY, REPO, USERNET, need_root, need_tun, reopen_for_nobody, tool,
+from conftest import (wait_for, NOBODY, REPO, USERNET, need_root, need_tun, reopen_for_nobody, tool,
                       usernet_run)
 
 pytestmark = [pytest.mark.integration, need_tun]
@@ -79,15 +79,7 @@ def _netns_holders(ns_link):
     return out
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 def _stop(p, sig=signal.SIGTERM, timeout=10):

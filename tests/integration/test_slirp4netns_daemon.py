@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from conftest import REPO, USERNET, free_port, http_server, need_tun, tool
+from conftest import REPO, USERNET, free_port, http_server, need_tun, tool, wait_for
 
 pytestmark = [pytest.mark.integration, need_tun]
 
@@ -42,15 +42,7 @@ for k in ("USERNET_DAEMON", "USERNET_DAEMON_SOCKET"):
 T = 30
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 def _daemon_request(path, msg):
