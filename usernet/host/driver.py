@@ -394,7 +394,9 @@ class HostDriver:
         """``_on_readable`` for a link on a network: each frame, with its
         virtio-net header (a peer's TAP may take it as it is), goes to the
         switch port; after the batch, the links the switch wrote to are
-        flushed too."""
+        flushed too. The read loop is a copy of ``_on_readable``'s on purpose:
+        bound as the reader only for switched links, so links on no network
+        pay no per-frame test for it."""
         port = self.port
         fd = self.fd
         now = self.loop.time()

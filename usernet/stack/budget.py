@@ -54,21 +54,10 @@ class MemoryBudget:
         return f"<MemoryBudget used={self.used} limit={self.limit} peak={self.peak}>"
 
 
-class BudgetPool:
+class BudgetPool(MemoryBudget):
     """The global budget of many stacks (``usernet daemon``): ``used`` is the
     sum of its members' ``used``, kept by their setters, never recounted."""
-    __slots__ = ("limit", "used", "peak")
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-
-    def over(self) -> bool:
-        used = self.used
-        if used > self.peak:
-            self.peak = used
-        return used >= self.limit
+    __slots__ = ()
 
 
 class PooledBudget(MemoryBudget):
