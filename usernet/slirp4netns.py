@@ -551,14 +551,7 @@ def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
         try:
             return _handover(client, o, cfg, args, fd, pidfd, where)
         finally:
-            os.close(fd)
-            if pidfd is not None:
-                os.close(pidfd)
-            if o.exit_fd >= 0:
-                try:
-                    os.close(o.exit_fd)
-                except OSError:
-                    pass
+            _close_fds(fd, pidfd, o.exit_fd)
     log_started(cfg, where, o.tapname)
 
     def on_ready(finish):
@@ -595,14 +588,20 @@ def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
                                              watch_pidfd=pidfd, on_ready=on_ready))
     finally:
         loop.close()
-        os.close(fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        if o.exit_fd >= 0:
-            try:
-                os.close(o.exit_fd)
-            except OSError:
-                pass
+        _close_fds(fd, pidfd, o.exit_fd)
+
+
+def _close_fds(tap_fd: int, pidfd, exit_fd: int) -> None:
+    """Our copies of the TAP, the pidfd and the exit fd, once served or handed to the daemon
+    (the exit fd may already be closed: Podman's end of it is not ours to know)."""
+    os.close(tap_fd)
+    if pidfd is not None:
+        os.close(pidfd)
+    if exit_fd >= 0:
+        try:
+            os.close(exit_fd)
+        except OSError:
+            pass
 
 
 def main(argv=None, prog: str | None = None) -> int:
