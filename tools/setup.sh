@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # busybox-static (not busybox, which it replaces): the Podman test's image is made of it.
 # podman runc: the real rootless Podman test (tests/integration/test_podman.py).
-APT_PACKAGES=(iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox-static procps slirp4netns passt ncat tcpdump
+# gcc libc6-dev: the compiled front of usernet-slirp4netns (below).
+APT_PACKAGES=(gcc libc6-dev iproute2 util-linux uidmap curl iperf3 dnsutils iputils-ping busybox-static procps slirp4netns passt ncat tcpdump
               podman runc)
 
 need_apt=()
@@ -36,4 +37,21 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -U pip >/dev/null
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
+fi
+
+# usernet-slirp4netns's compiled front (usernet/slirp4netns_front.c): the network is ready, for
+# Podman, a few milliseconds after exec instead of after a Python start (~0.1 s); it then execs
+# this .venv's Python. It replaces the pip-made script of the same name (rebuilt whenever pip
+# rewrites that, or the source changes); without a C compiler the Python entry point stays.
+front=.venv/bin/usernet-slirp4netns
+if command -v cc >/dev/null; then
+    if [ ! -f .venv/.front-built ] || [ usernet/slirp4netns_front.c -nt .venv/.front-built ] \
+        || [ "$(head -c 2 "$front" 2>/dev/null)" = "#!" ]; then
+        cc -O2 -Wall -Wextra -o "$front.tmp" -DUSERNET_PYTHON="\"$PWD/.venv/bin/python\"" \
+            usernet/slirp4netns_front.c
+        mv "$front.tmp" "$front"
+        touch .venv/.front-built
+    fi
+else
+    echo "setup: no C compiler (cc): usernet-slirp4netns stays the Python entry point" >&2
 fi

@@ -523,11 +523,17 @@ class ApiServer:
     async def start(cls, path: str | os.PathLike, backend: Backend, *,
                     read_timeout: float = API_READ_TIMEOUT,
                     max_connections: int = API_MAX_CONNECTIONS, linger: float = 0.25,
-                    counters=None) -> "ApiServer":
-        """Listen on ``path`` (see :func:`_bind_unix` for what happens to an existing file)."""
+                    counters=None, listen_fd: int | None = None) -> "ApiServer":
+        """Listen on ``path`` (see :func:`_bind_unix` for what happens to an existing file), or
+        serve ``listen_fd``, a socket already bound there and listening (the compiled
+        slirp4netns front's: clients that connected before we started are in its backlog)."""
         self = cls(os.fspath(path), backend, read_timeout=read_timeout,
                    max_connections=max_connections, linger=linger, counters=counters)
-        sock = _bind_unix(self.path)
+        if listen_fd is None:
+            sock = _bind_unix(self.path)
+        else:
+            sock = socket.socket(fileno=listen_fd)
+            sock.setblocking(False)
         st = os.stat(self.path)
         self._ino = (st.st_dev, st.st_ino)
         try:

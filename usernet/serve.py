@@ -160,7 +160,10 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     fit_flow_limit(cfg, getattr(args, "max_tcp_flows", None) is not None)
     gw = Gateway(cfg, offload=set_tap_offload(tap_fd, getattr(args, "offload", True)))
     driver = HostDriver(gw, tap_fd, impair=args.impair, outbound=getattr(args, "outbound", None))
-    driver.start(loop)
+    # Not reading the TAP yet: no frame of the container's is looked at before the sandbox
+    # below is in force (with the compiled slirp4netns front the container may be running and
+    # sending already; its frames wait in the TAP's queue).
+    driver.start(loop, read_tap=False)
     pcap = None
     try:
         pcap = open_pcap(args, driver)
@@ -219,6 +222,7 @@ async def serve(cfg, tap_fd, args, *, child=None, watch_pid=None, watch_pidfd=No
     if getattr(args, "enable_sandbox", False) or getattr(args, "enable_seccomp", False):
         from . import sandbox
         sandbox.apply(args, driver=driver, ns_pid=child.pid if child is not None else watch_pid)
+    driver.read_tap()
     pfd = watch_pidfd
     if child is not None:
         loop.add_reader(child.pidfd, lambda: finish(child.wait()))

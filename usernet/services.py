@@ -30,6 +30,7 @@ class ServiceOptions:
     publish_from_gateway: bool = False
     publish_only_when_bound: bool = False
     api_socket: str | None = None
+    api_socket_fd: int | None = None    # already listening at api_socket (the compiled front's)
 
     @classmethod
     def from_args(cls, args) -> "ServiceOptions":
@@ -148,7 +149,7 @@ async def setup_services(driver, opts: ServiceOptions, *, ns_pid: int | None = N
                 fwd.add(f.proto, f.host_addr, f.host_port, "", f.guest_port)
         if opts.api_socket:
             api = await ApiServer.start(opts.api_socket, ForwarderBackend(fwd, s.stats, s.flows),
-                                        counters=driver.counters)
+                                        counters=driver.counters, listen_fd=opts.api_socket_fd)
             s.api = api
             s.closers.append(api.wait_closed)   # closers run in reverse: close, then wait
             s.closers.append(api.close)

@@ -49,6 +49,7 @@ import ipaddress
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -473,6 +474,49 @@ def _handover(client, o: Options, cfg, args, fd: int, pidfd, where: str) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- the compiled front
+#: Set by the compiled front (usernet/slirp4netns_front.c) when it has made the network ready
+#: itself: ``tap=FD,ifname=NAME,api=FD,pidfd=FD`` (-1: none), the fds this process inherited.
+FRONT_ENV = "_USERNET_FRONT"
+#: The front's argv[0], so that messages name the program as it was called.
+FRONT_ARGV0_ENV = "USERNET_FRONT_ARGV0"
+#: Signals the front blocks before exec'ing us (a SIGTERM sent right after the ready byte
+#: waits for the stack's handler instead of killing a half-started interpreter); unblocked once
+#: the handlers are in place.
+FRONT_BLOCKED_SIGNALS = frozenset((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                                   signal.SIGUSR2))
+
+
+@dataclass
+class Front:
+    """What the compiled front did before exec'ing us: the TAP (made, and configured when
+    ``-c``), the listening API socket, a pidfd of a PID target; the ready byte is written."""
+    tap: int
+    ifname: str
+    api: int | None
+    pidfd: int | None
+
+
+def take_front(environ=None) -> Front | None:
+    """The front's hand-over, removed from the environment (nothing we start inherits it);
+    None when this process was started directly. Raises Exit on a value the front never writes."""
+    env = os.environ if environ is None else environ
+    raw = env.pop(FRONT_ENV, None)
+    if raw is None:
+        return None
+    try:
+        f = dict(kv.split("=", 1) for kv in raw.split(","))
+        fds = {k: int(f[k]) for k in ("tap", "api", "pidfd")}
+        front = Front(fds["tap"], f["ifname"], fds["api"] if fds["api"] >= 0 else None,
+                      fds["pidfd"] if fds["pidfd"] >= 0 else None)
+    except (KeyError, ValueError):
+        raise Exit(1, "", f"usernet: {FRONT_ENV}={raw!r} is not what the compiled front writes\n") from None
+    for fd in (front.tap, front.api, front.pidfd):
+        if fd is not None and not _cloexec(fd):
+            raise Exit(1, "", f"usernet: fd {fd} (from {FRONT_ENV}) is not open\n")
+    return front
+
+
 # -------------------------------------------------------------------- run
 def _cloexec(fd: int) -> bool:
     """Keep ``fd`` from leaking into anything we exec; False if it is not open."""
@@ -491,8 +535,14 @@ def run(o: Options) -> int:
 
     cfg = network_config(o)
     outbound = outbound_addresses(o)
+    front = take_front()
+    if front is not None:
+        o.ready_fd = -1     # the front wrote the ready byte and closed that fd
+        from .log import event
+        event(log, logging.DEBUG, "front", tap_fd=front.tap, ifname=front.ifname,
+              api_fd=front.api, pidfd=front.pidfd)
     from .diagnose import api_socket_problem, check_tun, ping_warning
-    if o.api_socket is not None:
+    if o.api_socket is not None and front is None:
         why = api_socket_problem(o.api_socket)
         if why:
             raise Exit(1, "", f"usernet: {why}\n")
@@ -501,34 +551,40 @@ def run(o: Options) -> int:
             raise Exit(1, "", f"usernet: fd {fd} (given with -e/-r) is not open\n")
     for w in o.warnings:
         print(w, flush=True)
-    check_tun()
+    if front is None:
+        check_tun()
     warning = ping_warning()
     if warning:
         log.warning("usernet: %s", warning)
     args = SimpleNamespace(
         offload=True, impair=None, dns_upstream=dns_upstream_from_env(), publish=[],
         publish_from_gateway=False, publish_only_when_bound=False, api_socket=o.api_socket,
-        outbound=outbound,
+        outbound=outbound, api_socket_fd=front.api if front is not None else None,
         # Applied by serve() once everything listens (usernet/sandbox.py), as slirp4netns does.
         enable_sandbox=o.enable_sandbox, enable_seccomp=o.enable_seccomp,
         pcap=o.pcap, pcap_snaplen=o.pcap_snaplen, pcap_max_size=o.pcap_max_size)
 
-    ifc = ifconfig(cfg) if o.configure else None
-    client = _daemon_client(o)
+    ifc = ifconfig(cfg) if o.configure and front is None else None
+    # The front takes the slow path (this one, whole) whenever a daemon is asked for.
+    client = _daemon_client(o) if front is None else None
     try:
-        return _attach_and_serve(o, cfg, args, ifc, client)
+        return _attach_and_serve(o, cfg, args, ifc, client, front)
     finally:
         if client is not None:
             client.close()
 
 
-def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
-    """Make the TAP, then hand it to the daemon (``client``) or serve it here."""
+def _attach_and_serve(o: Options, cfg, args, ifc, client, front: Front | None) -> int:
+    """Make the TAP (or take the front's), then hand it to the daemon (``client``) or serve it
+    here."""
     from . import netns
     from .diagnose import no_process
     from .serve import log_started, new_loop, serve
     pidfd = None
-    if o.target_pid is not None:
+    if front is not None:
+        fd, pidfd = front.tap, front.pidfd
+        where = f"pid {o.target_pid}" if o.target_pid is not None else o.netns_path
+    elif o.target_pid is not None:
         try:
             pidfd = netns.pidfd_open(o.target_pid)
         except ProcessLookupError:
@@ -557,6 +613,9 @@ def _attach_and_serve(o: Options, cfg, args, ifc, client) -> int:
     def on_ready(finish):
         import asyncio      # here: a helper that hands its link to the daemon runs no loop
         loop = asyncio.get_running_loop()
+        if front is not None:
+            # serve() has its handlers now: whatever arrived meanwhile is delivered to them.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FRONT_BLOCKED_SIGNALS)
         if o.ready_fd >= 0:
             # slirp4netns: write(ready_fd, "1", 1), then close. Podman reads one byte and
             # fails the start if it is not '1'.
@@ -609,7 +668,8 @@ def main(argv=None, prog: str | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if prog is None:
-        prog = sys.argv[0] if sys.argv and sys.argv[0] else "usernet-slirp4netns"
+        prog = (os.environ.pop(FRONT_ARGV0_ENV, None)
+                or (sys.argv[0] if sys.argv and sys.argv[0] else "usernet-slirp4netns"))
     from .log import setup
     setup(logging.DEBUG if os.environ.get("USERNET_DEBUG") else logging.INFO)
     try:

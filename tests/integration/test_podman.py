@@ -157,8 +157,14 @@ def _entry_for(pw, base):
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = os.path.join(REPO, ".venv", "lib", ver, "site-packages")
     wrapper = os.path.join(base, "usernet-slirp4netns")
+    with open(ENTRY, "rb") as f:
+        compiled = f.read(4) == b"\x7fELF"
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nPYTHONPATH="{REPO}:{site}" exec /usr/bin/{ver} -m usernet.slirp4netns "$@"\n')
+        if compiled:    # the compiled front, told which interpreter to hand over to
+            f.write(f'#!/bin/sh\nUSERNET_PYTHON=/usr/bin/{ver} PYTHONPATH="{REPO}:{site}" '
+                    f'exec {ENTRY} "$@"\n')
+        else:
+            f.write(f'#!/bin/sh\nPYTHONPATH="{REPO}:{site}" exec /usr/bin/{ver} -m usernet.slirp4netns "$@"\n')
     os.chmod(wrapper, 0o755)
     probe = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
                             "--init-groups", "unshare", "--user", "--map-root-user", wrapper, "--version"], capture_output=True, text=True,
@@ -440,9 +446,22 @@ def test_publish_serves_from_inside(podman, handler):
         (helper,) = _usernet_procs(podman.uid)
         # Podman always passes --enable-sandbox --enable-seccomp: both are in force, and
         # the published port (the API socket under port_handler=slirp4netns) still works.
-        with open(f"/proc/{helper}/status") as f:
-            status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        # With rootlesskit's port handler the page may come before usernet's Python has
+        # started (the compiled front makes the network ready first): wait, bounded.
+        deadline = time.monotonic() + 15
+        while True:
+            with open(f"/proc/{helper}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            if status["Seccomp"].strip() == "2" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1", status
+        with open(ENTRY, "rb") as f:
+            if f.read(4) == b"\x7fELF":
+                # Podman's start went through the compiled front (it hands the TAP over in
+                # the environment the helper's Python was exec'd with).
+                with open(f"/proc/{helper}/environ", "rb") as f:
+                    assert b"_USERNET_FRONT=tap=" in f.read()
         with open(f"/proc/{helper}/mountinfo") as f:
             # Its root is the sandbox's read-only tmpfs, not the host's file system.
             roots = [ln for ln in f.read().splitlines() if ln.split()[4] == "/"]

@@ -115,7 +115,7 @@ def test_missing_target_same_status():
 class Helper:
     """One helper started the way Podman starts it: ready and exit pipes on chosen fds."""
 
-    def __init__(self, prog, argv_tmpl, netns, exit_fd_no, ready_fd_no, api):
+    def __init__(self, prog, argv_tmpl, netns, exit_fd_no, ready_fd_no, api, env=None):
         self.ready_r, ready_w = os.pipe()
         self.exit_r, self.exit_w = os.pipe() if exit_fd_no is not None else (None, None)
         argv = [a.format(netns=netns, api=api, e=exit_fd_no, r=ready_fd_no) for a in argv_tmpl]
@@ -126,9 +126,11 @@ class Helper:
             for src, dst in tmp:
                 os.dup2(src, dst)
                 os.close(src)
-        self.proc = subprocess.Popen([PROGS[prog], *argv], stdin=subprocess.DEVNULL,
+        cmd = [PROGS[prog]] if isinstance(prog, str) else list(prog)   # a name, or an argv
+        self.proc = subprocess.Popen([*cmd, *argv], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     preexec_fn=place, pass_fds=[dst for _s, dst in moves], cwd="/")
+                                     preexec_fn=place, pass_fds=[dst for _s, dst in moves], cwd="/",
+                                     env=env)
         os.close(ready_w)
         if self.exit_r is not None:
             os.close(self.exit_r)

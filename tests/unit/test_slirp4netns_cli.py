@@ -1,5 +1,6 @@
 """The slirp4netns 1.2 command-line dialect (usernet/slirp4netns.py), without namespaces."""
 
+import os
 import socket
 
 import pytest
@@ -179,3 +180,38 @@ def test_a_required_daemon_that_is_not_running_is_one_line_and_no_tap(tmp_path, 
     err = capsys.readouterr().err
     assert rc == 1 and "not running" in err and sock in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+
+
+# ------------------------------------------------------------- the compiled front's hand-over
+def test_take_front_absent_is_none():
+    assert s4.take_front({}) is None
+
+
+def test_take_front_reads_and_removes_the_variable():
+    r, w = os.pipe()
+    try:
+        env = {s4.FRONT_ENV: f"tap={r},ifname=tap0,api={w},pidfd=-1", "OTHER": "x"}
+        f = s4.take_front(env)
+        assert (f.tap, f.ifname, f.api, f.pidfd) == (r, "tap0", w, None)
+        assert env == {"OTHER": "x"}       # nothing we start inherits it
+        assert not os.get_inheritable(r) and not os.get_inheritable(w)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("value", ["", "tap=x,ifname=t,api=-1,pidfd=-1", "tap=3,api=-1,pidfd=-1",
+                                   "garbage"])
+def test_take_front_refuses_what_the_front_never_writes(value):
+    with pytest.raises(s4.Exit) as e:
+        s4.take_front({s4.FRONT_ENV: value})
+    assert e.value.status == 1 and s4.FRONT_ENV in e.value.err
+
+
+def test_take_front_refuses_a_closed_fd():
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(s4.Exit) as e:
+        s4.take_front({s4.FRONT_ENV: f"tap={r},ifname=tap0,api=-1,pidfd=-1"})
+    assert e.value.status == 1 and "not open" in e.value.err

@@ -182,11 +182,14 @@ class HostDriver:
             self._handlers[ev.DnsQuery] = dns.query
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, loop=None) -> None:
+    def start(self, loop=None, *, read_tap: bool = True) -> None:
+        """Start serving; ``read_tap=False`` leaves the container's frames queued in the TAP
+        until :meth:`read_tap` (serve() first puts the sandbox in force)."""
         self.loop = loop or asyncio.get_running_loop()
         self.stopped = self.loop.create_future()
         os.set_blocking(self.fd, False)
-        self.loop.add_reader(self.fd, self._on_readable)
+        if read_tap:
+            self.read_tap()
         if self.icmp is None:
             from .icmp import IcmpHost
             self.icmp = IcmpHost(self)
@@ -197,6 +200,10 @@ class HostDriver:
             # included), so a trace shows what the stack decided and why.
             self._debug_last = {}
             self._debug_tick = self.loop.call_later(DEBUG_COUNTERS_EVERY, self._log_counters)
+
+    def read_tap(self) -> None:
+        """Begin reading the container's frames."""
+        self.loop.add_reader(self.fd, self._on_readable)
 
     def close(self) -> None:
         if self._closed:
