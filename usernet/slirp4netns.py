@@ -25,6 +25,11 @@ Theory of operation
    dies, or an error -- ends the run with status 0; so does SIGTERM (Podman stops the helper of
    its rootless network namespace that way). The API socket is removed on the way out.
 
+The installed ``usernet-slirp4netns`` is normally the compiled front
+(``usernet/slirp4netns_front.c``): it does step 2 up to the ready byte in C (in ~2 ms, where this
+interpreter needs ~0.1 s to start) and execs this module with the fds in ``_USERNET_FRONT``
+(:func:`take_front`); anything it does not handle comes here untouched.
+
 Which fd is which is only known from ``-e``/``-r``: Podman 4.0-4.5 passes ``-e 3 -r 4`` and 4.6+
 ``-r 3 [-e 4]``. Both are made close-on-exec at once, and no other inherited fd is touched.
 
@@ -105,7 +110,8 @@ Environment: USERNET_DNS_UPSTREAM=ADDR[:PORT][,...] DNS upstream for 10.0.2.3
 (default: the nameservers of /etc/resolv.conf); USERNET_ALLOW_LINK_LOCAL=1 lets the container
 reach 169.254.0.0/16 on the host side (refused by default: cloud metadata services live there);
 USERNET_DAEMON=1 (the default daemon socket), =PATH, or =auto (the daemon if one runs, else
-serve here) as --daemon-socket.
+serve here) as --daemon-socket. The compiled usernet-slirp4netns writes the ready byte itself and
+execs USERNET_PYTHON (default: the one it was built for); USERNET_FRONT=0 turns that off.
 
 Examples:
   unshare --user --map-root-user --net sleep 1000 &
