@@ -319,6 +319,17 @@ struct nlreq {
     char body[256];
 };
 
+/* A zeroed request of `type` whose fixed part (ifinfomsg, ifaddrmsg, rtmsg) is `body` bytes;
+ * returns that part. */
+static void *nl_init(struct nlreq *r, unsigned short type, unsigned short flags, size_t body)
+{
+    memset(r, 0, sizeof(*r));
+    r->h.nlmsg_len = NLMSG_LENGTH(body);
+    r->h.nlmsg_type = type;
+    r->h.nlmsg_flags = flags;
+    return NLMSG_DATA(&r->h);
+}
+
 static void nl_attr(struct nlreq *r, unsigned short type, const void *data, size_t len)
 {
     struct rtattr *rta = (struct rtattr *)((char *)r + NLMSG_ALIGN(r->h.nlmsg_len));
@@ -357,10 +368,7 @@ static int nl_talk(int nl, struct nlreq *r)
 static int link_set(int nl, int index, int up, int mtu, const unsigned char *mac)
 {
     struct nlreq r;
-    memset(&r, 0, sizeof(r));
-    r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-    r.h.nlmsg_type = RTM_NEWLINK;
-    struct ifinfomsg *ifi = NLMSG_DATA(&r.h);
+    struct ifinfomsg *ifi = nl_init(&r, RTM_NEWLINK, 0, sizeof(*ifi));
     ifi->ifi_family = AF_UNSPEC;
     ifi->ifi_index = index;
     if (up) {
@@ -379,11 +387,7 @@ static int link_set(int nl, int index, int up, int mtu, const unsigned char *mac
 static int addr_add(int nl, int index, int family, const void *addr, int prefixlen)
 {
     struct nlreq r;
-    memset(&r, 0, sizeof(r));
-    r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
-    r.h.nlmsg_type = RTM_NEWADDR;
-    r.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-    struct ifaddrmsg *ifa = NLMSG_DATA(&r.h);
+    struct ifaddrmsg *ifa = nl_init(&r, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, sizeof(*ifa));
     ifa->ifa_family = (unsigned char)family;
     ifa->ifa_prefixlen = (unsigned char)prefixlen;
     ifa->ifa_scope = RT_SCOPE_UNIVERSE;
@@ -398,11 +402,7 @@ static int addr_add(int nl, int index, int family, const void *addr, int prefixl
 static int route_add_default(int nl, int index, int family, const void *gw, int proto)
 {
     struct nlreq r;
-    memset(&r, 0, sizeof(r));
-    r.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-    r.h.nlmsg_type = RTM_NEWROUTE;
-    r.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
-    struct rtmsg *rt = NLMSG_DATA(&r.h);
+    struct rtmsg *rt = nl_init(&r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, sizeof(*rt));
     rt->rtm_family = (unsigned char)family;
     rt->rtm_table = RT_TABLE_MAIN;
     rt->rtm_protocol = (unsigned char)proto;
