@@ -545,6 +545,11 @@ class HostDriver:
                         c["host_event_error_" + e.KIND] += 1
                         log.debug("host event %s failed", e.KIND, exc_info=True)
                 continue
+            if self.udp.pending:
+                # The round's UDP datagrams, several per send (host/udp.py); a refused one
+                # becomes ICMP for the next round.
+                self.udp.flush_pending()
+                continue
             if not self.tcp.report_backlog(self.loop.time()):
                 break
         else:

@@ -130,7 +130,7 @@ _HOST = (
     "drop_tx_queue_full", "exit_drain_timeout", "exit_flush_timeout", "host_event_unhandled",
     "host_flush_rounds_exceeded", "tcp_host_data_after_close",
     "udp_host_socket_error", "udp_host_recv_error", "drop_udp_host_send_eagain",
-    "drop_udp_host_send_error", "drop_udp_no_host_socket",
+    "drop_udp_host_send_error", "drop_udp_no_host_socket", "udp_gso_sends", "udp_gso_refused",
     "icmp_host_socket_error", "icmp_host_recv_error", "icmp_echo_host_tx",
     "drop_icmp_host_send_error", "drop_icmp_no_host_socket",
     "dns_upstream_refused", "dns_upstream_send_error", "dns_upstream_silent",
