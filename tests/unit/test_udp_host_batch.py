@@ -29,12 +29,17 @@ def _host():
     return udp.UdpHost(driver)
 
 
-@pytest.fixture
-def pair():
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
+@pytest.fixture(params=["127.0.0.1", "::1"])
+def pair(request):
+    fam = socket.AF_INET6 if ":" in request.param else socket.AF_INET
+    rx = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        rx.bind((request.param, 0))
+    except OSError as e:
+        rx.close()
+        pytest.skip(f"no {request.param} here: {e}")
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(fam, socket.SOCK_DGRAM)
     tx.connect(rx.getsockname())
     tx.setblocking(False)
     rx.settimeout(5)
