@@ -103,15 +103,23 @@ def first_fetch(pid, userns, port, t0, timeout=30.0):
         time.sleep(0.02)
 
 
-def run_daemon(n, port, sockdir):
-    path = os.path.join(sockdir, f"d{n}.sock")
-    d = subprocess.Popen(USERNET + ["daemon", "--socket", path], env=ENV, cwd="/",
+def start_daemon(usernet, path, env):
+    """``usernet daemon --socket PATH`` (``usernet``: the argv that runs usernet), once its
+    socket exists (bounded: 20 s)."""
+    d = subprocess.Popen(usernet + ["daemon", "--socket", path], env=env, cwd="/",
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while not os.path.exists(path):
         if d.poll() is not None or time.monotonic() > deadline:
+            d.kill()
             raise RuntimeError("the daemon did not start")
         time.sleep(0.01)
+    return d
+
+
+def run_daemon(n, port, sockdir):
+    path = os.path.join(sockdir, f"d{n}.sock")
+    d = start_daemon(USERNET, path, ENV)
     ts, userns = make_targets(n)
     lat = []
     cpu = []

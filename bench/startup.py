@@ -12,9 +12,12 @@ from wait4, the process and the children it reaped) beside the wall time:
    (the interpreter alone) and ``unshare --user --net true`` (the namespace
    alone) on the same machine.
 2. The slirp4netns entry point beside the real ``/usr/bin/slirp4netns``, the
-   same argument vector (``-c -r FD PID tap0``) against a fresh network
-   namespace made by this script for each run: from exec to the ready byte
-   on the ready fd. Then SIGTERM, and the CPU time up to the exit.
+   same argument vector (``-c -r FD --api-socket PATH PID tap0``) against a
+   fresh network namespace made by this script for each run: from exec to the
+   ready byte on the ready fd, and to the first answer on the API socket (the
+   stack serving). Then SIGTERM, and the CPU time up to the exit. Also the
+   entry point handing its link to a ``usernet daemon`` this script starts
+   (``--daemon-socket``), as Podman with ``USERNET_DAEMON`` set.
 
 Not a test: figures vary with the machine's load. Prints a table and the
 ratios (usernet / slirp4netns).
@@ -28,7 +31,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+from daemon_scale import start_daemon  # noqa: E402 - bench/ is the script's directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -155,12 +161,24 @@ def main():
         other = dict(ENV, PYTHONPATH=os.path.abspath(a.compare))
         plan[f"  ... from {a.compare}"] = lambda: time_command(
             [PY, "-m", "usernet", "run", "--", "true"], env=other)
+    # The same entry point handing its links to a running `usernet daemon` (USERNET_DAEMON in
+    # Podman's environment; here --daemon-socket): the compiled front sends the attach itself.
+    ddir = tempfile.mkdtemp(prefix="usernet-startup-")
+    dsock = os.path.join(ddir, "d.sock")
+    daemon = start_daemon([PY, "-m", "usernet"], dsock, ENV)
+    plan["usernet-slirp4netns + daemon: exec to ready"] = lambda: time_to_ready(
+        [*s4, f"--daemon-socket={dsock}"])
     if shutil.which("slirp4netns"):
         plan["slirp4netns: exec to ready"] = lambda: time_to_ready([shutil.which("slirp4netns")])
     res = {k: [] for k in plan}
-    for _ in range(a.runs):
-        for name, fn in plan.items():
-            res[name].append(fn())
+    try:
+        for _ in range(a.runs):
+            for name, fn in plan.items():
+                res[name].append(fn())
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+        shutil.rmtree(ddir, ignore_errors=True)
     print(f"start-up, median of {a.runs} runs (load average {os.getloadavg()[0]:.2f}, "
           f"{os.cpu_count()} CPUs)")
     print(f"{'':38} {'wall ms':>8} {'cpu ms':>8} {'min wall':>9}")
@@ -174,9 +192,10 @@ def main():
             _n, wall, _c, best = rows[served] = row(served, [(x[1], x[2]) for x in samples])
             print(f"{served:38} {wall * 1e3:8.1f} {'':>8} {best * 1e3:9.1f}")
     if "slirp4netns: exec to ready" in rows:
-        for what in ("exec to ready", "exec to first API answer"):
-            u, s = rows[f"usernet-slirp4netns: {what}"], rows[f"slirp4netns: {what}"]
-            print(f"usernet/slirp4netns, {what}: wall {u[1] / s[1]:.2f}x")
+        for helper in ("usernet-slirp4netns", "usernet-slirp4netns + daemon"):
+            for what in ("exec to ready", "exec to first API answer"):
+                u, s = rows[f"{helper}: {what}"], rows[f"slirp4netns: {what}"]
+                print(f"{helper} / slirp4netns, {what}: wall {u[1] / s[1]:.2f}x")
         u, s = rows["usernet-slirp4netns: exec to ready"], rows["slirp4netns: exec to ready"]
         print(f"usernet/slirp4netns, CPU to exit: {u[2] / max(s[2], 1e-6):.2f}x")
 

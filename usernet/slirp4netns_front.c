@@ -64,6 +64,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef USERNET_PYTHON
@@ -73,12 +74,15 @@
 #define SYS_pidfd_open 434
 #endif
 #define NS_GET_USERNS 0xb701       /* linux/nsfs.h: _IO(0xb7, 0x1) */
-#define VNET_HDR_LEN 10            /* struct virtio_net_hdr, no num_buffers */
-#define MIN_MTU 68                 /* usernet/stack/config.py MIN_MTU .. MAX_MTU */
-#define MAX_MTU 65520
-#define IPV6_MIN_MTU 1280
-#define API_LISTEN_BACKLOG 1024    /* usernet/api.py */
+#define VNET_HDR_LEN 10            /* usernet/wire/vnet.py VNET_HDR_LEN: virtio_net_hdr */
+#define MIN_MTU 68                 /* usernet/stack/config.py MIN_MTU */
+#define MAX_MTU 65520              /* usernet/stack/config.py MAX_MTU */
+#define IPV6_MIN_MTU 1280          /* usernet/stack/config.py IPV6_MIN_MTU */
+#define API_LISTEN_BACKLOG 1024    /* usernet/api.py API_LISTEN_BACKLOG */
 #define CHILD_TIMEOUT_MS 30000     /* usernet/netns.py _CHILD_TIMEOUT */
+#define DAEMON_PROTOCOL 1          /* usernet/daemon.py PROTOCOL */
+#define DAEMON_TIMEOUT_MS 30000    /* usernet/daemon.py CLIENT_TIMEOUT */
+#define API_HANDOVER_LINGER_US 1000000  /* usernet/slirp4netns.py API_HANDOVER_LINGER */
 
 static int g_argc;
 static char **g_argv;
@@ -124,9 +128,9 @@ static void slow_path(void)
 /* ------------------------------------------------------------------ the options */
 
 struct options {
-    int configure, ipv6;
+    int configure, ipv6, disable_host_loopback, disable_dns, sandbox;
     int exit_fd, ready_fd, mtu;
-    const char *api_socket, *cidr, *netns_type, *userns_path, *macaddress;
+    const char *api_socket, *cidr, *netns_type, *userns_path, *macaddress, *daemon_socket;
     const char *pos[2];
     int npos;
 };
@@ -176,6 +180,10 @@ static int take(struct options *o, const char *name, const char *val)
         o->userns_path = val;
     } else if (strcmp(name, "macaddress") == 0) {
         o->macaddress = val;
+    } else if (strcmp(name, "daemon-socket") == 0) {
+        if (*val == '\0')
+            return 0;
+        o->daemon_socket = val;
     } else if (strcmp(name, "target-type") == 0) {
         if (strcmp(val, "netns") != 0)
             return 0;
@@ -189,7 +197,7 @@ static int takes_value(const char *name)
 {
     static const char *const valued[] = {"exit-fd", "ready-fd", "mtu", "api-socket", "cidr",
                                          "netns-type", "userns-path", "macaddress",
-                                         "target-type", NULL};
+                                         "target-type", "daemon-socket", NULL};
     for (int i = 0; valued[i]; i++)
         if (strcmp(name, valued[i]) == 0)
             return 1;
@@ -224,6 +232,11 @@ static int parse(int argc, char **argv, struct options *o)
             if (passed) {
                 if (eq)
                     return 0;
+                o->disable_host_loopback |= strcmp(name, "disable-host-loopback") == 0;
+                o->disable_dns |= strcmp(name, "disable-dns") == 0;
+                o->sandbox |= strcmp(name, "enable-sandbox") == 0
+                              || strcmp(name, "create-sandbox") == 0
+                              || strcmp(name, "enable-seccomp") == 0;
                 continue;
             }
             if (!takes_value(name))
@@ -598,6 +611,262 @@ static int bind_api(const char *path)
     return s;
 }
 
+/* ------------------------------------------------------------------ the daemon */
+
+/* usernet/daemon.py default_socket_path: $USERNET_DAEMON_SOCKET; else
+ * $XDG_RUNTIME_DIR/usernet/daemon.sock when that directory is ours; else /run/usernet (root)
+ * or /tmp/usernet-UID. */
+static void default_daemon_socket(char *out, size_t n)
+{
+    const char *env = getenv("USERNET_DAEMON_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+    if (env != NULL && *env != '\0')
+        snprintf(out, n, "%s", env);
+    else if (xdg != NULL && xdg[0] == '/' && stat(xdg, &st) == 0 && S_ISDIR(st.st_mode)
+             && st.st_uid == geteuid())
+        snprintf(out, n, "%s/usernet/daemon.sock", xdg);
+    else if (geteuid() == 0)
+        snprintf(out, n, "/run/usernet/daemon.sock");
+    else
+        snprintf(out, n, "/tmp/usernet-%u/daemon.sock", (unsigned)geteuid());
+}
+
+/* The daemon the options or USERNET_DAEMON ask for, as slirp4netns.daemon_choice reads them:
+ * 0 none, 1 asked for (path in `out`; `*required`: its absence is an error), -1 a value this
+ * front leaves to Python. */
+static int daemon_choice(const struct options *o, char *out, size_t n, int *required)
+{
+    const char *v = getenv("USERNET_DAEMON");
+    *required = 1;
+    if (o->daemon_socket != NULL) {
+        snprintf(out, n, "%s", o->daemon_socket);
+        return 1;
+    }
+    if (v == NULL || *v == '\0' || strcmp(v, "0") == 0)
+        return 0;
+    if (strcmp(v, "1") == 0 || strcmp(v, "auto") == 0) {
+        *required = v[0] == '1';
+        default_daemon_socket(out, n);
+        return 1;
+    }
+    if (v[0] == '/') {
+        snprintf(out, n, "%s", v);
+        return 1;
+    }
+    return -1;
+}
+
+/* A connection to the daemon at `path`, served by us or root (daemon.py DaemonClient); -1. */
+static int daemon_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return -1;
+    strcpy(sa.sun_path, path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (s < 0)
+        return -1;
+    if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0
+        || getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0
+        || (cred.uid != geteuid() && cred.uid != 0)) {
+        close(s);
+        return -1;
+    }
+    return s;
+}
+
+/* `s` as a JSON string. */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* A log field's value as usernet/log.py quote() writes it: bare, or JSON when it has a space,
+ * '"', '=', '\\' or a control character. */
+static void log_value(FILE *f, const char *s)
+{
+    int bare = *s != '\0';
+    for (const char *p = s; *p; p++)
+        bare &= !strchr(" \"=\\", *p) && (unsigned char)*p >= 0x20;
+    if (bare)
+        fputs(s, f);
+    else
+        json_str(f, s);
+}
+
+static void log_line(const char *level, const char *event)
+{
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    fprintf(stderr, "ts=%s.%03ldZ level=%s event=%s", when, ts.tv_nsec / 1000000, level, event);
+}
+
+/* Hand the TAP (and the pidfd, the exit fd) to the daemon as daemon.py hand_over does, and
+ * read its answer: the link's id, or -1 if it refused or did not answer. */
+static long daemon_attach(int s, const struct options *o, const char *cidr, const char *where,
+                          long pid, int tap, int pidfd)
+{
+    char *req = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&req, &len);
+    if (f == NULL)
+        return -1;
+    int fds[3], nfds = 0;
+    const char *roles[3];
+    fds[nfds] = tap, roles[nfds++] = "tap";
+    if (pidfd >= 0)
+        fds[nfds] = pidfd, roles[nfds++] = "pidfd";
+    if (o->exit_fd >= 0)
+        fds[nfds] = o->exit_fd, roles[nfds++] = "exit";
+    fprintf(f, "{\"op\": \"attach\", \"version\": %d, \"fds\": [", DAEMON_PROTOCOL);
+    for (int i = 0; i < nfds; i++)
+        fprintf(f, "%s\"%s\"", i ? ", " : "", roles[i]);
+    fputs("], \"where\": ", f);
+    json_str(f, where);
+    if (pid > 0)
+        fprintf(f, ", \"pid\": %ld", pid);
+    fputs(", \"tap\": ", f);
+    json_str(f, o->pos[1]);
+    fputs(", \"config\": {\"cidr\": ", f);
+    json_str(f, cidr);
+    const char *link_local = getenv("USERNET_ALLOW_LINK_LOCAL");
+    fprintf(f, ", \"mtu\": %d, \"host_loopback\": %s, \"allow_link_local\": %s, "
+            "\"enable_dns\": %s, \"enable_ipv6\": %s", o->mtu,
+            o->disable_host_loopback ? "false" : "true",
+            link_local != NULL && strcmp(link_local, "1") == 0 ? "true" : "false",
+            o->disable_dns ? "false" : "true", o->ipv6 ? "true" : "false");
+    if (o->macaddress != NULL) {
+        fputs(", \"guest_mac\": \"", f);
+        for (const char *p = o->macaddress; *p; p++)
+            if (*p != ':')
+                fputc(*p >= 'A' && *p <= 'F' ? *p - 'A' + 'a' : *p, f);
+        fputc('"', f);
+    }
+    fputs("}, \"options\": {\"offload\": true", f);
+    if (o->api_socket != NULL) {
+        char abs[PATH_MAX + 1], cwd[PATH_MAX];
+        if (o->api_socket[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+            snprintf(abs, sizeof(abs), "%s", o->api_socket);
+        else
+            snprintf(abs, sizeof(abs), "%s/%s", cwd, o->api_socket);
+        fputs(", \"api_socket\": ", f);
+        json_str(f, abs);
+    }
+    fputs("}}\n", f);
+    fclose(f);
+
+    char cbuf[CMSG_SPACE(sizeof(fds))];
+    memset(cbuf, 0, sizeof(cbuf));
+    struct iovec iov = {.iov_base = req, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * nfds)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    ssize_t sent = sendmsg(s, &msg, MSG_NOSIGNAL);
+    /* The rest of a long request without fds (the daemon reads a line). */
+    while (sent > 0 && (size_t)sent < len) {
+        ssize_t more = send(s, req + sent, len - (size_t)sent, MSG_NOSIGNAL);
+        sent = more > 0 ? sent + more : -1;
+    }
+    free(req);
+    if (sent < 0)
+        return -1;
+
+    char reply[4096];
+    size_t got = 0;
+    while (got < sizeof(reply) - 1 && memchr(reply, '\n', got) == NULL) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        ssize_t n;
+        if (poll(&p, 1, DAEMON_TIMEOUT_MS) != 1 || (n = recv(s, reply + got, sizeof(reply) - 1 - got, 0)) <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    reply[got] = '\0';
+    /* json.dumps's own spacing: {"ok": true, "link": 3, ...}. Anything else is a refusal,
+     * which the slow path asks again and reports in Python's words. */
+    const char *id = strstr(reply, "\"link\": ");
+    if (strncmp(reply, "{\"ok\": true", 11) != 0 || id == NULL)
+        return -1;
+    return strtol(id + 8, NULL, 10);
+}
+
+/* The link is the daemon's (slirp4netns.py _handover): hand it the TAP and the watches, write
+ * the ready byte, log the start line, and exit without a Python process. A refusal undoes and
+ * takes the slow path, which asks again and reports it. */
+static int handed_over(int dsock, const struct options *o, const struct netconf *c, long pid,
+                       int tap, int pidfd, const char *dpath)
+{
+    char where[PATH_MAX + 16];
+    if (pid > 0)
+        snprintf(where, sizeof(where), "pid %ld", pid);
+    else
+        snprintf(where, sizeof(where), "%s", o->pos[0]);
+    const char *cidr = o->cidr != NULL ? o->cidr : "10.0.2.0/24";
+    long link = daemon_attach(dsock, o, cidr, where, pid, tap, pidfd);
+    close(dsock);
+    close(tap);
+    if (pidfd >= 0)
+        close(pidfd);
+    if (link < 0)
+        slow_path();
+    if (o->exit_fd >= 0)
+        close(o->exit_fd);
+    /* The link exists now: a failure here is reported, not retried (Python does the same). */
+    if (write(o->ready_fd, "1", 1) != 1) {
+        log_line("error", "log");
+        fprintf(stderr, " msg=\"cannot write to the ready fd %d: %s\"\n", o->ready_fd,
+                strerror(errno));
+        return 1;
+    }
+    close(o->ready_fd);
+    if (o->sandbox) {
+        /* They act per process, and the daemon is one process for every container. */
+        log_line("info", "log");
+        fputs(" msg=\"--enable-sandbox/--enable-seccomp not applied: the daemon serves this "
+              "container\"\n", stderr);
+    }
+    char guest[INET_ADDRSTRLEN], gw[INET_ADDRSTRLEN], dns[INET_ADDRSTRLEN], addr[40];
+    uint32_t dns_ip = htonl(ntohl(c->gateway) + 1);
+    inet_ntop(AF_INET, &c->guest, guest, sizeof(guest));
+    inet_ntop(AF_INET, &c->gateway, gw, sizeof(gw));
+    inet_ntop(AF_INET, &dns_ip, dns, sizeof(dns));
+    snprintf(addr, sizeof(addr), "%s/%d", guest, c->prefixlen);
+    log_line("info", "attached");
+    fputs(" where=", stderr);
+    log_value(stderr, where);
+    fputs(" tap=", stderr);
+    log_value(stderr, o->pos[1]);
+    fprintf(stderr, " addr=%s gateway=%s dns=%s mtu=%d", addr, gw, o->disable_dns ? "off" : dns,
+            o->mtu);
+    if (o->ipv6)
+        fputs(" ipv6=fd00::/64 gateway6=fd00::2", stderr);
+    fputs(" daemon=", stderr);
+    log_value(stderr, dpath);
+    fprintf(stderr, " link=%ld\n", link);
+    if (o->api_socket != NULL)
+        usleep(API_HANDOVER_LINGER_US);     /* Podman watches our pid a moment after the byte */
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -607,14 +876,20 @@ int main(int argc, char **argv)
     struct options o = {.exit_fd = -1, .ready_fd = -1, .mtu = 1500, .netns_type = "pid"};
     struct netconf c;
     memset(&c, 0, sizeof(c));
-    const char *daemon = getenv("USERNET_DAEMON"), *wanted = getenv("USERNET_FRONT");
+    const char *wanted = getenv("USERNET_FRONT"), *dns_env = getenv("USERNET_DNS_UPSTREAM");
     long pid = 0;
+    char dpath[PATH_MAX];
+    int required, want_daemon;
     /* An interpreter we could not exec after the ready byte would leave Podman with a network
      * nobody serves: find out first (the slow path then prints why, before any ready byte). */
     if ((wanted != NULL && strcmp(wanted, "0") == 0)
         || !parse(argc, argv, &o) || o.ready_fd < 0 || o.ready_fd == o.exit_fd
         || (strchr(python(), '/') != NULL && access(python(), X_OK) < 0)
-        || (daemon != NULL && *daemon != '\0' && strcmp(daemon, "0") != 0)
+        || (want_daemon = daemon_choice(&o, dpath, sizeof(dpath), &required)) < 0
+        /* The daemon with an upstream to parse, or with nothing but SIGTERM to end the link
+         * (Python then serves here and says why): Python's to do. */
+        || (want_daemon && ((dns_env != NULL && *dns_env != '\0')
+                            || (o.exit_fd < 0 && strcmp(o.netns_type, "pid") != 0)))
         || strlen(o.pos[1]) >= IFNAMSIZ || (o.ipv6 && o.mtu < IPV6_MIN_MTU)
         || (o.macaddress != NULL && (!o.configure || !parse_mac(o.macaddress, c.mac)))
         || !parse_cidr(o.cidr != NULL ? o.cidr : "10.0.2.0/24", &c)
@@ -641,8 +916,11 @@ int main(int argc, char **argv)
         strcpy(net_path, o.pos[0]);
     }
 
-    int api = -1, pidfd = -1, net_fd = -1, user_fd = -1, tap = -1;
-    if (o.api_socket != NULL && (api = bind_api(o.api_socket)) < 0)
+    int api = -1, pidfd = -1, net_fd = -1, user_fd = -1, tap = -1, dsock = -1;
+    if (want_daemon && (dsock = daemon_connect(dpath)) < 0 && required)
+        slow_path();            /* Python says the daemon is not there, and how to fix it */
+    /* With the daemon the API socket is the daemon's to bind (its link serves it). */
+    if (dsock < 0 && o.api_socket != NULL && (api = bind_api(o.api_socket)) < 0)
         goto undo;
     if (pid > 0 && (pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0)) < 0 && errno == ESRCH)
         goto undo;
@@ -663,6 +941,8 @@ int main(int argc, char **argv)
     char ifname[IFNAMSIZ];
     if ((tap = make_tap(user_fd, net_fd, &o, &c, ifname)) < 0)
         goto undo;
+    if (dsock >= 0)
+        return handed_over(dsock, &o, &c, pid, tap, pidfd, dpath);
     /* The stop signals (and SIGUSR1/2) stay pending until the stack has its handlers: Podman
      * may SIGTERM us the moment it reads the byte, and that must still be a clean exit 0 that
      * removes the API socket, not death halfway through Python's start. The mask survives
@@ -690,6 +970,8 @@ int main(int argc, char **argv)
     return 1;                   /* the network is ready but nobody will serve it: say so, fail */
 
 undo:
+    if (dsock >= 0)
+        close(dsock);
     if (tap >= 0)
         close(tap);
     if (api >= 0) {

@@ -14,6 +14,8 @@ What the tests prove:
   port published through the API socket (``add_hostfwd``, sent as Podman sends it) reaching a
   server inside. The daemon lists the link; closing the exit fd's other end (what conmon's exit
   does) ends it: the link leaves the status, the API socket file and the host port are gone.
+  Both through the Python entry point and through the compiled front
+  (``usernet/slirp4netns_front.c``), which sends the attach request itself: no Python runs.
 * ``test_no_exit_fd_serves_in_process``: a path target without ``-e`` (Podman's rootless
   network namespace helper, which Podman stops with SIGTERM to the helper's pid) is served in
   the helper's own process even with ``USERNET_DAEMON`` set: it stays up, carries traffic, and
@@ -27,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -114,12 +117,25 @@ def _in(pid, *argv, **kw):
                              "--preserve-credentials", *argv], cwd="/", **kw)
 
 
-def _helper(pid, extra_env, *args, exit_fd=True, api=None):
-    """The entry point as Podman starts it; returns (process, ready read end, exit write end)."""
+FRONT = os.path.join(REPO, ".venv", "bin", "usernet-slirp4netns")
+ENTRIES = {"python": USERNET + ["slirp4netns"], "front": [FRONT]}
+
+
+def _front_built():
+    try:
+        with open(FRONT, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _helper(pid, extra_env, *args, exit_fd=True, api=None, entry="python"):
+    """The entry point (the Python one, or the compiled front) as Podman starts it; returns
+    (process, ready read end, exit write end)."""
     rr, rw = os.pipe()
     er = ew = None
     fds = [rw]
-    argv = USERNET + ["slirp4netns", "--mtu=65520", "--enable-sandbox", "--enable-seccomp", "-c"]
+    argv = ENTRIES[entry] + ["--mtu=65520", "--enable-sandbox", "--enable-seccomp", "-c"]
     if exit_fd:
         er, ew = os.pipe()
         fds.append(er)
@@ -171,16 +187,27 @@ SERVE_ONCE = ("import socket,sys\n"
               "c,_=s.accept(); c.sendall(b'from inside the namespace\\n'); c.close()\n")
 
 
-def test_handover_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("entry", ["python", "front"])
+def test_handover_leaves_no_process(tmp_path, entry):
+    """Through the Python entry point, and through the compiled front, which hands the link
+    over itself: no Python process is started at all (USERNET_PYTHON names a stand-in that
+    would leave a mark)."""
     tool("curl")
     tool("nsenter")
+    if entry == "front" and not _front_built():
+        pytest.skip("usernet-slirp4netns is not the compiled front (no C compiler?)")
     www = tmp_path / "www"
     www.mkdir()
     (www / "page.txt").write_text("page of the host\n")
     os.chmod(tmp_path, 0o755)
+    mark = tmp_path / "python-ran"
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/sh\ntouch {mark}\nexec {sys.executable} "$@"\n')
+    stand_in.chmod(0o755)
     with _daemon() as (path, d), _namespace() as pid, http_server(www) as hport:
         api = os.path.join(d, "ctr.net")
-        helper, rr, ew = _helper(pid, {"USERNET_DAEMON": path}, api=api)
+        helper, rr, ew = _helper(pid, {"USERNET_DAEMON": path, "USERNET_PYTHON": str(stand_in)},
+                                 api=api, entry=entry)
         try:
             assert _read_ready(rr) == b"1"
             rc = helper.wait(T)
@@ -188,6 +215,8 @@ def test_handover_leaves_no_process(tmp_path):
             assert rc == 0, err
             assert "daemon=" in err and "link=" in err, err     # the start line names the link
             assert not os.path.exists(f"/proc/{helper.pid}"), "the helper's process is still there"
+            if entry == "front":
+                assert not mark.exists(), "the front started Python to hand the link over"
             links = _daemon_request(path, {"op": "status"})["links"]
             assert [ln["state"] for ln in links] == ["up"], links
             # The container's network, served by the daemon.
@@ -225,15 +254,18 @@ def test_handover_leaves_no_process(tmp_path):
                 helper.wait(10)
 
 
-def test_no_exit_fd_serves_in_process(tmp_path):
+@pytest.mark.parametrize("entry", ["python", "front"])
+def test_no_exit_fd_serves_in_process(tmp_path, entry):
     tool("curl")
     tool("nsenter")
     www = tmp_path / "www"
     www.mkdir()
     (www / "page.txt").write_text("served here\n")
     os.chmod(tmp_path, 0o755)
+    if entry == "front" and not _front_built():
+        pytest.skip("usernet-slirp4netns is not the compiled front (no C compiler?)")
     with _daemon() as (path, _d), _namespace() as pid, http_server(www) as hport:
-        helper, rr, _ew = _helper(pid, {"USERNET_DAEMON": path}, exit_fd=False)
+        helper, rr, _ew = _helper(pid, {"USERNET_DAEMON": path}, exit_fd=False, entry=entry)
         try:
             assert _read_ready(rr) == b"1"
             time.sleep(0.5)

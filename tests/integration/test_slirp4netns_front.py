@@ -152,7 +152,7 @@ def _prog_free(text):
                   flags=re.M)
 
 
-def _start(prog, argv, r_fd_extra=True):
+def _start(prog, argv):
     """Run ``prog ARGV -r FD`` to its end; (status, stderr, what came on the ready fd)."""
     r, w = os.pipe()
     p = subprocess.run([*prog, "-r", str(w), *argv], pass_fds=(w,), capture_output=True,
@@ -291,3 +291,13 @@ def test_sigterm_at_the_ready_byte_is_a_clean_exit(front, tmp_path):
         finally:
             h.cleanup()
             _drop_netns(netns)
+
+
+def test_a_daemon_that_is_not_there_is_python_s_error(front, tmp_path):
+    """--daemon-socket naming no daemon: the front leaves it to Python, which says so (same
+    status and words as the Python entry point), and no ready byte."""
+    argv = [f"--daemon-socket={tmp_path / 'none.sock'}", "-c", str(os.getpid()), "tap0"]
+    f_status, f_err, f_ready = _start([front], argv)
+    p_status, p_err, p_ready = _start(PYTHON_ENTRY, argv)
+    assert f_status == p_status == 1 and f_err == p_err and "none.sock" in f_err, (f_err, p_err)
+    assert f_ready == p_ready == b""
