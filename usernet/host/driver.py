@@ -56,6 +56,14 @@ from .udp import UdpHost
 log = logging.getLogger("usernet")
 
 RX_BATCH = 256           # frames drained per TAP wake-up
+# A wake-up that found exactly one frame (its second read answered EAGAIN)
+# is request/response traffic: the next wake-ups read one frame each and
+# return without that second read (a syscall and a BlockingIOError per
+# transaction). The loop's reader is level-triggered, so a frame left in the
+# queue wakes us again at once: nothing waits, it only costs a loop turn.
+# Every RX_PROBE_EVERY-th wake-up drains as usual (that is how a burst
+# switches back to draining), and so does any TSO super-frame (bulk).
+RX_PROBE_EVERY = 4
 # One read: the largest frame, a 65535-byte IP packet (a TSO super-frame) +
 # Ethernet + one VLAN tag, plus the vnet header; a bigger read is truncated
 # by the kernel (and then fails the IP length check).
@@ -145,6 +153,7 @@ class HostDriver:
         self._timer = None
         self._timer_at = None
         self._txq = deque()
+        self._rx_single = 0    # wake-ups left that read one frame (RX_PROBE_EVERY)
         self._writer_on = False
         self._closed = False
         self.tcp = TcpHost(self)
@@ -351,10 +360,23 @@ class HostDriver:
         impair = self.rx_impair
         c = self.counters
         read = self._read
-        for _ in range(RX_BATCH):
+        # One frame per wake-up while the traffic is request/response (see
+        # RX_PROBE_EVERY): the read that would only answer EAGAIN is skipped.
+        single = self._rx_single
+        if single:
+            self._rx_single = single - 1
+            limit = 1
+        else:
+            limit = RX_BATCH
+        n = 0
+        for _ in range(limit):
             try:
                 data = read(fd, RX_BUF)
             except BlockingIOError:
+                if limit != 1:
+                    # Drained: one frame in this wake-up means the next
+                    # wake-ups read one each without a probe.
+                    self._rx_single = RX_PROBE_EVERY if n == 1 else 0
                 break
             except OSError as e:
                 if e.errno == errno.EINTR:
@@ -373,10 +395,13 @@ class HostDriver:
                 csum_ok = bool(data[0] & _CSUM_DONE)
                 if data[1]:             # gso_type: a TSO super-frame
                     c["rx_gso_frames"] += 1
+                    # Bulk from the container: drain again.
+                    self._rx_single = 0
                 frame = memoryview(data)[VNET_HDR_LEN:]
             else:
                 csum_ok = False
                 frame = data
+            n += 1
             try:
                 if impair is None:
                     gw.receive_frame(frame, now, csum_ok)
