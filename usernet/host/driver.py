@@ -536,34 +536,38 @@ class HostDriver:
         gw = self.gw
         frames = gw.frames_out
         events = gw.events_out
-        handlers = self._handlers
-        c = self.counters
+        tcp = self.tcp
         for _ in range(FLUSH_ROUNDS_MAX):
             if frames:
                 batch = frames[:]
                 frames.clear()
+                write = self._write
                 if self.tx_impair is None:
                     for f in batch:
-                        self._write(f)
+                        write(f)
                 else:
                     for f0 in batch:
                         for f in self.tx_impair.apply(f0):
-                            self._write(f)
+                            write(f)
             if events:
                 batch = events[:]
                 events.clear()
+                handlers = self._handlers
                 for e in batch:
                     h = handlers.get(type(e))
                     if h is None:
-                        c["host_event_unhandled"] += 1
+                        self.counters["host_event_unhandled"] += 1
                         continue
                     try:
                         h(e)
                     except Exception:  # noqa: BLE001 - the rest of the events must run
-                        c["host_event_error_" + e.KIND] += 1
+                        self.counters["host_event_error_" + e.KIND] += 1
                         log.debug("host event %s failed", e.KIND, exc_info=True)
                 continue
-            if not self.tcp.report_backlog(self.loop.time()):
+            # Only events add flows to report (TcpHost.data, pause_writing
+            # inside a write): reports that made no frame and no event end it.
+            if not tcp.written or not tcp.report_backlog(self.loop.time()) \
+                    or not (frames or events):
                 break
         else:
             # A cascade this deep is a bug; what is left waits for the next
