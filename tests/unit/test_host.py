@@ -278,11 +278,65 @@ def test_backlog_is_reported_once_per_flush_not_per_write():
             reports.append((fid, nbytes))
             real(fid, nbytes, now)
         driver.gw.tcp_host_backlog = counting
+        # The handshake's lone frames put the reader in its one-frame mode
+        # (RX_PROBE_EVERY); the batch here is what a draining wake-up reads.
+        driver._rx_single = 0
         for i, chunk in enumerate((b"abc", b"def", b"ghi")):   # one batch for the driver
             guest.tcp(40002, port, "PA", 1001 + 3 * i, ours, chunk)
         await asyncio.wait_for(done, TIMEOUT)
         assert bytes(got) == b"abcdefghi"
         assert len(reports) == 1 and reports[0][1] == 0
+        server.close()
+    run(body)
+
+
+def test_one_frame_wakeups_leave_no_frame_behind():
+    """After a wake-up that found one frame, the reader takes one frame per
+    wake-up without the read that would answer EAGAIN; frames queued behind
+    it wake the (level-triggered) reader again, and the RX_PROBE_EVERY-th
+    wake-up drains the rest at once. Every byte arrives, in order."""
+    from usernet.host import driver as drv
+
+    async def body(driver, guest):
+        got = bytearray()
+        done = asyncio.get_running_loop().create_future()
+        chunks = [bytes([65 + i]) * 3 for i in range(12)]
+        want = b"".join(chunks)
+
+        async def serve(reader, writer):
+            while len(got) < len(want):
+                got.extend(await reader.read(100))
+            done.set_result(None)
+
+        server, port, ours = await connect_out(guest, 40003, serve)
+        await asyncio.sleep(0.05)
+        reads = []
+        real = driver._read
+
+        def counting_read(fd, n):
+            try:
+                data = real(fd, n)
+            except BlockingIOError:
+                reads.append(None)
+                raise
+            reads.append(len(data))
+            return data
+        driver._read = counting_read
+        driver._rx_single = 0                           # draining
+        guest.tcp(40003, port, "PA", 1001, ours, chunks[0])
+        while len(got) < 3:
+            await asyncio.sleep(0.01)
+        assert driver._rx_single == drv.RX_PROBE_EVERY   # one frame, then EAGAIN
+        reads.clear()
+        for i, chunk in enumerate(chunks[1:], 1):       # a burst behind it
+            guest.tcp(40003, port, "PA", 1001 + 3 * i, ours, chunk)
+        await asyncio.wait_for(done, TIMEOUT)
+        assert bytes(got) == want
+        # The first RX_PROBE_EVERY wake-ups read one frame each, no EAGAIN
+        # among them; then one wake-up drained what was left.
+        assert reads[:drv.RX_PROBE_EVERY] == [reads[0]] * drv.RX_PROBE_EVERY
+        assert None not in reads[:drv.RX_PROBE_EVERY]
+        assert reads.count(None) <= 2
         server.close()
     run(body)
 

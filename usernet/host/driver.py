@@ -56,6 +56,14 @@ from .udp import UdpHost
 log = logging.getLogger("usernet")
 
 RX_BATCH = 256           # frames drained per TAP wake-up
+# A wake-up that found exactly one frame (its second read answered EAGAIN)
+# is request/response traffic: the next wake-ups read one frame each and
+# return without that second read (a syscall and a BlockingIOError per
+# transaction). The loop's reader is level-triggered, so a frame left in the
+# queue wakes us again at once: nothing waits, it only costs a loop turn.
+# Every RX_PROBE_EVERY-th wake-up drains as usual (that is how a burst
+# switches back to draining), and so does any TSO super-frame (bulk).
+RX_PROBE_EVERY = 4
 # One read: the largest frame, a 65535-byte IP packet (a TSO super-frame) +
 # Ethernet + one VLAN tag, plus the vnet header; a bigger read is truncated
 # by the kernel (and then fails the IP length check).
@@ -145,6 +153,7 @@ class HostDriver:
         self._timer = None
         self._timer_at = None
         self._txq = deque()
+        self._rx_single = 0    # wake-ups left that read one frame (RX_PROBE_EVERY)
         self._writer_on = False
         self._closed = False
         self.tcp = TcpHost(self)
@@ -358,10 +367,23 @@ class HostDriver:
         impair = self.rx_impair
         c = self.counters
         read = self._read
-        for _ in range(RX_BATCH):
+        # One frame per wake-up while the traffic is request/response (see
+        # RX_PROBE_EVERY): the read that would only answer EAGAIN is skipped.
+        single = self._rx_single
+        if single:
+            self._rx_single = single - 1
+            limit = 1
+        else:
+            limit = RX_BATCH
+        n = 0
+        for _ in range(limit):
             try:
                 data = read(fd, RX_BUF)
             except BlockingIOError:
+                if limit != 1:
+                    # Drained: one frame in this wake-up means the next
+                    # wake-ups read one each without a probe.
+                    self._rx_single = RX_PROBE_EVERY if n == 1 else 0
                 break
             except OSError as e:
                 if e.errno == errno.EINTR:
@@ -380,10 +402,13 @@ class HostDriver:
                 csum_ok = bool(data[0] & _CSUM_DONE)
                 if data[1]:             # gso_type: a TSO super-frame
                     c["rx_gso_frames"] += 1
+                    # Bulk from the container: drain again.
+                    self._rx_single = 0
                 frame = memoryview(data)[VNET_HDR_LEN:]
             else:
                 csum_ok = False
                 frame = data
+            n += 1
             try:
                 if impair is None:
                     gw.receive_frame(frame, now, csum_ok)
@@ -518,31 +543,32 @@ class HostDriver:
         gw = self.gw
         frames = gw.frames_out
         events = gw.events_out
-        handlers = self._handlers
-        c = self.counters
+        tcp = self.tcp
         for _ in range(FLUSH_ROUNDS_MAX):
             if frames:
                 batch = frames[:]
                 frames.clear()
+                write = self._write
                 if self.tx_impair is None:
                     for f in batch:
-                        self._write(f)
+                        write(f)
                 else:
                     for f0 in batch:
                         for f in self.tx_impair.apply(f0):
-                            self._write(f)
+                            write(f)
             if events:
                 batch = events[:]
                 events.clear()
+                handlers = self._handlers
                 for e in batch:
                     h = handlers.get(type(e))
                     if h is None:
-                        c["host_event_unhandled"] += 1
+                        self.counters["host_event_unhandled"] += 1
                         continue
                     try:
                         h(e)
                     except Exception:  # noqa: BLE001 - the rest of the events must run
-                        c["host_event_error_" + e.KIND] += 1
+                        self.counters["host_event_error_" + e.KIND] += 1
                         log.debug("host event %s failed", e.KIND, exc_info=True)
                 continue
             if self.udp.pending:
@@ -550,13 +576,16 @@ class HostDriver:
                 # becomes ICMP for the next round.
                 self.udp.flush_pending()
                 continue
-            if not self.tcp.report_backlog(self.loop.time()):
+            # Only events add flows to report (TcpHost.data, pause_writing
+            # inside a write): reports that made no frame and no event end it.
+            if not tcp.written or not tcp.report_backlog(self.loop.time()) \
+                    or not (frames or events):
                 break
         else:
             # A cascade this deep is a bug; what is left waits for the next
             # flush (the next read, timer or socket callback) instead of
             # spinning here.
-            c["host_flush_rounds_exceeded"] += 1
+            self.counters["host_flush_rounds_exceeded"] += 1
         self._arm_timer()
 
     def _arm_timer(self) -> None:

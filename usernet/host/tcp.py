@@ -114,7 +114,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes):
         d = self.host.driver
         data = self.host.read_buf[:nbytes]
-        n = d.gw.tcp_host_data(self.fid, data, d.now())
+        n = d.gw.tcp_host_data(self.fid, data, d.loop.time())
         if n < nbytes:
             # The shared buffer is reused by the next read: keep a copy.
             self.pending = bytes(data[n:])
@@ -196,6 +196,7 @@ class TcpHost:
         self.protocols: dict[int, FlowProtocol] = {}
         self.connecting: dict[int, asyncio.Task] = {}
         self.written: set[int] = set()      # flows whose backlog is due to be reported
+        self._written_spare: set[int] = set()
         # Every flow's socket reads land here (FlowProtocol.get_buffer).
         self.read_buf = memoryview(bytearray(READ_MAX))
 
@@ -232,8 +233,8 @@ class TcpHost:
         return proto if proto is not None and not proto.closed else None
 
     def data(self, ev: TcpData) -> None:
-        proto = self._open(ev.fid)
-        if proto is None:
+        proto = self.protocols.get(ev.fid)      # self._open, inline: once per write
+        if proto is None or proto.closed:
             self.driver.counters["tcp_host_data_after_close"] += 1
             return
         proto.transport.write(ev.data)
@@ -288,13 +289,17 @@ class TcpHost:
         written = self.written
         if not written:
             return False
-        self.written = set()
-        gw = self.driver.gw
+        # Two sets take turns (no set made per flush); a flow written to
+        # while these are reported goes into the other one.
+        self.written = self._written_spare
+        backlog = self.driver.gw.tcp_host_backlog
         protocols = self.protocols
         for fid in written:
             proto = protocols.get(fid)
             if proto is not None and not proto.closed:
-                gw.tcp_host_backlog(fid, proto.transport.get_write_buffer_size(), now)
+                backlog(fid, proto.transport.get_write_buffer_size(), now)
+        written.clear()
+        self._written_spare = written
         return True
 
     def forget(self, proto: FlowProtocol) -> None:

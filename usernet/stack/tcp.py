@@ -203,6 +203,9 @@ RCV_BUF = 256 * 1024       # default receive buffer (window toward the container
 SND_BUF = 512 * 1024       # default send queue toward the container
 
 _M = 0xFFFFFFFF
+# Segment(...) runs the NamedTuple's __new__, a Python function; the hot paths
+# build one with tuple.__new__(Segment, fields), the same object, a call less.
+_new_tuple = tuple.__new__
 _HALF = 0x80000000
 # The lists an idle flow does not need (out-of-order pieces, the SACK
 # scoreboard, lost and retransmitted ranges, the transmit-time log) start as
@@ -616,10 +619,23 @@ class TcpConnection:
     # timers
     # ------------------------------------------------------------------
     def get_timer(self):
+        # Written out (no tuple, no loop): it runs a few times per packet.
         t = self._rto_at
-        for x in (self._persist_at, self._delack_at, self._tw_at, self._rprobe_at, self._rack_at):
-            if x is not None and (t is None or x < t):
-                t = x
+        x = self._persist_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self._delack_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self._tw_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self._rprobe_at
+        if x is not None and (t is None or x < t):
+            t = x
+        x = self._rack_at
+        if x is not None and (t is None or x < t):
+            t = x
         return t
 
     def handle_timer(self, now: float) -> None:
@@ -1812,6 +1828,13 @@ class TcpConnection:
         if self._rp is not None and limit is None:
             self._recovery_output(now)
             return
+        nxt = self.snd_nxt
+        if nxt == self.snd_una and nxt == self._buf_seq + len(self._sndbuf) \
+                and not self._fin_queued:
+            # Nothing queued, nothing in flight (every ACK of a request/response
+            # exchange): what the code below comes to, without the set-up.
+            self._rto_at = None
+            return
         buf = self._sndbuf
         buf_seq = self._buf_seq
         buf_end = buf_seq + len(buf)
@@ -1909,7 +1932,8 @@ class TcpConnection:
         """Append one ACK-bearing segment; it acknowledges everything received."""
         rcv_nxt = self.rcv_nxt
         if self.ts_ok:
-            tsval = self._tsval(now)
+            tc = self.ts_clock        # _tsval, inline: one call less per segment
+            tsval = (tc(now) if tc is not None else int(now * 1000)) & _M
             if self.sack_ok and self._ooo and not payload:
                 opts = TcpOptions(None, None, False, self._sack_blocks(), tsval, self._ts_recent)
             else:
@@ -1922,8 +1946,8 @@ class TcpConnection:
             opts = TcpOptions(sack_blocks=self._sack_blocks())
         else:
             opts = NO_OPTIONS
-        self.segments_out.append(Segment(seq & _M, rcv_nxt & _M, flags, self._wnd_field(), opts,
-                                         payload))
+        self.segments_out.append(_new_tuple(Segment, (seq & _M, rcv_nxt & _M, flags,
+                                                      self._wnd_field(), opts, payload)))
         self._last_ack_sent = rcv_nxt
         self._unacked_rx = 0
         self._delack_at = None

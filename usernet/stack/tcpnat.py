@@ -90,6 +90,13 @@ _EVICTABLE = frozenset((CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, T
 # most options a segment can carry. The connection rounds it down to a
 # multiple of its wire segment size (snd_mss), so the kernel cuts no runts.
 TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
+# The virtio-net headers of offloaded TCP frames that are no TSO segment
+# (NEEDS_CSUM only): bytes, by (L4 offset << 16 | header length). At most a
+# few dozen: two L4 offsets, options in 4-byte steps up to 40.
+_CSUM_HDRS: dict = {}
+# tuple.__new__(Segment, fields): a Segment without the NamedTuple's
+# Python-level __new__ (TcpNat.input runs for every TCP frame).
+_new_tuple = tuple.__new__
 # How long the ACK of pushed data from the container waits for the host's
 # answer to ride on (TcpConnection's push_ack_delay). A host on loopback
 # answers a request in tens of microseconds; one that takes longer gets the
@@ -150,7 +157,8 @@ class TcpNat:
         key = (p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT])
         flows = self.flows
         flow = flows.tcp.by_key.get(key)
-        seg = Segment(p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS], p[P_PAYLOAD])
+        seg = _new_tuple(Segment, (p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS],
+                                   p[P_PAYLOAD]))
         flags = seg.flags
         if flow is not None:
             flow.last_rx = now
@@ -316,7 +324,7 @@ class TcpNat:
             gip, gport = flow.guest_ip, flow.guest_port
             rip, rport = flow.remote_ip, flow.remote_port
             neigh = flow.neigh
-            mac = neigh.lookup(gip)
+            mac = neigh.table.get(gip)       # neigh.lookup, a call less
             dmac = mac or UNRESOLVED
             smac = self.mac
             offload = self.offload
@@ -352,7 +360,12 @@ class TcpNat:
                     self.counters["tcp_tx_gso_segments"] += 1
                     hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6)
                 else:
-                    hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob))
+                    # One of a handful of headers (by L4 offset and header
+                    # length): each made once.
+                    hlen = l4 + TCP_LEN + len(ob)
+                    hdr = _CSUM_HDRS.get(l4 << 16 | hlen)
+                    if hdr is None:
+                        hdr = _CSUM_HDRS[l4 << 16 | hlen] = tcp_offload_hdr(l4, hlen)
                 output(gip, mac, (hdr, f), now)
             segs.clear()
         if conn.closed:
