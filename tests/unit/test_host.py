@@ -464,3 +464,24 @@ def test_exit_flush_is_bounded_when_the_peer_never_reads():
         conn.close()
         ls.close()
     run(body)
+
+
+def test_an_endless_event_cascade_is_cut_and_counted():
+    """A handler whose work always makes another event (a bug) must not spin the loop: the
+    flush stops after FLUSH_ROUNDS_MAX rounds and counts host_flush_rounds_exceeded."""
+    from usernet.host.driver import FLUSH_ROUNDS_MAX
+    from usernet.stack.events import UdpClose
+
+    async def body(driver, guest):
+        rounds = []
+
+        def again(ev):
+            rounds.append(ev)
+            driver.gw.events_out.append(UdpClose(ev.fid))
+        driver._handlers[UdpClose] = again
+        driver.gw.events_out.append(UdpClose(1))
+        driver.flush()
+        assert len(rounds) == FLUSH_ROUNDS_MAX
+        assert driver.counters["host_flush_rounds_exceeded"] == 1
+        driver.gw.events_out.clear()
+    run(body)
