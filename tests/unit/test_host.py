@@ -137,6 +137,37 @@ def test_tcp_flow_to_a_loopback_server_both_ways():
     run(body)
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_host_socket_has_nodelay_without_asking(loop_kind):
+    """FlowProtocol no longer sets TCP_NODELAY itself (a getsockname and a
+    setsockopt per connection): it relies on the event loop's TCP transport
+    setting it, which both asyncio's and uvloop's do. If a loop stops doing
+    so, 1-byte answers would wait on Nagle: this catches it."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+    async def body(driver, guest):
+        async def serve(reader, writer):
+            await reader.read(1)
+            writer.close()
+
+        server, port, _ = await connect_out(guest, 40001, serve)
+        (proto,) = driver.tcp.protocols.values()
+        sock = proto.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        server.close()
+
+    if loop_kind == "uvloop":
+        real = asyncio.run
+        try:
+            asyncio.run = uvloop.run
+            run(body)
+        finally:
+            asyncio.run = real
+    else:
+        run(body)
+
+
 def test_tcp_connect_refused_by_the_host_is_a_reset():
     async def body(driver, guest):
         s = socket.socket()

@@ -99,14 +99,11 @@ class FlowProtocol(asyncio.BufferedProtocol):
 
     # asyncio callbacks
     def connection_made(self, transport):
+        # No TCP_NODELAY here: both uvloop's and asyncio's TCP transports set
+        # it themselves when they are made; asking again cost every
+        # connection a getsockname (the "socket" extra info) and a setsockopt.
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def get_buffer(self, sizehint):
         return self.host.read_buf
