@@ -441,3 +441,100 @@ def test_exit_flush_is_bounded_when_the_peer_never_reads():
         conn.close()
         ls.close()
     run(body)
+
+
+def _connect_in_progress(monkeypatch):
+    """Make host connects look like ones to a real network: the first
+    connect() starts (as ever), the second says EALREADY instead of the
+    loopback's instant answer, so TcpHost takes the waiting path."""
+    import errno
+    real = socket.socket.connect_ex
+    calls = []
+
+    def connect_ex(self, addr):
+        calls.append(addr)
+        if len(calls) % 2:
+            real(self, addr)
+            return errno.EINPROGRESS
+        return errno.EALREADY
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return calls
+
+
+def test_tcp_connect_still_in_progress_is_waited_for(monkeypatch):
+    """A connect that does not finish inside connect() (a real network) is
+    waited for (writable, then SO_ERROR) before the SYN-ACK; data then flows."""
+    calls = _connect_in_progress(monkeypatch)
+
+    async def body(driver, guest):
+        got = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            got.set_result(await reader.readexactly(2))
+            writer.write(b"ok")
+            await writer.drain()
+            writer.close()
+
+        server, port, ours = await connect_out(guest, 40010, serve)
+        assert len(calls) == 2                      # the waiting path was taken
+        guest.tcp(40010, port, "PA", 1001, ours, b"hi")
+        assert await asyncio.wait_for(got, TIMEOUT) == b"hi"
+        reply = await guest.recv(lambda f: is_tcp(f) and bytes(f[TCP].payload))
+        assert bytes(reply[TCP].payload) == b"ok"
+        assert driver.counters["tcp_host_connected"] == 1 and not driver.tcp.connecting
+        server.close()
+    run(body)
+
+
+def test_tcp_connect_refused_after_waiting_is_a_reset(monkeypatch):
+    """Refused on the waiting path (SO_ERROR ECONNREFUSED): RST to the guest."""
+    _connect_in_progress(monkeypatch)
+
+    async def body(driver, guest):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]              # nobody listens here
+        guest.tcp(40011, port, "S", 1000)
+        rst = await guest.recv(lambda f: is_tcp(f) and f[TCP].flags.R)
+        assert rst[TCP].ack == 1001
+        assert driver.counters["tcp_host_connect_failed_refused"] == 1
+        assert not driver.tcp.connecting and not driver.tcp.protocols
+    run(body)
+
+
+def test_early_transport_replays_in_order():
+    """What the gateway asks of a flow before its transport exists is done
+    on the transport, in order, when it arrives; its bytes count as backlog."""
+    from usernet.host.tcp import EarlyTransport
+
+    class Rec:
+        def __init__(self):
+            self.log = []
+
+        def write(self, d):
+            self.log.append(("write", bytes(d)))
+
+        def can_write_eof(self):
+            return True
+
+        def write_eof(self):
+            self.log.append(("write_eof",))
+
+        def close(self):
+            self.log.append(("close",))
+
+        def pause_reading(self):
+            self.log.append(("pause",))
+
+    e = EarlyTransport()
+    buf = bytearray(b"ab")
+    e.write(memoryview(buf))
+    buf[:] = b"zz"                                 # the caller's buffer is reused
+    e.write(b"c")
+    e.pause_reading()
+    e.write_eof()
+    e.close()
+    assert e.get_write_buffer_size() == 3 and e.get_extra_info("socket") is None
+    r = Rec()
+    e.replay(r)
+    assert r.log == [("pause",), ("write", b"ab"), ("write", b"c"), ("write_eof",), ("close",)]
