@@ -14,6 +14,12 @@ written to) so the window advertised to the container shrinks when the host
 side is slow, and reopens on ``resume_writing``. Memory per flow is therefore bounded by the stack's
 buffers plus one read (``READ_MAX``) plus the transport's high-water mark.
 
+Connect: the socket is made and connected here, not by ``create_connection``:
+to a loopback or local peer the connect is over before ``connect()`` returns,
+so the gateway hears ``tcp_connected`` in the same pass as the SYN (see
+:meth:`TcpHost.connect`); the loop's transport is made around the socket
+right after, with :class:`EarlyTransport` standing in until it arrives.
+
 Half-close: ``eof_received`` returns True so the transport stays open for
 writing (the container may still send); the container's FIN becomes
 ``write_eof()`` (``shutdown(SHUT_WR)``). A container RST becomes an abortive
