@@ -538,3 +538,21 @@ def test_early_transport_replays_in_order():
     r = Rec()
     e.replay(r)
     assert r.log == [("pause",), ("write", b"ab"), ("write", b"c"), ("write_eof",), ("close",)]
+
+
+def test_tcp_socket_the_loop_will_not_take_is_a_reset():
+    """Connected, but the event loop fails to wrap the socket in a
+    transport: the container is refused (RST), nothing is left behind."""
+    async def body(driver, guest):
+        async def refuse(*a, **kw):
+            raise OSError("no transport for you")
+        driver.loop.create_connection = refuse
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        guest.tcp(40012, port, "S", 1000)
+        rst = await guest.recv(lambda f: is_tcp(f))
+        assert rst[TCP].flags == "RA" and rst[TCP].ack == 1001
+        assert driver.counters["tcp_host_connect_failed_error"] == 1
+        assert not driver.tcp.protocols and not driver.tcp.wrapping
+        server.close()
+    run(body)

@@ -334,10 +334,15 @@ class TcpHost:
         self.protocols[fid] = proto
         coro = d.loop.create_connection(lambda: proto, sock=sock)
         self.wrapping[fid] = (coro, sock)
-        self._wrap_step(fid, coro, proto, sock)
-        d.gw.tcp_connected(fid, d.now())
+        if self._wrap_step(fid, coro, proto, sock, first=True):
+            d.gw.tcp_connected(fid, d.now())
+        else:
+            # The loop would not take the socket: the container has not been
+            # answered yet, so it gets what a failed connect gets.
+            d.gw.tcp_refused(fid, d.now(), "error")
 
-    def _wrap_step(self, fid: int, coro, proto: "FlowProtocol", sock: socket.socket) -> None:
+    def _wrap_step(self, fid: int, coro, proto: "FlowProtocol", sock: socket.socket,
+                   first: bool = False) -> bool:
         """Run ``create_connection(sock=...)`` to its next wait, here and now.
 
         Its first step makes the transport at once; an asyncio Task would run
@@ -349,22 +354,27 @@ class TcpHost:
             fut = coro.send(None)
         except StopIteration:
             self.wrapping.pop(fid, None)
-            return
+            return True
         except BaseException as e:
             self.wrapping.pop(fid, None)
-            self._wrap_failed(proto, sock)
+            log.debug("wrapping the socket of flow %d failed: %r", fid, e)
+            sock.close()
+            if first:
+                self.forget(proto)
+            else:
+                self._wrap_failed(proto)
             if not isinstance(e, Exception):
                 raise
-            return
+            return False
         if fut is None:         # a bare yield: go on at the next pass
             self.driver.loop.call_soon(self._wrap_step, fid, coro, proto, sock)
         else:
             fut.add_done_callback(lambda _f: self._wrap_step(fid, coro, proto, sock))
+        return True
 
-    def _wrap_failed(self, proto: "FlowProtocol", sock: socket.socket) -> None:
-        # The loop could not take the socket: to the container the flow was
-        # open, so this is a reset.
-        sock.close()
+    def _wrap_failed(self, proto: "FlowProtocol") -> None:
+        # The loop could not take the socket after all: to the container the
+        # flow was open, so this is a reset.
         if not proto.closed:
             self.forget(proto)
             d = self.driver
