@@ -137,6 +137,37 @@ def test_tcp_flow_to_a_loopback_server_both_ways():
     run(body)
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_host_socket_has_nodelay_without_asking(loop_kind):
+    """FlowProtocol no longer sets TCP_NODELAY itself (a getsockname and a
+    setsockopt per connection): it relies on the event loop's TCP transport
+    setting it, which both asyncio's and uvloop's do. If a loop stops doing
+    so, 1-byte answers would wait on Nagle: this catches it."""
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+    async def body(driver, guest):
+        async def serve(reader, writer):
+            await reader.read(1)
+            writer.close()
+
+        server, port, _ = await connect_out(guest, 40001, serve)
+        (proto,) = driver.tcp.protocols.values()
+        sock = proto.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        server.close()
+
+    if loop_kind == "uvloop":
+        real = asyncio.run
+        try:
+            asyncio.run = uvloop.run
+            run(body)
+        finally:
+            asyncio.run = real
+    else:
+        run(body)
+
+
 def test_tcp_connect_refused_by_the_host_is_a_reset():
     async def body(driver, guest):
         s = socket.socket()
@@ -484,4 +515,119 @@ def test_an_endless_event_cascade_is_cut_and_counted():
         assert len(rounds) == FLUSH_ROUNDS_MAX
         assert driver.counters["host_flush_rounds_exceeded"] == 1
         driver.gw.events_out.clear()
+    run(body)
+
+
+def _connect_in_progress(monkeypatch):
+    """Make host connects look like ones to a real network: the first
+    connect() starts (as ever), the second says EALREADY instead of the
+    loopback's instant answer, so TcpHost takes the waiting path."""
+    import errno
+    real = socket.socket.connect_ex
+    calls = []
+
+    def connect_ex(self, addr):
+        calls.append(addr)
+        if len(calls) % 2:
+            real(self, addr)
+            return errno.EINPROGRESS
+        return errno.EALREADY
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return calls
+
+
+def test_tcp_connect_still_in_progress_is_waited_for(monkeypatch):
+    """A connect that does not finish inside connect() (a real network) is
+    waited for (writable, then SO_ERROR) before the SYN-ACK; data then flows."""
+    calls = _connect_in_progress(monkeypatch)
+
+    async def body(driver, guest):
+        got = asyncio.get_running_loop().create_future()
+
+        async def serve(reader, writer):
+            got.set_result(await reader.readexactly(2))
+            writer.write(b"ok")
+            await writer.drain()
+            writer.close()
+
+        server, port, ours = await connect_out(guest, 40010, serve)
+        assert len(calls) == 2                      # the waiting path was taken
+        guest.tcp(40010, port, "PA", 1001, ours, b"hi")
+        assert await asyncio.wait_for(got, TIMEOUT) == b"hi"
+        reply = await guest.recv(lambda f: is_tcp(f) and bytes(f[TCP].payload))
+        assert bytes(reply[TCP].payload) == b"ok"
+        assert driver.counters["tcp_host_connected"] == 1 and not driver.tcp.connecting
+        server.close()
+    run(body)
+
+
+def test_tcp_connect_refused_after_waiting_is_a_reset(monkeypatch):
+    """Refused on the waiting path (SO_ERROR ECONNREFUSED): RST to the guest."""
+    _connect_in_progress(monkeypatch)
+
+    async def body(driver, guest):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]              # nobody listens here
+        guest.tcp(40011, port, "S", 1000)
+        rst = await guest.recv(lambda f: is_tcp(f) and f[TCP].flags.R)
+        assert rst[TCP].ack == 1001
+        assert driver.counters["tcp_host_connect_failed_refused"] == 1
+        assert not driver.tcp.connecting and not driver.tcp.protocols
+    run(body)
+
+
+def test_early_transport_replays_in_order():
+    """What the gateway asks of a flow before its transport exists is done
+    on the transport, in order, when it arrives; its bytes count as backlog."""
+    from usernet.host.tcp import EarlyTransport
+
+    class Rec:
+        def __init__(self):
+            self.log = []
+
+        def write(self, d):
+            self.log.append(("write", bytes(d)))
+
+        def can_write_eof(self):
+            return True
+
+        def write_eof(self):
+            self.log.append(("write_eof",))
+
+        def close(self):
+            self.log.append(("close",))
+
+        def pause_reading(self):
+            self.log.append(("pause",))
+
+    e = EarlyTransport()
+    buf = bytearray(b"ab")
+    e.write(memoryview(buf))
+    buf[:] = b"zz"                                 # the caller's buffer is reused
+    e.write(b"c")
+    e.pause_reading()
+    e.write_eof()
+    e.close()
+    assert e.get_write_buffer_size() == 3 and e.get_extra_info("socket") is None
+    r = Rec()
+    e.replay(r)
+    assert r.log == [("pause",), ("write", b"ab"), ("write", b"c"), ("write_eof",), ("close",)]
+
+
+def test_tcp_socket_the_loop_will_not_take_is_a_reset():
+    """Connected, but the event loop fails to wrap the socket in a
+    transport: the container is refused (RST), nothing is left behind."""
+    async def body(driver, guest):
+        async def refuse(*a, **kw):
+            raise OSError("no transport for you")
+        driver.loop.create_connection = refuse
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        guest.tcp(40012, port, "S", 1000)
+        rst = await guest.recv(lambda f: is_tcp(f))
+        assert rst[TCP].flags == "RA" and rst[TCP].ack == 1001
+        assert driver.counters["tcp_host_connect_failed_error"] == 1
+        assert not driver.tcp.protocols and not driver.tcp.wrapping
+        server.close()
     run(body)

@@ -593,14 +593,18 @@ class HostDriver:
         if (self.rx_impair and self.rx_impair.held) or (self.tx_impair and self.tx_impair.held):
             if self._impair_tick is None:
                 self._impair_tick = self.loop.call_later(0.005, self._release_impair)
-        if d == self._timer_at:
+        # Re-arm only for an earlier deadline. One that moved later (or went
+        # away: the stack's heap drops entries of flows gone) keeps the armed
+        # timer, which fires early, finds nothing due and re-arms at the real
+        # deadline. A short connection moves the deadline four times (connect
+        # timeout, retransmission, the push-ACK delay, none once closed):
+        # re-arming each time cost a cancel and a new timer handle each.
+        if d is None or (self._timer_at is not None and self._timer_at <= d):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = d
-        if d is not None:
-            self._timer = self.loop.call_at(d, self._on_timer)
+        self._timer = self.loop.call_at(d, self._on_timer)
 
     def _on_timer(self) -> None:
         # uvloop rounds call_at to whole milliseconds and caches loop.time(),

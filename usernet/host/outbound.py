@@ -5,8 +5,9 @@ the outside -- TCP connects, UDP flows (which include the DNS redirect to the ho
 ICMP echo sockets -- to one local address before connecting. usernet does the same at each
 socket-creation site in host/ with one call:
 
-* :func:`bind_outbound` for a socket made by hand (UDP flows, DNS upstream queries, ping sockets);
-* :func:`local_addr` for ``loop.create_connection(..., local_addr=...)`` (TCP).
+* :func:`bind_outbound` for a socket made by hand (UDP flows, DNS upstream queries, ping sockets,
+  the TCP flows' sockets, which host/tcp.py connects itself);
+* :func:`local_addr` for ``loop.create_connection(..., local_addr=...)`` (DNS over TCP).
 
 ``outbound`` is ``HostDriver.outbound``: a mapping of address family to the address (a plain
 string), empty when no flag was given (then nothing is bound and the kernel picks the source, as

@@ -14,6 +14,12 @@ written to) so the window advertised to the container shrinks when the host
 side is slow, and reopens on ``resume_writing``. Memory per flow is therefore bounded by the stack's
 buffers plus one read (``READ_MAX``) plus the transport's high-water mark.
 
+Connect: the socket is made and connected here, not by ``create_connection``:
+to a loopback or local peer the connect is over before ``connect()`` returns,
+so the gateway hears ``tcp_connected`` in the same pass as the SYN (see
+:meth:`TcpHost.connect`); the loop's transport is made around the socket
+right after, with :class:`EarlyTransport` standing in until it arrives.
+
 Half-close: ``eof_received`` returns True so the transport stays open for
 writing (the container may still send); the container's FIN becomes
 ``write_eof()`` (``shutdown(SHUT_WR)``). A container RST becomes an abortive
@@ -24,6 +30,7 @@ import asyncio
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 import termios
@@ -33,7 +40,7 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
 from .dns import DnsTcpSession
-from .outbound import is_host_local, local_addr
+from .outbound import bind_outbound, is_host_local
 
 log = logging.getLogger("usernet")
 
@@ -81,6 +88,71 @@ def abort_with_rst(transport) -> None:
     transport.abort()
 
 
+class EarlyTransport:
+    """Stands in for a flow's transport between the host connect finishing
+    and the event loop's transport arriving (``connection_made``).
+
+    A connect to a loopback or local address completes inside ``connect()``
+    itself, so the flow is answered (SYN-ACK) in the same pass as the SYN;
+    the loop's transport is made around the connected socket on the next
+    pass. Whatever the gateway asks meanwhile is recorded here and replayed
+    on the real transport, in order (:meth:`FlowProtocol.connection_made`).
+    The event loop runs callbacks it was handed before it polls again, so in
+    practice nothing arrives in between; this keeps it correct if it does."""
+
+    __slots__ = ("ops", "size", "reading")
+
+    def __init__(self):
+        self.ops = []          # ("write", data) / ("write_eof",) / ("close",) / ("abort",)
+        self.size = 0          # bytes written, held here
+        self.reading = True
+
+    def write(self, data) -> None:
+        data = bytes(data)
+        self.size += len(data)
+        self.ops.append(("write", data))
+
+    def write_eof(self) -> None:
+        self.ops.append(("write_eof",))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.ops.append(("close",))
+
+    def abort(self) -> None:
+        self.ops.append(("abort",))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.size
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    def replay(self, transport) -> None:
+        """Do on ``transport`` what was asked of this stand-in."""
+        if not self.reading:
+            transport.pause_reading()
+        for op in self.ops:
+            if op[0] == "write":
+                transport.write(op[1])
+            elif op[0] == "write_eof":
+                if transport.can_write_eof():
+                    transport.write_eof()
+            elif op[0] == "close":
+                transport.close()
+            else:
+                abort_with_rst(transport)
+        self.ops = []
+
+
 class FlowProtocol(asyncio.BufferedProtocol):
     # One per host socket, so slots (no instance dict): what an idle flow
     # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
@@ -99,14 +171,18 @@ class FlowProtocol(asyncio.BufferedProtocol):
 
     # asyncio callbacks
     def connection_made(self, transport):
+        # No TCP_NODELAY here: both uvloop's and asyncio's TCP transports set
+        # it themselves when they are made; asking again cost every
+        # connection a getsockname (the "socket" extra info) and a setsockopt.
+        early = self.transport
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        if early is not None and early.__class__ is EarlyTransport:
+            early.replay(transport)
+            if early.size and not self.closed:
+                # Its backlog moved from the stand-in to the real buffer.
+                self.host.written.add(self.fid)
+                self.host.driver.flush()
 
     def get_buffer(self, sizehint):
         return self.host.read_buf
@@ -118,9 +194,12 @@ class FlowProtocol(asyncio.BufferedProtocol):
         if n < nbytes:
             # The shared buffer is reused by the next read: keep a copy.
             self.pending = bytes(data[n:])
-            if not self.paused:
-                self.paused = True
-                self.transport.pause_reading()
+            # Pause even if already marked paused: a pause asked of the
+            # stand-in transport (EarlyTransport) is replayed inside
+            # connection_made, where uvloop ignores it (it starts reading
+            # after connection_made returns). pause_reading is idempotent.
+            self.paused = True
+            self.transport.pause_reading()
         d.flush()
 
     def eof_received(self):
@@ -195,6 +274,9 @@ class TcpHost:
         self.driver = driver
         self.protocols: dict[int, FlowProtocol] = {}
         self.connecting: dict[int, asyncio.Task] = {}
+        # fid -> (create_connection coroutine, socket): connected sockets
+        # the event loop is still wrapping in a transport (_wrap_step).
+        self.wrapping: dict[int, tuple] = {}
         self.written: set[int] = set()      # flows whose backlog is due to be reported
         self._written_spare: set[int] = set()
         # Every flow's socket reads land here (FlowProtocol.get_buffer).
@@ -209,7 +291,96 @@ class TcpHost:
             d.counters["policy_refused_host_local"] += 1
             d.gw.tcp_refused(ev.fid, d.now(), "denied")
             return
-        self.connecting[ev.fid] = d.loop.create_task(self._connect(ev.fid, ev.host, ev.port))
+        fid = ev.fid
+        try:
+            # proto IPPROTO_TCP, not 0: asyncio's transport sets TCP_NODELAY
+            # only on sockets that say so (uvloop's sets it on any).
+            sock = socket.socket(socket.AF_INET6 if ":" in ev.host else socket.AF_INET,
+                                 socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                 socket.IPPROTO_TCP)
+        except OSError as e:
+            self._refused(fid, ev.host, ev.port, e.errno, e)
+            return
+        addr = (ev.host, ev.port)
+        try:
+            bind_outbound(d.outbound, sock)
+            err = sock.connect_ex(addr)
+            if err == errno.EINPROGRESS:
+                # A loopback or local peer has already answered by now: a
+                # second connect() tells (EISCONN) without a trip through the
+                # event loop; EALREADY means a real network is on the way.
+                err = sock.connect_ex(addr)
+        except OSError as e:
+            err = e.errno
+        if err in (0, errno.EISCONN):
+            self._connected_now(fid, sock)
+        elif err in (errno.EALREADY, errno.EINPROGRESS):
+            self.connecting[fid] = d.loop.create_task(self._connect(fid, sock, ev.host, ev.port))
+        else:
+            sock.close()
+            self._refused(fid, ev.host, ev.port, err, os.strerror(err) if err else "no error")
+
+    def _refused(self, fid: int, host: str, port: int, err, why) -> None:
+        d = self.driver
+        log.debug("connect %s:%d failed: %s", host, port, why)
+        d.gw.tcp_refused(fid, d.now(), _CONNECT_ERRORS.get(err, "error"))
+
+    def _connected_now(self, fid: int, sock: socket.socket) -> None:
+        """The connect is done: tell the gateway at once (its SYN-ACK leaves
+        in this flush) and have the event loop wrap the socket in a
+        transport (the protocol's stand-in holds what comes before it)."""
+        d = self.driver
+        proto = FlowProtocol(self, fid)
+        proto.transport = EarlyTransport()
+        self.protocols[fid] = proto
+        coro = d.loop.create_connection(lambda: proto, sock=sock)
+        self.wrapping[fid] = (coro, sock)
+        if self._wrap_step(fid, coro, proto, sock, first=True):
+            d.gw.tcp_connected(fid, d.now())
+        else:
+            # The loop would not take the socket: the container has not been
+            # answered yet, so it gets what a failed connect gets.
+            d.gw.tcp_refused(fid, d.now(), "error")
+
+    def _wrap_step(self, fid: int, coro, proto: "FlowProtocol", sock: socket.socket,
+                   first: bool = False) -> bool:
+        """Run ``create_connection(sock=...)`` to its next wait, here and now.
+
+        Its first step makes the transport at once; an asyncio Task would run
+        it only on the loop's next pass, after the loop has polled again, so
+        the container's first bytes would always find the stand-in. The
+        coroutine then waits for the transport's ``connection_made`` (one
+        future) and finishes; this steps it as a Task would, without one."""
+        try:
+            fut = coro.send(None)
+        except StopIteration:
+            self.wrapping.pop(fid, None)
+            return True
+        except BaseException as e:
+            self.wrapping.pop(fid, None)
+            log.debug("wrapping the socket of flow %d failed: %r", fid, e)
+            sock.close()
+            if first:
+                self.forget(proto)
+            else:
+                self._wrap_failed(proto)
+            if not isinstance(e, Exception):
+                raise
+            return False
+        if fut is None:         # a bare yield: go on at the next pass
+            self.driver.loop.call_soon(self._wrap_step, fid, coro, proto, sock)
+        else:
+            fut.add_done_callback(lambda _f: self._wrap_step(fid, coro, proto, sock))
+        return True
+
+    def _wrap_failed(self, proto: "FlowProtocol") -> None:
+        # The loop could not take the socket after all: to the container the
+        # flow was open, so this is a reset.
+        if not proto.closed:
+            self.forget(proto)
+            d = self.driver
+            d.gw.tcp_host_reset(proto.fid, d.now())
+            d.flush()
 
     def connect_dns(self, ev: TcpConnectDns) -> None:
         # TCP DNS to the forwarder address ends here, in a session that
@@ -335,19 +506,30 @@ class TcpHost:
         """Register a protocol created elsewhere (a port forward's accepted socket)."""
         self.protocols[fid] = proto
 
-    async def _connect(self, fid: int, host: str, port: int) -> None:
+    async def _connect(self, fid: int, sock: socket.socket, host: str, port: int) -> None:
+        """A connect still in progress: wait for the socket to be writable,
+        then read its outcome (SO_ERROR) and wrap it in a transport."""
         d = self.driver
         loop = d.loop
+        fd = sock.fileno()
         try:
-            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), host, port,
-                                                    local_addr=local_addr(d.outbound, host))
+            ready = loop.create_future()
+            loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            _, proto = await loop.create_connection(lambda: FlowProtocol(self, fid), sock=sock)
         except asyncio.CancelledError:
+            sock.close()
             return
         except OSError as e:
+            sock.close()
             self.connecting.pop(fid, None)
-            reason = _CONNECT_ERRORS.get(e.errno, "error")
-            log.debug("connect %s:%d failed: %s", host, port, e)
-            d.gw.tcp_refused(fid, d.now(), reason)
+            self._refused(fid, host, port, e.errno, e)
             d.flush()
             return
         if self.connecting.pop(fid, None) is None:
@@ -362,6 +544,10 @@ class TcpHost:
         for t in self.connecting.values():
             t.cancel()
         self.connecting.clear()
+        for coro, sock in self.wrapping.values():
+            coro.close()    # the loop drops its half-made transport
+            sock.close()
+        self.wrapping.clear()
         for proto in list(self.protocols.values()):
             if not proto.closed:
                 # Still open after the exit drain: a reset, so the host peer
