@@ -571,7 +571,8 @@ def run(o: Options) -> int:
         pcap=o.pcap, pcap_snaplen=o.pcap_snaplen, pcap_max_size=o.pcap_max_size)
 
     ifc = ifconfig(cfg) if o.configure and front is None else None
-    # The front takes the slow path (this one, whole) whenever a daemon is asked for.
+    # With the front's fds here no daemon is to be used: the front hands a link to a daemon
+    # itself, or leaves the whole start (daemon included) to this path without fds.
     client = _daemon_client(o) if front is None else None
     try:
         return _attach_and_serve(o, cfg, args, ifc, client, front)
