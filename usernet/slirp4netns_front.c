@@ -879,7 +879,7 @@ int main(int argc, char **argv)
     const char *wanted = getenv("USERNET_FRONT"), *dns_env = getenv("USERNET_DNS_UPSTREAM");
     long pid = 0;
     char dpath[PATH_MAX];
-    int required, want_daemon;
+    int required = 1, want_daemon = 0;
     /* An interpreter we could not exec after the ready byte would leave Podman with a network
      * nobody serves: find out first (the slow path then prints why, before any ready byte). */
     if ((wanted != NULL && strcmp(wanted, "0") == 0)
