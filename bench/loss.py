@@ -99,10 +99,12 @@ def one(port: int, n: int, digest: str, loss: float, offload: bool, seed: int) -
         raise SystemExit(f"run failed rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}")
     if int(m.group(1)) != n or m.group(2) != digest:
         raise SystemExit(f"data mismatch: got {m.group(1)} bytes, sha256 {m.group(2)}")
-    c = {}
-    for cm in re.finditer(r"^counters: (\{.*\})$", r.stderr, re.M):
-        c = json.loads(cm.group(1))
-    return n / float(m.group(3)), c
+    # The last counters line of the --debug log (usernet/log.py's key=value form: the one at
+    # exit). None at all is an error, not zeros: the format this parses must keep up.
+    found = re.findall(r"\bevent=counters counters=(\{.*\})$", r.stderr, re.M)
+    if not found:
+        raise SystemExit(f"no counters line in usernet's log:\n{r.stderr[-2000:]}")
+    return n / float(m.group(3)), json.loads(found[-1])
 
 
 def main() -> int:
