@@ -109,8 +109,8 @@ def _bind(proto: str, host_addr: str, host_port: int) -> socket.socket:
 
 
 class ForwardProtocol(FlowProtocol):
-    """The host side of one forwarded TCP connection. Reading stays paused
-    until the container has accepted the connection."""
+    """The host side of one forwarded TCP connection. Nothing reaches the
+    container before it has accepted the connection (its SYN-ACK)."""
 
     def __init__(self, fwd: "_TcpForward"):
         super().__init__(fwd.owner.driver.tcp, None)
@@ -118,8 +118,14 @@ class ForwardProtocol(FlowProtocol):
 
     def connection_made(self, transport):
         super().connection_made(transport)
-        # Nothing may go to the container before its SYN-ACK: hold the bytes
-        # in the host socket (the client's window closes, as it should).
+        # Nothing may go to the container before its SYN-ACK. On asyncio's
+        # loop this pause holds the bytes in the host socket. uvloop ignores
+        # a pause asked inside connection_made (it starts reading once this
+        # returns), so there the first reads go to the connection's send
+        # buffer: TcpConnection.send takes them in SYN_SENT, up to snd_buf,
+        # and they leave after the handshake; when the buffer is full,
+        # buffer_updated pauses the socket for real and the client's window
+        # closes, as it should.
         self.paused = True
         transport.pause_reading()
         self.fwd.owner._tcp_accepted(self.fwd, self)
