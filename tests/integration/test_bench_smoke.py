@@ -43,3 +43,23 @@ def test_loss_bench_quick():
     assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     rows = [line for line in r.stdout.splitlines() if line.startswith("| on ")]
     assert [row.split("|")[2].strip() for row in rows] == ["0", "0.01"], r.stdout
+
+
+@need_tun
+@pytest.mark.timeout(90)
+def test_relay_floor_quick():
+    """bench/relay_floor.py: both floor relays and usernet relay the UDP echo (a row each, every
+    transaction answered), so the floor it reports was measured through a working path."""
+    tool("unshare")
+    tool("nsenter")
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "relay_floor.py"), "--runs", "1",
+         "--duration", "1"],
+        capture_output=True, text=True, timeout=80, cwd=REPO)
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| provider")}
+    for kind in ("floor-uvloop", "floor-epoll", "usernet"):
+        assert kind in rows, r.stdout
+        assert int(rows[kind].split("|")[5].strip().replace(",", "")) > 0, r.stdout
+    assert "lost 0" in r.stderr, r.stderr
