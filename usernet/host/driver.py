@@ -152,6 +152,10 @@ class HostDriver:
         self.loop = None
         self._timer = None
         self._timer_at = None
+        # The stack's timer heap (Gateway.timers), to skip re-asking for the
+        # next deadline when nothing was pushed (_arm_timer); None: always ask.
+        self._stack_timers = getattr(gateway, "timers", None)
+        self._pushes_seen = -1
         self._txq = deque()
         self._rx_single = 0    # wake-ups left that read one frame (RX_PROBE_EVERY)
         self._writer_on = False
@@ -589,10 +593,19 @@ class HostDriver:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        d = self.gw.get_timer()
-        if (self.rx_impair and self.rx_impair.held) or (self.tx_impair and self.tx_impair.held):
+        if self.rx_impair is not None and (self.rx_impair.held or self.tx_impair.held):
             if self._impair_tick is None:
                 self._impair_tick = self.loop.call_later(0.005, self._release_impair)
+        tm = self._stack_timers
+        if tm is not None:
+            # A timer is armed at or before the deadline last computed, and
+            # nothing was pushed since: the deadline can only be later now,
+            # which (below) would keep the armed timer anyway.
+            p = tm.pushes
+            if p == self._pushes_seen and self._timer_at is not None:
+                return
+            self._pushes_seen = p
+        d = self.gw.get_timer()
         # Re-arm only for an earlier deadline. One that moved later (or went
         # away: the stack's heap drops entries of flows gone) keeps the armed
         # timer, which fires early, finds nothing due and re-arms at the real
