@@ -408,9 +408,21 @@ class TcpNat:
         elif flow.squeezed and self.budget.used < self.budget.limit:
             flow.squeezed = False
             conn.set_host_backlog(flow.backlog, now)
-        if flow.inbound and flow.connect_deadline is not None and conn.state != SYN_SENT:
-            flow.connect_deadline = None    # the container answered our SYN
-        self._arm(flow)
+        cd = flow.connect_deadline
+        if cd is not None and flow.inbound and conn.state != SYN_SENT:
+            flow.connect_deadline = cd = None    # the container answered our SYN
+        # self._arm(flow), with flow.deadline() written out (once per segment).
+        d = conn.get_timer()
+        if cd is not None and (d is None or cd < d):
+            d = cd
+        x = flow.ka_at
+        if x is not None and (d is None or x < d):
+            d = x
+        if d is not None:
+            armed = flow.armed
+            if armed is None or d < armed:
+                flow.armed = d
+                self.timers.push(d, self._kind, flow.id)
 
     def _forget(self, flow: TcpFlow) -> None:
         if not self.flows.tcp.remove(flow):
