@@ -95,6 +95,9 @@ TSO_MAX_SEG = 65535 - IPV4_LEN - TCP_LEN - 40
 # (NEEDS_CSUM only): bytes, by (L4 offset << 16 | header length). At most a
 # few dozen: two L4 offsets, options in 4-byte steps up to 40.
 _CSUM_HDRS: dict = {}
+#: Frame the common segment from the flow's header template (output). Only
+#: tests turn it off, to check that it gives the general builder's bytes.
+FRAME_TEMPLATE = True
 # ... and the one of the template-built frame (IPv4, timestamps alone).
 _CSUM_HDR_TS4 = tcp_offload_hdr(ETH_LEN + IPV4_LEN, TCP4_TS_HDR_LEN)
 # tuple.__new__(Segment, fields): a Segment without the NamedTuple's
@@ -323,7 +326,7 @@ class TcpNat:
         timestamp option); the container's kernel takes it whole."""
         conn = flow.conn
         segs = conn.segments_out
-        if segs and len(segs) == 1 and flow.asum is not None and self.offload:
+        if segs and len(segs) == 1 and flow.asum is not None and self.offload and FRAME_TEMPLATE:
             # The common frame (header prediction's send side): one segment
             # of an IPv4 flow with the timestamp option alone (the
             # connection's cached options object) and no more than one wire
