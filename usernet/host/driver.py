@@ -548,6 +548,17 @@ class HostDriver:
         frames = gw.frames_out
         events = gw.events_out
         tcp = self.tcp
+        if frames and not events and not tcp.written and not self.udp.pending \
+                and self.tx_impair is None:
+            # Frames and nothing else (a host socket's answer): what the
+            # first round below comes to, which then ends.
+            batch = frames[:]
+            frames.clear()
+            write = self._write
+            for f in batch:
+                write(f)
+            self._arm_timer()
+            return
         for _ in range(FLUSH_ROUNDS_MAX):
             if frames:
                 batch = frames[:]

@@ -1440,10 +1440,10 @@ class TcpConnection:
                 self._buf_seq += n
         xe = self._xl_end
         if xe and xe[0] <= ack:
-            i = bisect_right(xe, ack)
-            if i == len(xe):
+            if xe[-1] <= ack:
                 self._xl_end = self._xl_ts = _EMPTY    # all acknowledged
             else:
+                i = bisect_right(xe, ack)
                 del xe[:i]
                 del self._xl_ts[:i]
         rs = self._rtt_seq
