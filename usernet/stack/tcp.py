@@ -117,6 +117,26 @@ Nagle for the ACK is not held up long). With the delay on, the container's
 FIN in ESTABLISHED waits the same way for our own FIN (the host usually
 closes at once), and a window update due while such an ACK is pending rides
 on it (``tcp_window_update_deferred``).
+Header prediction (Van Jacobson's, as in BSD's tcp_input and Linux's
+tcp_rcv_established). Most segments of a busy flow are predictable, and
+``on_segment`` and ``send`` try the prediction first; ``tcp_fast_path_rx``
+/ ``tcp_fast_path_tx`` count the hits. Receiving: in ESTABLISHED, flags ACK
+or ACK|PSH only, SEG.SEQ = RCV.NXT, no SACK blocks, a non-zero window both
+ways, the text inside the advertised window, the ACK at or above SND.UNA and
+at most SND.MAX (a pure ACK must acknowledge new data: a duplicate is the
+loss machinery's), PAWS passed when timestamps are on (a segment without
+TSval then goes the full way), and no recovery state at all (NewReno or SACK
+recovery, scoreboard, lost or retransmitted ranges, a loss probe out, an RTO
+recovery point, out-of-order data or FIN). Such a segment does exactly the
+steps of the full path it would take (TS.Recent, the cumulative ACK, the
+window update, in-order delivery, the ACK decision) and nothing else.
+Sending: in ESTABLISHED with nothing queued or in flight, host bytes that
+fit one segment both windows allow go out as that one ACK|PSH segment at
+once, as ``_output`` would send them. ``FAST_PATH`` turns both off; the
+tests run twin connections with it on and off and compare every slot.
+(The gateway frames such a segment from a per-flow header template:
+``tcpnat``.)
+
 Unacceptable segments are answered with an ACK (RFC 9293), but answers to
 *bare* segments (no data: ACKs, challenge-ACK triggers) are rate-limited to
 one per :data:`OOW_ACK_INTERVAL` like Linux, which is what stops ACK loops

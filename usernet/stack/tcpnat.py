@@ -15,6 +15,14 @@ is closed (``TcpClose``), and re-arms the flow's timer. The connection emits
 its own host events (``TcpData``, ``TcpShutdown``, ...) straight into the
 gateway's ``events_out``: nothing here translates them.
 
+Framing: the common segment of an IPv4 flow with offloads (one segment,
+the timestamp option alone, at most one wire segment of payload, to a
+resolved neighbour) is patched into the flow's header template
+(``frame.tcp4_ts_template`` / ``build_tcp4_ts``: addresses, ports and
+option kinds written once per flow) instead of built field by field; any
+other goes through ``build_tcp4`` / ``build_tcp``. Same bytes either way
+(a unit test compares them).
+
 Port forwards open flows the other way (:meth:`open_inbound`): the key is
 chosen by :meth:`Flows.inbound_key`, the SYN is the connection's, and the
 container's answer comes back as the connection's ``TcpInboundConnected`` /
