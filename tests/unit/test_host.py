@@ -631,3 +631,36 @@ def test_tcp_socket_the_loop_will_not_take_is_a_reset():
         assert not driver.tcp.protocols and not driver.tcp.wrapping
         server.close()
     run(body)
+
+
+def test_one_frame_wakeup_handles_runts_super_frames_and_eof():
+    """The written-out one-frame wake-up (HostDriver._on_readable while
+    _rx_single) does what the draining loop does with a runt (counted), a TSO
+    super-frame (counted, back to draining) and end of file (stops)."""
+    from usernet.host import driver as drv
+    from usernet.stack.config import NetConfig
+    from usernet.stack.gateway import Gateway
+    tap, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    loop = asyncio.new_event_loop()
+    try:
+        gw = Gateway(NetConfig(), seed=1)
+        d = drv.HostDriver(gw, tap.fileno())
+        d.start(loop)
+        d._rx_single = 3
+        peer.send(b"\x01\x00\x00")                          # shorter than a vnet header
+        d._on_readable()
+        assert gw.counters["drop_vnet_truncated"] == 1 and d._rx_single == 2
+        d._on_readable()                                    # nothing there: EAGAIN, no harm
+        assert d._rx_single == 1 and gw.counters["drop_stack_error"] == 0
+        peer.send(bytes([1, 1]) + bytes(8) + bytes(60))     # gso_type TCPV4, a junk frame
+        d._on_readable()
+        assert gw.counters["rx_gso_frames"] == 1 and d._rx_single == 0
+        assert gw.counters["drop_stack_error"] == 0          # the gateway dropped it by name
+        d._rx_single = 2
+        peer.close()
+        d._on_readable()                                    # end of file: stop
+        assert d.stopped.done()
+        d.close()
+    finally:
+        loop.close()
+        tap.close()

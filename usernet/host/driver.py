@@ -152,6 +152,10 @@ class HostDriver:
         self.loop = None
         self._timer = None
         self._timer_at = None
+        # The stack's timer heap (Gateway.timers), to skip re-asking for the
+        # next deadline when nothing was pushed (_arm_timer); None: always ask.
+        self._stack_timers = getattr(gateway, "timers", None)
+        self._pushes_seen = -1
         self._txq = deque()
         self._rx_single = 0    # wake-ups left that read one frame (RX_PROBE_EVERY)
         self._writer_on = False
@@ -360,6 +364,41 @@ class HostDriver:
 
     # ------------------------------------------------------------------- rx
     def _on_readable(self) -> None:
+        single = self._rx_single
+        if single and self.vnet_hdr and self.rx_impair is None:
+            # One frame per wake-up while the traffic is request/response (see
+            # RX_PROBE_EVERY): the loop below with limit 1, written out (it is
+            # every wake-up of such traffic).
+            self._rx_single = single - 1
+            now = self.loop.time()
+            try:
+                data = self._read(self.fd, RX_BUF)
+            except BlockingIOError:
+                data = None
+            except OSError as e:
+                if e.errno != errno.EINTR:
+                    log.info("TAP read failed (%s): the namespace is gone, stopping", e.strerror)
+                    self._stop()
+                    return
+                data = None
+            if data is not None:
+                if not data:
+                    self._stop()
+                    return
+                if len(data) < VNET_HDR_LEN:
+                    self.counters["drop_vnet_truncated"] += 1
+                else:
+                    if data[1]:             # gso_type: a TSO super-frame; bulk: drain again
+                        self.counters["rx_gso_frames"] += 1
+                        self._rx_single = 0
+                    try:
+                        self.gw.receive_frame(memoryview(data)[VNET_HDR_LEN:], now,
+                                              bool(data[0] & _CSUM_DONE))
+                    except Exception:  # noqa: BLE001 - one bad frame must not stop the loop
+                        self.counters["drop_stack_error"] += 1
+                        log.debug("stack error on a frame", exc_info=True)
+            self.flush()
+            return
         gw = self.gw
         fd = self.fd
         now = self.loop.time()
@@ -544,6 +583,17 @@ class HostDriver:
         frames = gw.frames_out
         events = gw.events_out
         tcp = self.tcp
+        if frames and not events and not tcp.written and not self.udp.pending \
+                and self.tx_impair is None:
+            # Frames and nothing else (a host socket's answer): what the
+            # first round below comes to, which then ends.
+            batch = frames[:]
+            frames.clear()
+            write = self._write
+            for f in batch:
+                write(f)
+            self._arm_timer()
+            return
         for _ in range(FLUSH_ROUNDS_MAX):
             if frames:
                 batch = frames[:]
@@ -589,10 +639,19 @@ class HostDriver:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        d = self.gw.get_timer()
-        if (self.rx_impair and self.rx_impair.held) or (self.tx_impair and self.tx_impair.held):
+        if self.rx_impair is not None and (self.rx_impair.held or self.tx_impair.held):
             if self._impair_tick is None:
                 self._impair_tick = self.loop.call_later(0.005, self._release_impair)
+        tm = self._stack_timers
+        if tm is not None:
+            # A timer is armed at or before the deadline last computed, and
+            # nothing was pushed since: the deadline can only be later now,
+            # which (below) would keep the armed timer anyway.
+            p = tm.pushes
+            if p == self._pushes_seen and self._timer_at is not None:
+                return
+            self._pushes_seen = p
+        d = self.gw.get_timer()
         # Re-arm only for an earlier deadline. One that moved later (or went
         # away: the stack's heap drops entries of flows gone) keeps the armed
         # timer, which fires early, finds nothing due and re-arms at the real

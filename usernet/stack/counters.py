@@ -112,6 +112,8 @@ _TCP = (
     "tcp_pause_reading", "tcp_resume_reading",
     "tcp_retransmit", "tcp_retransmit_timeout", "tcp_fast_retransmit", "tcp_limited_transmit",
     "tcp_recovery_probe",
+    # header prediction (stack/tcp.py): segments that took the short paths
+    "tcp_fast_path_rx", "tcp_fast_path_tx",
     # SACK-based recovery (RFC 6675) and RACK-TLP (RFC 8985)
     "tcp_fast_recoveries", "tcp_rack_retransmits", "tcp_rack_lost_marked", "tcp_rack_timer",
     "tcp_tlp_probes", "tcp_tlp_new_data", "tcp_tlp_spurious", "tcp_tlp_loss_repaired",

@@ -47,7 +47,7 @@ class TcpFlow:
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
                  "connecting", "connect_deadline", "armed", "inbound", "neigh",
                  "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent",
-                 "asum", "opened", "last", "pkts_in", "pkts_out")
+                 "asum", "opened", "last", "pkts_in", "pkts_out", "tpl", "tpl_mac")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
@@ -78,6 +78,11 @@ class TcpFlow:
         self.probes = 0
         self.probe_sent = 0.0
         self.asum = None              # IPv4: the address words' sum, for frame.build_tcp4
+        # IPv4 with offloads: the header template of the flow's common frame
+        # (frame.tcp4_ts_template), made at its first such frame, and the
+        # neighbour MAC it was made for.
+        self.tpl = None
+        self.tpl_mac = None
 
     def deadline(self):
         t = self.conn.get_timer()

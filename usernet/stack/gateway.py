@@ -297,7 +297,7 @@ class Gateway:
             # Its IP traffic says where it is now (a forged ARP cannot move
             # an entry; a real MAC change is followed at once).
             self.neigh.learn(src, p[P_SRC_MAC], True)
-        if p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40 and not csum_ok:
+        if not csum_ok and p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40:
             # Bigger than the link MTU (someone raised the TAP's MTU inside the
             # container) with DF set: RFC 1191 says answer "fragmentation
             # needed" with the MTU we forward, so the sender's PMTU discovery

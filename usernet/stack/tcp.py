@@ -117,6 +117,26 @@ Nagle for the ACK is not held up long). With the delay on, the container's
 FIN in ESTABLISHED waits the same way for our own FIN (the host usually
 closes at once), and a window update due while such an ACK is pending rides
 on it (``tcp_window_update_deferred``).
+Header prediction (Van Jacobson's, as in BSD's tcp_input and Linux's
+tcp_rcv_established). Most segments of a busy flow are predictable, and
+``on_segment`` and ``send`` try the prediction first; ``tcp_fast_path_rx``
+/ ``tcp_fast_path_tx`` count the hits. Receiving: in ESTABLISHED, flags ACK
+or ACK|PSH only, SEG.SEQ = RCV.NXT, no SACK blocks, a non-zero window both
+ways, the text inside the advertised window, the ACK at or above SND.UNA and
+at most SND.MAX (a pure ACK must acknowledge new data: a duplicate is the
+loss machinery's), PAWS passed when timestamps are on (a segment without
+TSval then goes the full way), and no recovery state at all (NewReno or SACK
+recovery, scoreboard, lost or retransmitted ranges, a loss probe out, an RTO
+recovery point, out-of-order data or FIN). Such a segment does exactly the
+steps of the full path it would take (TS.Recent, the cumulative ACK, the
+window update, in-order delivery, the ACK decision) and nothing else.
+Sending: in ESTABLISHED with nothing queued or in flight, host bytes that
+fit one segment both windows allow go out as that one ACK|PSH segment at
+once, as ``_output`` would send them. ``FAST_PATH`` turns both off; the
+tests run twin connections with it on and off and compare every slot.
+(The gateway frames such a segment from a per-flow header template:
+``tcpnat``.)
+
 Unacceptable segments are answered with an ACK (RFC 9293), but answers to
 *bare* segments (no data: ACKs, challenge-ACK triggers) are rate-limited to
 one per :data:`OOW_ACK_INTERVAL` like Linux, which is what stops ACK loops
@@ -203,6 +223,11 @@ RCV_BUF = 256 * 1024       # default receive buffer (window toward the container
 SND_BUF = 512 * 1024       # default send queue toward the container
 
 _M = 0xFFFFFFFF
+_ACK = ACK
+_ACK_PSH = ACK | PSH
+#: Header prediction (on_segment, send) on or off. Only tests turn it off,
+#: to check that the short paths leave a connection exactly as the full ones.
+FAST_PATH = True
 # Segment(...) runs the NamedTuple's __new__, a Python function; the hot paths
 # build one with tuple.__new__(Segment, fields), the same object, a call less.
 _new_tuple = tuple.__new__
@@ -534,6 +559,42 @@ class TcpConnection:
     def send(self, data, now: float) -> int:
         """Queue host bytes toward the container; return how many were accepted."""
         st = self.state
+        if st is ESTABLISHED and FAST_PATH and not self._sndbuf:
+            # The send side's prediction: nothing queued or in flight, and
+            # the bytes fit one segment that both windows allow now. Exactly
+            # what _output would send (one ACK|PSH segment) without its loop.
+            nxt = self._buf_seq
+            n = len(data)
+            if n and self.snd_nxt == nxt and self.snd_una == nxt and self.snd_max == nxt \
+                    and n <= self._seg_size and n < self.snd_buf and self._rp is None \
+                    and not self._paused:
+                wnd = self.snd_wnd
+                cwnd = self.cwnd + self._lt_extra
+                if n <= (wnd if wnd < cwnd else cwnd):
+                    self.counters["tcp_fast_path_tx"] += 1
+                    payload = bytes(data)
+                    self._sndbuf = bytearray(payload)
+                    end = nxt + n
+                    if self._rtt_seq is None:
+                        self._rtt_seq = end
+                        self._rtt_at = now
+                    self._emit(nxt, _ACK_PSH, payload, now)
+                    self.snd_nxt = self.snd_max = end
+                    if self.sack_ok:
+                        # RACK's transmit-time log (see _output).
+                        xt = self._xl_ts
+                        if not xt:
+                            self._xl_end = [end]
+                            self._xl_ts = [now]
+                        elif xt[-1] == now:
+                            self._xl_end[-1] = end
+                        else:
+                            self._xl_end.append(end)
+                            xt.append(now)
+                    if self._rto_at is None or self._pto:
+                        self._arm_rtx(now)
+                    self._persist_at = None
+                    return n
         if self._fin_queued or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             self.counters["tcp_send_refused_state"] += 1
             return 0
@@ -798,6 +859,81 @@ class TcpConnection:
     def on_segment(self, seg: Segment, now: float) -> None:
         self._delivered = 0
         st = self.state
+        if st is ESTABLISHED and FAST_PATH:
+            # Header prediction (Van Jacobson; BSD tcp_input, Linux
+            # tcp_rcv_established): the next in-order segment, carrying an
+            # ACK that repeats or advances SND.UNA, or a pure ACK of new
+            # data, on a flow with no loss-recovery, out-of-order or
+            # zero-window state. It does what _on_synchronized would do for
+            # such a segment and nothing else; anything unpredicted (SYN,
+            # FIN, RST, URG, ECN bits, SACK blocks, a PAWS question, a
+            # window edge, ...) goes the full way.
+            seq, ack, flags, window, opts, payload = seg
+            rcv_nxt = self.rcv_nxt
+            if (flags == _ACK or flags == _ACK_PSH) and seq == (rcv_nxt & _M) and window \
+                    and not opts[O_SACK_BLOCKS] and self._recover is None and self._rp is None \
+                    and self._tlp_end is None and self._rto_rp is None \
+                    and not (self._sb or self._lost or self._rx or self._ooo) and self.snd_wnd \
+                    and self._ooo_fin is None:
+                una = self.snd_una
+                ack = una + ((ack - una + _HALF) & _M) - _HALF
+                plen = len(payload)
+                tsval = opts[O_TS_VAL]
+                if (una < ack or (plen and una == ack)) and ack <= self.snd_max \
+                        and rcv_nxt + plen <= self._rcv_adv \
+                        and (not self.ts_ok or (tsval is not None
+                                                and ((tsval - self._ts_recent) & _M) < _HALF)):
+                    # The steps of _on_synchronized such a segment takes, in its order.
+                    self.counters["tcp_fast_path_rx"] += 1
+                    # RFC 7323 4.3 (PAWS passed above: TSval >= TS.Recent).
+                    if tsval is not None and rcv_nxt <= self._last_ack_sent and self.ts_ok:
+                        self._ts_recent = tsval
+                    if ack > una:
+                        self._new_ack_quiet(una, ack, now)
+                    # The window update (SND.WL1 < SEG.SEQ, or equal and SND.WL2 =< SEG.ACK).
+                    wl1 = self.snd_wl1
+                    if wl1 < rcv_nxt or (wl1 == rcv_nxt and self.snd_wl2 <= ack):
+                        swnd = window << self.snd_wscale
+                        self.snd_wnd = swnd
+                        self.snd_wl1 = rcv_nxt
+                        self.snd_wl2 = ack
+                        if swnd > self._max_snd_wnd:
+                            self._max_snd_wnd = swnd
+                    self._probes = 0
+                    if plen:
+                        # _receive's in-order case: inside the window
+                        # (predicted), nothing queued out of order, no FIN.
+                        data = payload if type(payload) is bytes else bytes(payload)
+                        self.rcv_nxt = rcv_nxt + plen
+                        self.events.append(TcpData(self.fid, data))
+                        self._delivered = plen
+                        un = self._unacked_rx + plen
+                        self._unacked_rx = un
+                        if un >= 2 * self.mss:
+                            self._ack_now = True
+                        elif flags & PSH:
+                            if self.push_ack_delay:
+                                self._push_pending = True
+                            else:
+                                self._ack_now = True
+                    nxt = self.snd_nxt
+                    if nxt == self.snd_una and nxt == self._buf_seq + len(self._sndbuf):
+                        self._rto_at = None         # _output: nothing queued, nothing in flight
+                    else:
+                        self._output(now)
+                    if self._ack_now:
+                        self._send_ack(now)
+                    elif self._push_pending:
+                        d = now + self.push_ack_delay
+                        if self._delack_at is None or d < self._delack_at:
+                            self._delack_at = d
+                    elif self._unacked_rx:
+                        d = now + DELACK_TIME
+                        if self._delack_at is None or d < self._delack_at:
+                            self._delack_at = d
+                    if self._paused or len(self._sndbuf) >= self.snd_buf:
+                        self._check_pause()
+                    return
         if st in _SYNCHRONIZED or (st == SYN_RECEIVED and self._answered):
             self._on_synchronized(seg, now)
         elif st == SYN_SENT:
@@ -1297,6 +1433,59 @@ class TcpConnection:
             if self._pto and self.snd_max - ack > self.snd_mss:
                 # Still probing (nothing that stops probes happens without
                 # re-arming): the per-ACK fast path of _arm_rtx.
+                self._rto_at = now + self._pto_base
+            else:
+                self._arm_rtx(now)
+        else:
+            self._rto_at = None
+            self._pto = False
+
+    def _new_ack_quiet(self, una: int, ack: int, now: float) -> None:
+        """_new_ack for header prediction: SND.UNA < ack =< SND.MAX on an
+        ESTABLISHED flow with no recovery (NewReno or SACK), no scoreboard,
+        no lost or retransmitted ranges and no RTO recovery point, so only
+        the branches of _new_ack such an ACK takes are here."""
+        self.snd_una = ack
+        if ack > self.snd_nxt:
+            self.snd_nxt = ack
+        n = ack - self._buf_seq
+        if n > 0:
+            buf = self._sndbuf
+            blen = len(buf)
+            if n >= blen:
+                self._sndbuf = _NO_BYTES        # all acknowledged
+                self._buf_seq += blen
+            else:
+                del buf[:n]
+                self._buf_seq += n
+        xe = self._xl_end
+        if xe and xe[0] <= ack:
+            if xe[-1] <= ack:
+                self._xl_end = self._xl_ts = _EMPTY    # all acknowledged
+            else:
+                i = bisect_right(xe, ack)
+                del xe[:i]
+                del self._xl_ts[:i]
+        rs = self._rtt_seq
+        if rs is not None and ack >= rs:
+            self._rtt_sample(now - self._rtt_at)
+            self._rtt_seq = None
+        self._backoff = 0
+        self._retries = 0
+        self._stall_since = None
+        seg = self.snd_mss
+        cwnd = self.cwnd
+        if cwnd < self.ssthresh:
+            cwnd += ack - una                       # slow start
+        else:
+            cwnd += max(1, seg * (ack - una) // cwnd)   # congestion avoidance
+        cap = 2 * max(self._max_snd_wnd, self.snd_buf) + INIT_CWND_SEGS * seg
+        self.cwnd = cwnd if cwnd < cap else cap
+        self._dupacks = 0
+        self._lt_extra = 0
+        snd_max = self.snd_max
+        if snd_max > ack:
+            if self._pto and snd_max - ack > seg:
                 self._rto_at = now + self._pto_base
             else:
                 self._arm_rtx(now)

@@ -23,10 +23,15 @@ import heapq
 
 
 class Timers:
-    __slots__ = ("_heap", "_live", "_fire")
+    __slots__ = ("_heap", "_live", "_fire", "pushes")
 
     def __init__(self):
         self._heap: list = []
+        # Entries pushed so far. Only a push can make the next deadline
+        # earlier (pops and dead entries only move it later), so an owner
+        # that armed its clock for next_deadline() need not ask again
+        # until this moves (host/driver.py _arm_timer).
+        self.pushes = 0
         self._live: list = []
         self._fire: list = []
 
@@ -37,6 +42,7 @@ class Timers:
         return len(self._live) - 1
 
     def push(self, deadline: float, kind: int, key) -> None:
+        self.pushes += 1
         heapq.heappush(self._heap, (deadline, kind, key))
 
     def __len__(self) -> int:

@@ -355,6 +355,43 @@ def build_tcp4(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, asum: int
     return buf
 
 
+# The per-flow header template of an IPv4 TCP frame with the timestamp
+# option alone (the segment nearly every established flow sends): Ethernet,
+# IPv4 and TCP headers with addresses, ports and option kinds filled once;
+# build_tcp4_ts patches the rest, in two writes (the IPv4 fields from total
+# length to the checksum; the TCP fields from SEQ to TSecr).
+TCP4_TS_HDR_LEN = _TCP4_HDRS_LEN + 12
+_TS4_IP = struct.Struct("!HHHBBH").pack_into            # at 16: length .. header checksum
+_TS4_TCP = struct.Struct("!IIHHHHBBBBII").pack_into     # at 38: SEQ .. TSecr
+
+
+def tcp4_ts_template(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
+                     dport: int) -> bytearray:
+    """The constant bytes of a flow's timestamp-only IPv4 TCP frame (see
+    build_tcp4_ts; a bytearray, so that ``tpl + payload`` is one too; never
+    written to)."""
+    return build_tcp4(dst_mac, src_mac, src, dst, 0, sport, dport, 0, 0, 0, 0,
+                      b"\x01\x01\x08\x0a" + bytes(8), b"", 0, False)
+
+
+def build_tcp4_ts(tpl: bytearray, asum: int, seq: int, ack: int, flags: int, window: int,
+                  tsval: int, tsecr: int, payload, ident: int) -> bytearray:
+    """``build_tcp4(..., options=NOP NOP TS(tsval, tsecr), csum=False)`` from
+    the flow's ``tcp4_ts_template``: the same bytes, with the pseudo-header sum
+    in the TCP checksum field (the checksum left to the TAP: NEEDS_CSUM)."""
+    l4len = 32 + len(payload)                     # TCP header with 12 option bytes
+    r = (_TCP4_IP_CONST + 20 + asum + l4len + ident) % 0xFFFF   # IPV4_LEN; ones_sum's fold
+    buf = tpl + payload
+    _TS4_IP(buf, 16, 20 + l4len, ident, 0x4000, 64, 6,   # IP_DF, TTL, PROTO_TCP
+            ~(r if r else 0xFFFF) & 0xFFFF)
+    _TS4_TCP(buf, 38, seq, ack, 0x8000 | flags, window,   # data offset 8 words
+             (asum + 6 + l4len) % 0xFFFF or 0xFFFF, 0, 1, 1, 8, 10, tsval, tsecr)
+    return buf
+
+
+assert IP_DF == 0x4000 and PROTO_TCP == 6 and IPV4_LEN == 20 and TCP_LEN + 12 == 32
+
+
 def build_udp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int,
               payload=b"", *, ttl: int = 64, ident: int = 0, flags_frag: int = 0,
               csum: bool = True) -> bytearray:
