@@ -317,7 +317,10 @@ class TcpNat:
         (``csum=False``: the pseudo-header sum in the field, ``NEEDS_CSUM``)
         and one carrying more than ``snd_mss`` bytes goes as a TSO
         super-segment (``gso_size = snd_mss``, which already accounts for the
-        timestamp option); the container's kernel takes it whole."""
+        timestamp option); the container's kernel takes it whole. A TSO
+        segment is queued as ``(vnet_hdr, headers, payload)``: the frame is
+        the two pieces after the virtio-net header, which the driver's
+        ``writev`` joins, so its payload is never copied into a frame here."""
         conn = flow.conn
         segs = conn.segments_out
         if segs:
@@ -348,17 +351,30 @@ class TcpNat:
                     ob = build_tcp_options(o.mss, o.wscale, o.sack_perm,
                                            None if o.ts_val is None else (o.ts_val, o.ts_ecr),
                                            o.sack_blocks)
+                payload = s.payload
+                if offload and len(payload) > mss:
+                    # A TSO super-segment: the headers alone, the payload
+                    # written after them by the same writev (no 64 KiB frame
+                    # allocated and copied into per segment).
+                    plen = len(payload)
+                    if asum is not None:
+                        f = build_tcp4(dmac, smac, rip, gip, asum, rport, gport, s.seq, s.ack,
+                                       s.flags, s.window, ob, b"", self._ident(), False, plen)
+                    else:
+                        f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
+                                      s.window, ob, ident=self._ident(), csum=False, plen=plen)
+                    self.counters["tcp_tx_gso_segments"] += 1
+                    output(gip, mac, (tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6), f,
+                                      payload), now)
+                    continue
                 if asum is not None:
                     f = build_tcp4(dmac, smac, rip, gip, asum, rport, gport, s.seq, s.ack,
-                                   s.flags, s.window, ob, s.payload, self._ident(), not offload)
+                                   s.flags, s.window, ob, payload, self._ident(), not offload)
                 else:
                     f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                                  s.window, ob, s.payload, ident=self._ident(), csum=not offload)
+                                  s.window, ob, payload, ident=self._ident(), csum=not offload)
                 if not offload:
                     hdr = VNET_HDR_NONE
-                elif len(s.payload) > mss:
-                    self.counters["tcp_tx_gso_segments"] += 1
-                    hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6)
                 else:
                     # One of a handful of headers (by L4 offset and header
                     # length): each made once.
