@@ -104,7 +104,7 @@ _TCP = (
     "tcp_syn_rx", "tcp_dup_syn_rx", "tcp_dup_syn_absorbed", "tcp_active_open",
     "tcp_simultaneous_open", "tcp_established", "tcp_syn_host_refused_rst", "tcp_syn_timeout",
     "tcp_host_connected_ignored", "tcp_host_refused_ignored", "tcp_host_eof",
-    "tcp_send_refused_state", "tcp_abort", "tcp_give_up", "tcp_closed_last_ack",
+    "tcp_send_refused_state", "tcp_send_queue_copied", "tcp_abort", "tcp_give_up", "tcp_closed_last_ack",
     "tcp_time_wait_done", "tcp_time_wait_syn_reuse", "tcp_fin_rx", "tcp_rst_rx",
     "tcp_rst_rx_time_wait_ignored", "tcp_rst_tx_bad_ack", "tcp_challenge_ack",
     "tcp_oow_ack_ratelimited", "tcp_delayed_ack_tx", "tcp_window_update_tx", "tcp_window_update_deferred",

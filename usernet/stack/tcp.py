@@ -537,14 +537,33 @@ class TcpConnection:
         if self._fin_queued or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             self.counters["tcp_send_refused_state"] += 1
             return 0
-        room = self.snd_buf - len(self._sndbuf)
+        buf = self._sndbuf
+        if buf:
+            # Acknowledged bytes stay at the front of the queue until now (see
+            # _output: segments in flight may still be views of them).
+            dead = self.snd_una - self._buf_seq
+            if dead > 0:
+                try:
+                    del buf[:dead]
+                except BufferError:
+                    # A frame not yet written still shows part of the queue
+                    # (the TAP's queue, an impairment holding it): it keeps
+                    # the old buffer; the queue goes on in a copy.
+                    self.counters["tcp_send_queue_copied"] += 1
+                    buf = self._sndbuf = bytearray(memoryview(buf)[dead:])
+                self._buf_seq += dead
+        room = self.snd_buf - len(buf)
         n = len(data)
         if n > room:
             n = room if room > 0 else 0
             data = memoryview(data)[:n]
         if n:
-            if self._sndbuf:
-                self._sndbuf += data
+            if buf:
+                try:
+                    buf += data
+                except BufferError:
+                    self.counters["tcp_send_queue_copied"] += 1
+                    self._sndbuf = buf + data
             else:
                 self._sndbuf = bytearray(data)
             if st in _OUTPUT_STATES:
@@ -1238,13 +1257,13 @@ class TcpConnection:
         n = ack - self._buf_seq
         if n > 0:
             blen = len(self._sndbuf)
-            if n > blen:
-                n = blen
-            if n == blen:
+            if n >= blen:
                 self._sndbuf = _NO_BYTES        # all acknowledged
-            else:
-                del self._sndbuf[:n]
-            self._buf_seq += n
+                self._buf_seq += blen
+            # else: the acknowledged bytes are dropped by the next send(), not
+            # here: segments this batch of ACKs clocked out are views of the
+            # queue (_output) not yet written, and a bytearray with views
+            # cannot be resized.
         xe = self._xl_end
         if xe and xe[0] <= ack:
             i = bisect_right(xe, ack)
@@ -1866,7 +1885,10 @@ class TcpConnection:
                 off = nxt - buf_seq
                 if mv is None:
                     mv = memoryview(buf)
-                payload = bytes(mv[off:off + size])
+                # A view, not a copy: a TSO segment's payload goes from the
+                # queue to the TAP's writev as it is (TcpNat.output). The
+                # queue is never resized while such a view lives (send()).
+                payload = mv[off:off + size]
                 end = nxt + size
                 flags = ACK
                 if end == buf_end:
@@ -2002,9 +2024,12 @@ class TcpConnection:
 
     def _check_pause(self) -> None:
         """Backpressure toward the host socket, on transitions only."""
-        queued = len(self._sndbuf)
+        end = self._buf_seq + len(self._sndbuf)
+        # Bytes not yet acknowledged (acknowledged ones may still sit at the
+        # queue's front until the next send()).
+        queued = end - (self.snd_una if self.snd_una > self._buf_seq else self._buf_seq)
         if self.state in _SYNCHRONIZED:
-            closed = self.snd_wnd == 0 and self._buf_seq + queued > self.snd_max
+            closed = self.snd_wnd == 0 and end > self.snd_max
         else:
             closed = False
         if self._paused:

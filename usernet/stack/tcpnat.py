@@ -388,7 +388,13 @@ class TcpNat:
             self._forget(flow)
             return
         # The memory budget: what the flow holds now, charged by difference.
-        held = TCP_FLOW_COST + len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
+        # The send queue's bytes not yet acknowledged: acknowledged ones stay at
+        # its front until the host side's next send (TcpConnection.send), at
+        # most one flight, within the queue's bound all the same.
+        queued = len(conn._sndbuf)
+        if queued and conn.snd_una > conn._buf_seq:
+            queued -= conn.snd_una - conn._buf_seq
+        held = TCP_FLOW_COST + queued + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
             b = self.budget
             b.used += held - flow.charged
@@ -507,11 +513,14 @@ class TcpNat:
         if b.used >= b.limit:
             # Past the budget the queue toward the container stays small; the
             # host side keeps the rest (reading paused) until TcpResume.
-            room = BUDGET_FLOW_WINDOW - len(conn._sndbuf)
+            queued = len(conn._sndbuf)
+            if queued and conn.snd_una > conn._buf_seq:
+                queued -= conn.snd_una - conn._buf_seq      # acknowledged, not yet dropped
+            room = BUDGET_FLOW_WINDOW - queued
             if room < len(data):
                 self.counters["tcp_budget_send_capped"] += 1
                 n = conn.send(memoryview(data)[:room], now) if room > 0 else 0
-                if len(conn._sndbuf) and not conn.closed:
+                if queued + n and not conn.closed:
                     conn._paused = True      # its ACKs bring the TcpResume
                 flow.host_held = len(data) - n
                 self.output(flow, now)
