@@ -189,8 +189,11 @@ class FlowProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes):
         d = self.host.driver
-        data = self.host.read_buf[:nbytes]
-        n = d.gw.tcp_host_data(self.fid, data, d.loop.time())
+        buf = self.host.read_buf
+        data = buf[:nbytes]
+        # A read that filled the buffer: the socket likely holds more, which
+        # the loop reads at once; the stack may hold a partial segment for it.
+        n = d.gw.tcp_host_data(self.fid, data, d.loop.time(), nbytes == len(buf))
         if n < nbytes:
             # The shared buffer is reused by the next read: keep a copy.
             self.pending = bytes(data[n:])

@@ -305,7 +305,7 @@ class TcpConnection:
         "_pto", "_pto_base", "_tlp_end", "_tlp_rexmit",
         # timers and the rest
         "_rto_at", "_persist_at", "_delack_at", "_tw_at", "_persist_backoff", "_probes",
-        "_answered", "_active", "_paused", "closed", "rexmits",
+        "_answered", "_active", "_paused", "closed", "rexmits", "_more",
     )
 
     def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
@@ -428,6 +428,7 @@ class TcpConnection:
         self._paused = False
         self.closed = False                   # CLOSED: the owner may forget the flow
         self.rexmits = 0                      # segments sent again (list_flows)
+        self._more = False                    # the host side said more bytes follow (send)
 
     # ------------------------------------------------------------------
     # opening
@@ -531,8 +532,14 @@ class TcpConnection:
     # ------------------------------------------------------------------
     # host side
     # ------------------------------------------------------------------
-    def send(self, data, now: float) -> int:
-        """Queue host bytes toward the container; return how many were accepted."""
+    def send(self, data, now: float, more: bool = False) -> int:
+        """Queue host bytes toward the container; return how many were accepted.
+
+        ``more``: the host side expects more bytes at once (its read filled
+        its buffer): while data is in flight, a tail shorter than a whole
+        segment waits for them (or for the flight to be acknowledged) instead
+        of leaving as a runt frame of its own (see _output)."""
+        self._more = more
         st = self.state
         if self._fin_queued or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             self.counters["tcp_send_refused_state"] += 1
@@ -1859,6 +1866,12 @@ class TcpConnection:
         buf_end = buf_seq + len(buf)
         una = self.snd_una
         wnd = self.snd_wnd
+        # May a segment shorter than _seg_size wait (for data or window)?
+        # Only on the ordinary path (not a probe, not recovery's own limit),
+        # only with data in flight (its ACK comes and sends what waited) and
+        # only with segments bigger than the wire MSS (TSO: a partial one is
+        # a whole extra frame for us and an extra ACK from the container).
+        defer = not force and limit is None and self._seg_size > self.snd_mss
         if force:
             limit = una + wnd
         elif limit is None:
@@ -1878,9 +1891,23 @@ class TcpConnection:
                     size = seg_size
                 if size >= avail:
                     size = avail
+                    if defer and size < seg_size and self._more and nxt > una \
+                            and not self._fin_queued:
+                        # A tail of the host's data with more on its way:
+                        # it leaves with that data, or once the flight is
+                        # acknowledged (nothing then in flight).
+                        self.counters["tcp_tx_tail_deferred"] += 1
+                        break
                 elif size < self.snd_mss and size < (self._max_snd_wnd >> 1) and not force:
                     # RFC 9293 3.8.6.2.1 sender SWS avoidance: no runt
                     # segments into a small usable window.
+                    break
+                elif defer and size < seg_size and nxt > una and 3 * size < limit - una:
+                    # The window allows only part of a segment, and less
+                    # than a third of the window (Linux's tcp_tso_should_defer,
+                    # tso_win_divisor 3): the ACK of what is in flight opens
+                    # it for a whole one.
+                    self.counters["tcp_tx_window_deferred"] += 1
                     break
                 off = nxt - buf_seq
                 if mv is None:

@@ -502,9 +502,11 @@ class TcpNat:
         flow.conn.host_refused(now)
         self.output(flow, now)
 
-    def host_data(self, fid: int, data, now: float) -> int:
+    def host_data(self, fid: int, data, now: float, more: bool = False) -> int:
         """Bytes read from the host socket; returns how many were taken. The
-        caller keeps the rest until ``TcpResume``."""
+        caller keeps the rest until ``TcpResume``. ``more``: the read filled
+        the host side's buffer, so more bytes are likely at once
+        (``TcpConnection.send``)."""
         flow = self.flows.tcp.by_id.get(fid)
         if flow is None:
             return len(data)
@@ -525,7 +527,7 @@ class TcpNat:
                 flow.host_held = len(data) - n
                 self.output(flow, now)
                 return n
-        n = conn.send(data, now)
+        n = conn.send(data, now, more)
         flow.host_held = len(data) - n       # the host side keeps these until TcpResume
         self.output(flow, now)
         return n
