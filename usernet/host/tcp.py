@@ -157,7 +157,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
     # One per host socket, so slots (no instance dict): what an idle flow
     # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
     __slots__ = ("host", "fid", "transport", "pending", "paused", "eof_pending", "eof_seen",
-                 "closed")
+                 "closed", "rbuf")
 
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
@@ -168,6 +168,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
         self.eof_pending = False   # host EOF arrived while data was pending
         self.eof_seen = False      # host EOF already passed to the gateway
         self.closed = False
+        self.rbuf = None           # this flow's reads land here (get_buffer)
 
     # asyncio callbacks
     def connection_made(self, transport):
@@ -185,11 +186,23 @@ class FlowProtocol(asyncio.BufferedProtocol):
                 self.host.driver.flush()
 
     def get_buffer(self, sizehint):
-        return self.host.read_buf
+        buf = self.rbuf
+        if buf is None:
+            # The shared buffer, cut to whole segments toward the container
+            # once the flow knows its segment size: a read that fills it is
+            # that many TSO frames and no runt (a 256 KiB read is 4 x 65,160
+            # bytes and 1,504 over, one frame more per read).
+            seg = self.host.driver.gw.tcp_segment_size(self.fid) if self.fid is not None else 0
+            if not seg:
+                return self.host.read_buf
+            buf = self.rbuf = self.host.read_view(seg)
+        return buf
 
     def buffer_updated(self, nbytes):
         d = self.host.driver
-        buf = self.host.read_buf
+        buf = self.rbuf
+        if buf is None:
+            buf = self.host.read_buf
         data = buf[:nbytes]
         # A read that filled the buffer: the socket likely holds more, which
         # the loop reads at once; the stack may hold a partial segment for it.
@@ -284,6 +297,16 @@ class TcpHost:
         self._written_spare: set[int] = set()
         # Every flow's socket reads land here (FlowProtocol.get_buffer).
         self.read_buf = memoryview(bytearray(READ_MAX))
+        self._read_views: dict = {}         # segment size -> read_buf cut to whole segments
+
+    def read_view(self, seg: int):
+        """The shared read buffer cut to the most whole ``seg``-byte segments
+        it holds (one view per size, shared by the flows of that size)."""
+        view = self._read_views.get(seg)
+        if view is None:
+            n = READ_MAX // seg * seg if seg <= READ_MAX else READ_MAX
+            view = self._read_views[seg] = self.read_buf[:n]
+        return view
 
     # ------------------------------------------------------------ events
     def connect(self, ev: TcpConnect) -> None:

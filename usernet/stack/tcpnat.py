@@ -79,6 +79,8 @@ from .flows import TcpFlow
 from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                   SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
 
+#: States in which the segment size is negotiated (segment_size).
+_SIZED = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK))
 #: States in which the container's side is probed when silent.
 _PROBED = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2))
 #: States a full table may evict at any age: the container half-closed or
@@ -531,6 +533,16 @@ class TcpNat:
         flow.host_held = len(data) - n       # the host side keeps these until TcpResume
         self.output(flow, now)
         return n
+
+    def segment_size(self, fid: int) -> int:
+        """Payload bytes of a whole data segment toward the container (a TSO
+        super-segment with offloads), once the handshake set it; 0 when
+        unknown. The host side reads its socket in multiples of it, so a
+        bulk stream is cut into whole segments, no runt per read."""
+        flow = self.flows.tcp.by_id.get(fid)
+        if flow is None or flow.conn.state not in _SIZED:
+            return 0
+        return flow.conn._seg_size
 
     def host_eof(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)
