@@ -511,6 +511,11 @@ class TcpConnection:
         # kernel that cuts it sends no runt; never below one segment.
         seg = self.snd_mss
         self._seg_size = max(seg, self.max_seg - self.max_seg % seg) if self.max_seg else seg
+        if self._seg_size > seg and self.snd_buf > self._seg_size:
+            # TSO: a send queue of whole segments, so one filled by the host
+            # side (which reads whole segments: host/tcp.py) ends on a
+            # segment boundary and its tail is no runt.
+            self.snd_buf -= self.snd_buf % self._seg_size
         self.cwnd = INIT_CWND_SEGS * self.snd_mss
 
     def _send_syn(self, now: float) -> None:
