@@ -115,6 +115,7 @@ class Box:
         self.prov = spawn([exe, "attach", "--mtu", "1500", "-p", f"127.0.0.1:{self.fwd}:{FWD_GUEST_PORT}",
                            str(self.ns.pid), "tap0"], stderr=subprocess.DEVNULL)
         wait_for(self._ready, 20, "tap0 configured")
+        wait_for(lambda: listening(self.fwd), 10, "the forwarded port")
         # crr opens thousands of connections a second, run after run: the
         # container's TIME-WAIT ports toward 10.0.2.2 must not run out (these
         # sysctls are the namespace's own). This sat unreachable after a
