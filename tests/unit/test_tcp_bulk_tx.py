@@ -197,11 +197,17 @@ def test_host_reads_and_the_send_queue_are_whole_segments():
     gw, fid, _ours = _flow()
     assert gw.tcp_segment_size(fid) == SEG
     assert gw.tcp_segment_size(fid + 1000) == 0          # no such flow
+    assert gw.tcp_read_size(fid + 1000, READ_MAX) == 0
     conn = gw.flows.tcp.by_id[fid].conn
-    assert conn.snd_buf == (512 * 1024) // SEG * SEG       # whole segments, so its tail is none
+    assert conn.snd_buf == (512 * 1024) // SEG * SEG == 8 * SEG   # whole segments: no runt tail
+    # A read: what the queue takes, in whole segments, at most the cap.
+    assert gw.tcp_read_size(fid, READ_MAX) == 4 * SEG
+    gw.tcp_host_data(fid, bytes(5 * SEG + 100), 0.01, True)
+    assert gw.tcp_read_size(fid, READ_MAX) == 2 * SEG       # 3 segments' room less the 100
+    gw.tcp_host_data(fid, bytes(3 * SEG - 200), 0.01, True)
+    assert gw.tcp_read_size(fid, READ_MAX) == 100            # under a segment: exactly the room
     host = TcpHost(None)
-    view = host.read_view(SEG)
-    assert len(view) == READ_MAX // SEG * SEG == 4 * SEG
-    assert host.read_view(SEG) is view                    # one view per size, shared
+    view = host.read_view(4 * SEG)
+    assert len(view) == 4 * SEG and host.read_view(4 * SEG) is view   # kept, shared
     view[0] = 0xAB
     assert host.read_buf[0] == 0xAB                       # the shared buffer, cut

@@ -61,6 +61,7 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 # One read from a host socket, at most: big reads mean fewer calls per byte
 # toward the container (its send queue takes up to SND_BUF at once).
 READ_MAX = 256 * 1024
+READ_VIEWS_MAX = 64      # read sizes whose view of the read buffer is kept (TcpHost.read_view)
 
 _CONNECT_ERRORS = {
     errno.ECONNREFUSED: "refused",
@@ -186,16 +187,11 @@ class FlowProtocol(asyncio.BufferedProtocol):
                 self.host.driver.flush()
 
     def get_buffer(self, sizehint):
-        buf = self.rbuf
-        if buf is None:
-            # The shared buffer, cut to whole segments toward the container
-            # once the flow knows its segment size: a read that fills it is
-            # that many TSO frames and no runt (a 256 KiB read is 4 x 65,160
-            # bytes and 1,504 over, one frame more per read).
-            seg = self.host.driver.gw.tcp_segment_size(self.fid) if self.fid is not None else 0
-            if not seg:
-                return self.host.read_buf
-            buf = self.rbuf = self.host.read_view(seg)
+        # As much as the flow's send queue takes now, in whole segments
+        # toward the container (gw.tcp_read_size): a read that fills it is
+        # that many TSO frames and no runt, and nothing is held back.
+        n = self.host.driver.gw.tcp_read_size(self.fid, READ_MAX) if self.fid is not None else 0
+        buf = self.rbuf = self.host.read_view(n) if n else self.host.read_buf
         return buf
 
     def buffer_updated(self, nbytes):
@@ -297,15 +293,16 @@ class TcpHost:
         self._written_spare: set[int] = set()
         # Every flow's socket reads land here (FlowProtocol.get_buffer).
         self.read_buf = memoryview(bytearray(READ_MAX))
-        self._read_views: dict = {}         # segment size -> read_buf cut to whole segments
+        self._read_views: dict = {}         # read size -> read_buf[:size]
 
-    def read_view(self, seg: int):
-        """The shared read buffer cut to the most whole ``seg``-byte segments
-        it holds (one view per size, shared by the flows of that size)."""
-        view = self._read_views.get(seg)
+    def read_view(self, n: int):
+        """The first ``n`` bytes of the shared read buffer (at most all of
+        it); the views of whole-segment sizes are kept (a handful of sizes)."""
+        view = self._read_views.get(n)
         if view is None:
-            n = READ_MAX // seg * seg if seg <= READ_MAX else READ_MAX
-            view = self._read_views[seg] = self.read_buf[:n]
+            view = self.read_buf[:n]
+            if len(self._read_views) < READ_VIEWS_MAX:
+                self._read_views[n] = view
         return view
 
     # ------------------------------------------------------------ events

@@ -537,12 +537,35 @@ class TcpNat:
     def segment_size(self, fid: int) -> int:
         """Payload bytes of a whole data segment toward the container (a TSO
         super-segment with offloads), once the handshake set it; 0 when
-        unknown. The host side reads its socket in multiples of it, so a
-        bulk stream is cut into whole segments, no runt per read."""
+        unknown."""
         flow = self.flows.tcp.by_id.get(fid)
         if flow is None or flow.conn.state not in _SIZED:
             return 0
         return flow.conn._seg_size
+
+    def read_size(self, fid: int, cap: int) -> int:
+        """How many bytes the host side should read from the flow's socket
+        now (at most ``cap``): what the send queue has room for, in whole
+        segments when one fits, so a bulk stream is cut into whole segments
+        (no runt per read) and a read is never more than the queue takes
+        (no bytes held back and offered again, no extra pause and resume).
+        0: no advice (the flow is not established yet, or is gone)."""
+        flow = self.flows.tcp.by_id.get(fid)
+        if flow is None:
+            return 0
+        conn = flow.conn
+        if conn.state not in _SIZED:
+            return 0
+        queued = len(conn._sndbuf)
+        if queued and conn.snd_una > conn._buf_seq:
+            queued -= conn.snd_una - conn._buf_seq
+        room = conn.snd_buf - queued
+        if room > cap:
+            room = cap
+        seg = conn._seg_size
+        if room >= seg:
+            return room - room % seg
+        return room if room > 0 else cap
 
     def host_eof(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)
