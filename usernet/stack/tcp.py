@@ -42,11 +42,20 @@ comparisons below are plain integer comparisons.
 
 Sending (host -> container). Host bytes go into one ``bytearray`` holding
 everything from ``snd_una`` on (unacked + unsent), at most ``snd_buf`` bytes
-(``send`` returns how much it took). Acked bytes are deleted from the front
-(O(1) amortized in CPython). Segments are copied out as ``bytes`` of at most
-``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``; a
+(``send`` returns how much it took). Segments are views of it (no copy), of at
+most ``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``; a
 TSO-capable gateway sets it to ~64 KiB while the wire MSS, ``snd_mss``, stays
-the same: the container's kernel takes such a segment whole). Segments that
+the same: the container's kernel takes such a segment whole, and the gateway
+writes the view to the TAP behind the headers). A bytearray with views cannot
+be resized, so acked bytes are deleted from the front by the next ``send``,
+not by the ACK (whose batch may have clocked out segments not yet written);
+if a frame not yet written still holds a view then, the queue goes on in a
+copy (``tcp_send_queue_copied``). With TSO the queue holds whole segments
+(``snd_buf`` rounded down) and, while data is in flight, a partial segment
+waits: the tail of a host read that said more follows (``send(..., more=True)``,
+``tcp_tx_tail_deferred``) or a window that allows under a third of itself
+(``tcp_tx_window_deferred``, like Linux's ``tcp_tso_should_defer``); either
+leaves at the latest when the flight is acknowledged. Segments that
 arrive bigger than our MSS (the container's TSO super-segments, ~64 KiB) are
 taken like any other: only the window bounds what we accept. In flight is capped by
 ``min(cwnd, snd_wnd)``; cwnd starts at 10 segments (RFC 6928), grows by
