@@ -5,7 +5,11 @@ the loop reads the host socket straight into one preallocated buffer that
 every flow shares (``READ_MAX`` bytes; each read is consumed before the
 callback returns, so one buffer serves them all), and that view goes to
 ``gw.tcp_host_data``, whose send queue copies what it takes: no bytes
-object per read. It answers how much it took; the rest is copied into
+object per read. Each read asks for what the flow's send queue takes now,
+in whole segments toward the container (``gw.tcp_read_size``): a bulk stream
+is cut into whole TSO frames, a read is rarely more than the queue takes, and
+one that filled its buffer tells the stack more follows (``more``). The
+gateway answers how much it took; the rest is copied into
 ``pending`` (at most one read's worth) with the transport's reading paused
 until the gateway says ``TcpResume``. Data from the container
 is written with ``transport.write``; the transport's write buffer size is
