@@ -16,6 +16,7 @@ from scapy.layers.l2 import Ether
 
 from usernet.stack.config import NetConfig
 from usernet.stack.gateway import Gateway
+from usernet.stack.tcp import SND_BUF
 from usernet.wire.frame import addr_sum4, build_tcp4
 from usernet.wire.vnet import VNET_HDR
 
@@ -199,13 +200,13 @@ def test_host_reads_and_the_send_queue_are_whole_segments():
     assert gw.tcp_segment_size(fid + 1000) == 0          # no such flow
     assert gw.tcp_read_size(fid + 1000, READ_MAX) == 0
     conn = gw.flows.tcp.by_id[fid].conn
-    assert conn.snd_buf == (512 * 1024) // SEG * SEG == 8 * SEG   # whole segments: no runt tail
+    assert conn.snd_buf == SND_BUF // SEG * SEG          # whole segments: no runt tail
     # A read: what the queue takes, in whole segments, at most the cap.
     assert gw.tcp_read_size(fid, READ_MAX) == 4 * SEG
-    gw.tcp_host_data(fid, bytes(5 * SEG + 100), 0.01, True)
-    assert gw.tcp_read_size(fid, READ_MAX) == 2 * SEG       # 3 segments' room less the 100
-    gw.tcp_host_data(fid, bytes(3 * SEG - 200), 0.01, True)
-    assert gw.tcp_read_size(fid, READ_MAX) == 100            # under a segment: exactly the room
+    gw.tcp_host_data(fid, bytes(conn.snd_buf - 2 * SEG + 100), 0.01, True)
+    assert gw.tcp_read_size(fid, READ_MAX) == SEG            # 2 segments' room less the 100
+    gw.tcp_host_data(fid, bytes(SEG), 0.01, True)
+    assert gw.tcp_read_size(fid, READ_MAX) == SEG - 100      # under a segment: exactly the room
     host = TcpHost(None)
     view = host.read_view(4 * SEG)
     assert len(view) == 4 * SEG and host.read_view(4 * SEG) is view   # kept, shared
