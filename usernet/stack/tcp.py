@@ -226,6 +226,8 @@ _EMPTY = ()
 # Likewise the send queue: empty bytes until host data comes, and again once
 # all of it is acknowledged (a bytearray is made per burst, not kept per flow).
 _NO_BYTES = b""
+# bytearray().join: one new buffer from pieces, each copied once (TcpConnection.send).
+_join = bytearray().join
 
 
 def _covered(ranges: list, s: int, e: int) -> bool:
@@ -559,30 +561,31 @@ class TcpConnection:
             self.counters["tcp_send_refused_state"] += 1
             return 0
         buf = self._sndbuf
-        if buf:
-            # Acknowledged bytes stay at the front of the queue until now (see
-            # _output: segments in flight may still be views of them).
-            dead = self.snd_una - self._buf_seq
-            if dead > 0:
-                try:
-                    del buf[:dead]
-                except BufferError:
-                    # A frame not yet written still shows part of the queue
-                    # (the TAP's queue, an impairment holding it): it keeps
-                    # the old buffer; the queue goes on in a copy.
-                    self.counters["tcp_send_queue_copied"] += 1
-                    buf = self._sndbuf = bytearray(memoryview(buf)[dead:])
-                self._buf_seq += dead
-        room = self.snd_buf - len(buf)
+        # Acknowledged bytes stay at the queue's front until now (see
+        # _output: segments in flight may still be views of them).
+        dead = self.snd_una - self._buf_seq if buf else 0
+        if dead < 0:
+            dead = 0
+        room = self.snd_buf - len(buf) + dead
         n = len(data)
         if n > room:
             n = room if room > 0 else 0
             data = memoryview(data)[:n]
         if n:
-            if buf:
+            if dead:
+                # The live bytes and the new ones in one new buffer: one copy
+                # of each (trimming the old one in place and growing it copied
+                # the live bytes once or twice more), and the old buffer is
+                # left as it is for frames not yet written that show it.
+                self._sndbuf = _join((memoryview(buf)[dead:], data))
+                self._buf_seq += dead
+            elif buf:
                 try:
                     buf += data
                 except BufferError:
+                    # A frame not yet written (the TAP's queue, an impairment
+                    # holding it) still shows the queue: it keeps the old
+                    # buffer; the queue goes on in a copy.
                     self.counters["tcp_send_queue_copied"] += 1
                     self._sndbuf = buf + data
             else:
