@@ -47,10 +47,11 @@ most ``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``;
 TSO-capable gateway sets it to ~64 KiB while the wire MSS, ``snd_mss``, stays
 the same: the container's kernel takes such a segment whole, and the gateway
 writes the view to the TAP behind the headers). A bytearray with views cannot
-be resized, so acked bytes are deleted from the front by the next ``send``,
-not by the ACK (whose batch may have clocked out segments not yet written);
-if a frame not yet written still holds a view then, the queue goes on in a
-copy (``tcp_send_queue_copied``). With TSO the queue holds whole segments
+be resized, so acked bytes are dropped by the next ``send``, not by the ACK
+(whose batch may have clocked out segments not yet written): the live bytes
+and the new ones go into a new buffer, the old one staying for any frame
+that still shows it; growing a queue such a frame shows makes a copy too
+(``tcp_send_queue_copied``). With TSO the queue holds whole segments
 (``snd_buf`` rounded down) and, while data is in flight, a partial segment
 waits: the tail of a host read that said more follows (``send(..., more=True)``,
 ``tcp_tx_tail_deferred``) or a window that allows under a third of itself
