@@ -15,6 +15,8 @@ bench/whole_path.py against servers on this namespace's loopback (reached as 10.
     redis  redis-benchmark -c 50 GET (when redis is installed)
     c2h    iperf3 -c 10.0.2.2 (container -> host), per GB
     rev    iperf3 -c 10.0.2.2 -R (host -> container), per GB
+    fwd    iperf3 -c 127.0.0.1 on the host through a forwarded port (`attach -p`) to
+           `iperf3 -s` inside (host -> container), per GB
 
 and reads the provider's utime and stime (/proc/PID/stat) around each: CPU µs per transaction
 (per GB for the bulk loads) split into user time (the Python stack, host code, the interpreter,
@@ -46,7 +48,9 @@ ECHO = os.path.join(HERE, "echo.py")
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
 GW = "10.0.2.2"
+FWD_GUEST_PORT = 5201
 PROCS: list[subprocess.Popen] = []
+BULK = ("c2h", "rev", "fwd")        # loads measured per GB
 
 
 def spawn(cmd, **kw) -> subprocess.Popen:
@@ -83,10 +87,11 @@ def wait_for(pred, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def listening(port: int) -> bool:
-    """A listener on 127.0.0.1:port, without connecting to it (iperf3 -s -1 takes one client)."""
-    want = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as f:
+def listening(port: int, pid="self", addr: str = "0100007F") -> bool:
+    """A listener on addr:port in PID's network namespace (default 127.0.0.1 here), without
+    connecting to it (iperf3 -s -1 takes one client)."""
+    want = f"{addr}:{port:04X}"
+    with open(f"/proc/{pid}/net/tcp") as f:
         return any(ln.split()[1] == want and ln.split()[3] == "0A" for ln in list(f)[1:])
 
 
@@ -105,9 +110,12 @@ class Box:
         if self.ns.stdout.readline().strip() != "ready":
             raise RuntimeError("unshare failed")
         self.prefix = ["nsenter", "-t", str(self.ns.pid), "-U", "-n", "--preserve-credentials", "--"]
-        self.prov = spawn([exe, "attach", "--mtu", "1500", str(self.ns.pid), "tap0"],
-                          stderr=subprocess.DEVNULL)
+        # The host port forwarded to the container's FWD_GUEST_PORT (the fwd load).
+        self.fwd = free_port()
+        self.prov = spawn([exe, "attach", "--mtu", "1500", "-p", f"127.0.0.1:{self.fwd}:{FWD_GUEST_PORT}",
+                           str(self.ns.pid), "tap0"], stderr=subprocess.DEVNULL)
         wait_for(self._ready, 20, "tap0 configured")
+        wait_for(lambda: listening(self.fwd), 10, "the forwarded port")
         # crr opens thousands of connections a second, run after run: the
         # container's TIME-WAIT ports toward 10.0.2.2 must not run out (these
         # sysctls are the namespace's own). This sat unreachable after a
@@ -146,6 +154,16 @@ def load(box: Box, test: str, dur: float, ports: dict) -> float:
         box.run(["redis-benchmark", "-h", GW, "-p", ports["redis"], "-c", "50", "-n", n, "-t", "get",
                  "--csv"], dur * 8 + 30)
         return n
+    if test == "fwd":
+        srv = spawn(box.prefix + ["iperf3", "-s", "-1", "-B", "0.0.0.0", "-p", FWD_GUEST_PORT], stdout=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: listening(FWD_GUEST_PORT, box.ns.pid, "00000000"), 10,
+                     "iperf3 server in the container")
+            out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(box.fwd), "-t", str(dur), "-J"],
+                                 capture_output=True, text=True, timeout=dur + 30, check=True).stdout
+        finally:
+            kill(srv)
+        return json.loads(out)["end"]["sum_received"]["bytes"] / 1e9
     port = free_port()
     srv = spawn(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", port], stdout=subprocess.DEVNULL)
     wait_for(lambda: listening(port), 10, "iperf3 server")
@@ -161,7 +179,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--usernet", action="append", metavar="NAME=EXE",
                     help="a build to measure (repeat for A/B); default this .venv's usernet")
-    ap.add_argument("--tests", default="rr,crr,redis,c2h,rev")
+    ap.add_argument("--tests", default="rr,crr,redis,c2h,rev,fwd")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--strace", action="store_true", help="also count syscalls per transaction")
@@ -190,7 +208,7 @@ def main() -> int:
                     u0, s0 = ut_st(box.prov.pid)
                     units = load(box, test, a.duration, ports)
                     u1, s1 = ut_st(box.prov.pid)
-                    scale = 1e6 if test not in ("c2h", "rev") else 1.0  # us per tx, s per GB
+                    scale = 1e6 if test not in BULK else 1.0  # us per tx, s per GB
                     res.setdefault((test, name), []).append(((u1 - u0) / units * scale,
                                                              (s1 - s0) / units * scale))
                     print(f"run {run + 1} {test:5} {name:10} user {res[(test, name)][-1][0]:8.2f} "
@@ -218,7 +236,7 @@ def main() -> int:
             kill(p)
     for name, mods in compiled.items():
         print(f"{name}: {builds[name]}; compiled modules in use: {mods}")
-    print(f"\nprovider CPU per transaction (rr, crr, redis: us; c2h, rev: s per GB), "
+    print(f"\nprovider CPU per transaction (rr, crr, redis: us; c2h, rev, fwd: s per GB), "
           f"median [min-max] of {a.runs} runs x {a.duration:g} s")
     print(f"{'test':6} {'build':12} {'user':>22} {'sys':>22} {'total':>8} {'sys share':>9}")
     for (test, name), xs in res.items():
@@ -241,7 +259,7 @@ def main() -> int:
         tot = sum(calls.values())
         top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
         per = "  ".join(f"{k} {v / units:.2f}" for k, v in top)
-        print(f"syscalls per {'GB' if test in ('c2h', 'rev') else 'transaction'}, {test} {name}: "
+        print(f"syscalls per {'GB' if test in BULK else 'transaction'}, {test} {name}: "
               f"{tot / units:.2f} ({per})")
     return 0
 

@@ -521,9 +521,11 @@ class FakeHost:
         frames, events = gw.frames_out, gw.events_out
         for _ in range(64):
             if frames:
-                for hdr, f in frames:
+                for item in frames:
                     self.stats["tx_frames"] += 1
-                    check_frame_out(gw, hdr, f)
+                    # A TSO segment comes as (header, headers, payload): one frame.
+                    check_frame_out(gw, item[0], item[1] if len(item) == 2
+                                    else bytearray(b"".join(item[1:])))
                 frames.clear()
             if events:
                 batch = events[:]

@@ -197,7 +197,8 @@ class PcapWriter:
 
         def write(entry):
             tap_write(entry)                 # raises before recording when not written
-            record(entry[1])
+            # A TSO segment is (header, headers, payload): the frame is both pieces.
+            record(entry[1] if len(entry) == 2 else b"".join(entry[1:]))
 
         driver._read = read
         driver._tap_write = write

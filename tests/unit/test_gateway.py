@@ -514,7 +514,8 @@ def test_offload_tcp_frames_carry_vnet_header_and_pseudo_checksum():
         if not frames:
             break
         for item in frames:
-            hdr, f = item
+            # A TSO segment is (header, headers, payload): the frame is both pieces.
+            hdr, f = item[0], b"".join(bytes(x) for x in item[1:])
             flags, gso_type, hdr_len, gso_size, start, off = VNET_HDR.unpack(hdr)
             assert (flags, start, off, hdr_len) == (1, 34, 16, 14 + 20 + 32)
             p = Ether(bytes(f))

@@ -266,7 +266,7 @@ def test_tcp_offload_frames_over_ipv6_use_tso6():
     feed(gw, to_gw(IPv6(src=GUEST, dst=GW) / TCP(sport=40000, dport=80, flags="A", seq=1001,
                                                   ack=isn + 1, window=65535)))
     gw.tcp_host_data(ev.fid, b"x" * 20000, 1.1)
-    hdrs = [VNET_HDR.unpack(h) for h, _f in gw.frames_out]
+    hdrs = [VNET_HDR.unpack(item[0]) for item in gw.frames_out]
     assert any(h[1] == VIRTIO_NET_HDR_GSO_TCPV6 for h in hdrs), hdrs
     # csum_start is the L4 offset behind the 40-byte IPv6 header.
     assert all(h[4] == 14 + 40 for h in hdrs)

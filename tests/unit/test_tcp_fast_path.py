@@ -378,7 +378,8 @@ def _gateway_run(fast: bool, offload: bool):
             data = b"y" * (1 + (k * 37) % 1500) if k % 5 else b"z" * 5000
             gw.tcp_host_data(ev.fid, data, now)
             our += len(data)
-        out = [(bytes(h), bytes(f)) for h, f in gw.frames_out]
+        # a frame is (vnet header, frame), or with TSO (vnet header, headers, payload view)
+        out = [tuple(bytes(x) for x in fr) for fr in gw.frames_out]
         counters = dict(gw.counters)
         return out, [_ev(e) for e in gw.events_out], counters
     finally:

@@ -513,13 +513,15 @@ class HostDriver:
 
     # ------------------------------------------------------------------- tx
     def _tap_write(self, entry) -> None:
-        """One ``(vnet_hdr, frame)`` entry to the TAP, the header dropped
-        when the fd has none (then the stack never offloads, so every
-        header is the all-zero one). Raises BlockingIOError/OSError."""
+        """One ``(vnet_hdr, frame)`` entry to the TAP (or ``(vnet_hdr, headers,
+        payload)``, a TSO segment in two pieces: one ``writev`` all the same),
+        the header dropped when the fd has none (then the stack never
+        offloads, so every header is the all-zero one and every entry a
+        pair). Raises BlockingIOError/OSError."""
         if self.vnet_hdr:
             os.writev(self.fd, entry)
         else:
-            os.write(self.fd, entry[1])
+            os.write(self.fd, entry[1] if len(entry) == 2 else b"".join(entry[1:]))
         self.counters["tx_frames"] += 1
 
     def _write(self, frame) -> None:

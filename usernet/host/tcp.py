@@ -5,7 +5,11 @@ the loop reads the host socket straight into one preallocated buffer that
 every flow shares (``READ_MAX`` bytes; each read is consumed before the
 callback returns, so one buffer serves them all), and that view goes to
 ``gw.tcp_host_data``, whose send queue copies what it takes: no bytes
-object per read. It answers how much it took; the rest is copied into
+object per read. Each read asks for what the flow's send queue takes now,
+in whole segments toward the container (``gw.tcp_read_size``): a bulk stream
+is cut into whole TSO frames, a read is rarely more than the queue takes, and
+one that filled its buffer tells the stack more follows (``more``). The
+gateway answers how much it took; the rest is copied into
 ``pending`` (at most one read's worth) with the transport's reading paused
 until the gateway says ``TcpResume``. Data from the container
 is written with ``transport.write``; the transport's write buffer size is
@@ -61,6 +65,7 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 # One read from a host socket, at most: big reads mean fewer calls per byte
 # toward the container (its send queue takes up to SND_BUF at once).
 READ_MAX = 256 * 1024
+READ_VIEWS_MAX = 64      # read sizes whose view of the read buffer is kept (TcpHost.read_view)
 
 _CONNECT_ERRORS = {
     errno.ECONNREFUSED: "refused",
@@ -157,7 +162,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
     # One per host socket, so slots (no instance dict): what an idle flow
     # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
     __slots__ = ("host", "fid", "transport", "pending", "paused", "eof_pending", "eof_seen",
-                 "closed")
+                 "closed", "rbuf")
 
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
@@ -168,6 +173,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
         self.eof_pending = False   # host EOF arrived while data was pending
         self.eof_seen = False      # host EOF already passed to the gateway
         self.closed = False
+        self.rbuf = None           # this flow's reads land here (get_buffer)
 
     # asyncio callbacks
     def connection_made(self, transport):
@@ -185,12 +191,22 @@ class FlowProtocol(asyncio.BufferedProtocol):
                 self.host.driver.flush()
 
     def get_buffer(self, sizehint):
-        return self.host.read_buf
+        # As much as the flow's send queue takes now, in whole segments
+        # toward the container (gw.tcp_read_size): a read that fills it is
+        # that many TSO frames and no runt, and nothing is held back.
+        n = self.host.driver.gw.tcp_read_size(self.fid, READ_MAX) if self.fid is not None else 0
+        buf = self.rbuf = self.host.read_view(n) if n else self.host.read_buf
+        return buf
 
     def buffer_updated(self, nbytes):
         d = self.host.driver
-        data = self.host.read_buf[:nbytes]
-        n = d.gw.tcp_host_data(self.fid, data, d.loop.time())
+        buf = self.rbuf
+        if buf is None:
+            buf = self.host.read_buf
+        data = buf[:nbytes]
+        # A read that filled the buffer: the socket likely holds more, which
+        # the loop reads at once; the stack may hold a partial segment for it.
+        n = d.gw.tcp_host_data(self.fid, data, d.loop.time(), nbytes == len(buf))
         if n < nbytes:
             # The shared buffer is reused by the next read: keep a copy.
             self.pending = bytes(data[n:])
@@ -281,6 +297,17 @@ class TcpHost:
         self._written_spare: set[int] = set()
         # Every flow's socket reads land here (FlowProtocol.get_buffer).
         self.read_buf = memoryview(bytearray(READ_MAX))
+        self._read_views: dict = {}         # read size -> read_buf[:size]
+
+    def read_view(self, n: int):
+        """The first ``n`` bytes of the shared read buffer (at most all of
+        it); the views of whole-segment sizes are kept (a handful of sizes)."""
+        view = self._read_views.get(n)
+        if view is None:
+            view = self.read_buf[:n]
+            if len(self._read_views) < READ_VIEWS_MAX:
+                self._read_views[n] = view
+        return view
 
     # ------------------------------------------------------------ events
     def connect(self, ev: TcpConnect) -> None:

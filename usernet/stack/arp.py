@@ -38,6 +38,11 @@ Timers: one per held address (the retry), through :class:`usernet.stack.timers.T
 
 from .timers import Timers
 
+def _frame_len(entry: tuple) -> int:
+    """Bytes of a ``frames_out`` entry's frame: every piece after the virtio-net header."""
+    return sum(len(x) for x in entry[1:])
+
+
 HOLD_MAX = 64           # frames held for one address while its MAC is unknown
 RETRY = 1.0             # seconds between solicitations for a held address
 TRIES = 3               # solicitations before the held frames are dropped
@@ -116,10 +121,11 @@ class NeighbourCache:
 
     def _release(self, hold: _Hold) -> None:
         if self.budget is not None:
-            self.budget.used -= sum(len(e[1]) for e in hold.frames)
+            self.budget.used -= sum(_frame_len(e) for e in hold.frames)
 
     def output(self, ip: bytes, mac: bytes | None, entry: tuple, now: float) -> None:
-        """Queue ``entry`` (a ``(vnet_hdr, frame)`` pair built for ``mac``,
+        """Queue ``entry`` (a ``(vnet_hdr, frame)`` pair, or ``(vnet_hdr, headers,
+        payload)`` for a TSO segment, built for ``mac``,
         the result of :meth:`lookup`), or hold it until ``ip`` resolves."""
         if mac is not None:
             self.frames_out.append(entry)
@@ -136,7 +142,7 @@ class NeighbourCache:
             if b.over():
                 self.counters[self._c_hold_budget] += 1
                 return
-            b.used += len(entry[1])
+            b.used += _frame_len(entry)
         hold.frames.append(entry)
 
     def _send_solicit(self, ip: bytes, hold: _Hold, now: float) -> None:

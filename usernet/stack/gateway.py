@@ -168,6 +168,7 @@ class Gateway:
         self.tcp_host_reset, self.tcp_host_backlog = tcp.host_reset, tcp.host_backlog
         self.tcp_open_inbound, self.tcp_active = tcp.open_inbound, tcp.active
         self.tcp_reset_all = tcp.reset_all
+        self.tcp_segment_size, self.tcp_read_size = tcp.segment_size, tcp.read_size
         self.tcp.neigh6 = self.neigh6
         self.datagrams = dg = DatagramNat(cfg, self.counters, self.flows, self.nat, self.neigh,
                                           t, self.events_out, self.mac, ident=self._ident,

@@ -42,11 +42,21 @@ comparisons below are plain integer comparisons.
 
 Sending (host -> container). Host bytes go into one ``bytearray`` holding
 everything from ``snd_una`` on (unacked + unsent), at most ``snd_buf`` bytes
-(``send`` returns how much it took). Acked bytes are deleted from the front
-(O(1) amortized in CPython). Segments are copied out as ``bytes`` of at most
-``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``; a
+(``send`` returns how much it took). Segments are views of it (no copy), of at
+most ``_seg_size`` bytes (``max_seg`` rounded down to a multiple of ``snd_mss``; a
 TSO-capable gateway sets it to ~64 KiB while the wire MSS, ``snd_mss``, stays
-the same: the container's kernel takes such a segment whole). Segments that
+the same: the container's kernel takes such a segment whole, and the gateway
+writes the view to the TAP behind the headers). A bytearray with views cannot
+be resized, so acked bytes are dropped by the next ``send``, not by the ACK
+(whose batch may have clocked out segments not yet written): the live bytes
+and the new ones go into a new buffer, the old one staying for any frame
+that still shows it; growing a queue such a frame shows makes a copy too
+(``tcp_send_queue_copied``). With TSO the queue holds whole segments
+(``snd_buf`` rounded down) and, while data is in flight, a partial segment
+waits: the tail of a host read that said more follows (``send(..., more=True)``,
+``tcp_tx_tail_deferred``) or a window that allows under a third of itself
+(``tcp_tx_window_deferred``, like Linux's ``tcp_tso_should_defer``); either
+leaves at the latest when the flight is acknowledged. Segments that
 arrive bigger than our MSS (the container's TSO super-segments, ~64 KiB) are
 taken like any other: only the window bounds what we accept. In flight is capped by
 ``min(cwnd, snd_wnd)``; cwnd starts at 10 segments (RFC 6928), grows by
@@ -242,6 +252,8 @@ _EMPTY = ()
 # Likewise the send queue: empty bytes until host data comes, and again once
 # all of it is acknowledged (a bytearray is made per burst, not kept per flow).
 _NO_BYTES = b""
+# bytearray().join: one new buffer from pieces, each copied once (TcpConnection.send).
+_join = bytearray().join
 
 
 def _covered(ranges: list, s: int, e: int) -> bool:
@@ -330,7 +342,7 @@ class TcpConnection:
         "_pto", "_pto_base", "_tlp_end", "_tlp_rexmit",
         # timers and the rest
         "_rto_at", "_persist_at", "_delack_at", "_tw_at", "_persist_backoff", "_probes",
-        "_answered", "_active", "_paused", "closed", "rexmits",
+        "_answered", "_active", "_paused", "closed", "rexmits", "_more",
     )
 
     def __init__(self, now, iss, mss, counters, *, rcv_buf=RCV_BUF, snd_buf=SND_BUF,
@@ -453,6 +465,7 @@ class TcpConnection:
         self._paused = False
         self.closed = False                   # CLOSED: the owner may forget the flow
         self.rexmits = 0                      # segments sent again (list_flows)
+        self._more = False                    # the host side said more bytes follow (send)
 
     # ------------------------------------------------------------------
     # opening
@@ -535,6 +548,11 @@ class TcpConnection:
         # kernel that cuts it sends no runt; never below one segment.
         seg = self.snd_mss
         self._seg_size = max(seg, self.max_seg - self.max_seg % seg) if self.max_seg else seg
+        if self._seg_size > seg and self.snd_buf > self._seg_size:
+            # TSO: a send queue of whole segments, so one filled by the host
+            # side (which reads whole segments: host/tcp.py) ends on a
+            # segment boundary and its tail is no runt.
+            self.snd_buf -= self.snd_buf % self._seg_size
         self.cwnd = INIT_CWND_SEGS * self.snd_mss
 
     def _send_syn(self, now: float) -> None:
@@ -556,8 +574,14 @@ class TcpConnection:
     # ------------------------------------------------------------------
     # host side
     # ------------------------------------------------------------------
-    def send(self, data, now: float) -> int:
-        """Queue host bytes toward the container; return how many were accepted."""
+    def send(self, data, now: float, more: bool = False) -> int:
+        """Queue host bytes toward the container; return how many were accepted.
+
+        ``more``: the host side expects more bytes at once (its read filled
+        its buffer): while data is in flight, a tail shorter than a whole
+        segment waits for them (or for the flight to be acknowledged) instead
+        of leaving as a runt frame of its own (see _output)."""
+        self._more = more
         st = self.state
         if st is ESTABLISHED and FAST_PATH and not self._sndbuf:
             # The send side's prediction: nothing queued or in flight, and
@@ -598,14 +622,34 @@ class TcpConnection:
         if self._fin_queued or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             self.counters["tcp_send_refused_state"] += 1
             return 0
-        room = self.snd_buf - len(self._sndbuf)
+        buf = self._sndbuf
+        # Acknowledged bytes stay at the queue's front until now (see
+        # _output: segments in flight may still be views of them).
+        dead = self.snd_una - self._buf_seq if buf else 0
+        if dead < 0:
+            dead = 0
+        room = self.snd_buf - len(buf) + dead
         n = len(data)
         if n > room:
             n = room if room > 0 else 0
             data = memoryview(data)[:n]
         if n:
-            if self._sndbuf:
-                self._sndbuf += data
+            if dead:
+                # The live bytes and the new ones in one new buffer: one copy
+                # of each (trimming the old one in place and growing it copied
+                # the live bytes once or twice more), and the old buffer is
+                # left as it is for frames not yet written that show it.
+                self._sndbuf = _join((memoryview(buf)[dead:], data))
+                self._buf_seq += dead
+            elif buf:
+                try:
+                    buf += data
+                except BufferError:
+                    # A frame not yet written (the TAP's queue, an impairment
+                    # holding it) still shows the queue: it keeps the old
+                    # buffer; the queue goes on in a copy.
+                    self.counters["tcp_send_queue_copied"] += 1
+                    self._sndbuf = buf + data
             else:
                 self._sndbuf = bytearray(data)
             if st in _OUTPUT_STATES:
@@ -1374,13 +1418,13 @@ class TcpConnection:
         n = ack - self._buf_seq
         if n > 0:
             blen = len(self._sndbuf)
-            if n > blen:
-                n = blen
-            if n == blen:
+            if n >= blen:
                 self._sndbuf = _NO_BYTES        # all acknowledged
-            else:
-                del self._sndbuf[:n]
-            self._buf_seq += n
+                self._buf_seq += blen
+            # else: the acknowledged bytes are dropped by the next send(), not
+            # here: segments this batch of ACKs clocked out are views of the
+            # queue (_output) not yet written, and a bytearray with views
+            # cannot be resized.
         xe = self._xl_end
         if xe and xe[0] <= ack:
             i = bisect_right(xe, ack)
@@ -1455,9 +1499,8 @@ class TcpConnection:
             if n >= blen:
                 self._sndbuf = _NO_BYTES        # all acknowledged
                 self._buf_seq += blen
-            else:
-                del buf[:n]
-                self._buf_seq += n
+            # else: as in _new_ack, the next send() drops the acknowledged
+            # bytes (segments not yet written are views of the queue).
         xe = self._xl_end
         if xe and xe[0] <= ack:
             if xe[-1] <= ack:
@@ -2029,6 +2072,12 @@ class TcpConnection:
         buf_end = buf_seq + len(buf)
         una = self.snd_una
         wnd = self.snd_wnd
+        # May a segment shorter than _seg_size wait (for data or window)?
+        # Only on the ordinary path (not a probe, not recovery's own limit),
+        # only with data in flight (its ACK comes and sends what waited) and
+        # only with segments bigger than the wire MSS (TSO: a partial one is
+        # a whole extra frame for us and an extra ACK from the container).
+        defer = not force and limit is None and self._seg_size > self.snd_mss
         if force:
             limit = una + wnd
         elif limit is None:
@@ -2048,14 +2097,31 @@ class TcpConnection:
                     size = seg_size
                 if size >= avail:
                     size = avail
+                    if defer and size < seg_size and self._more and nxt > una \
+                            and not self._fin_queued:
+                        # A tail of the host's data with more on its way:
+                        # it leaves with that data, or once the flight is
+                        # acknowledged (nothing then in flight).
+                        self.counters["tcp_tx_tail_deferred"] += 1
+                        break
                 elif size < self.snd_mss and size < (self._max_snd_wnd >> 1) and not force:
                     # RFC 9293 3.8.6.2.1 sender SWS avoidance: no runt
                     # segments into a small usable window.
                     break
+                elif defer and size < seg_size and nxt > una and 3 * size < limit - una:
+                    # The window allows only part of a segment, and less
+                    # than a third of the window (Linux's tcp_tso_should_defer,
+                    # tso_win_divisor 3): the ACK of what is in flight opens
+                    # it for a whole one.
+                    self.counters["tcp_tx_window_deferred"] += 1
+                    break
                 off = nxt - buf_seq
                 if mv is None:
                     mv = memoryview(buf)
-                payload = bytes(mv[off:off + size])
+                # A view, not a copy: a TSO segment's payload goes from the
+                # queue to the TAP's writev as it is (TcpNat.output). The
+                # queue is never resized while such a view lives (send()).
+                payload = mv[off:off + size]
                 end = nxt + size
                 flags = ACK
                 if end == buf_end:
@@ -2191,9 +2257,12 @@ class TcpConnection:
 
     def _check_pause(self) -> None:
         """Backpressure toward the host socket, on transitions only."""
-        queued = len(self._sndbuf)
+        end = self._buf_seq + len(self._sndbuf)
+        # Bytes not yet acknowledged (acknowledged ones may still sit at the
+        # queue's front until the next send()).
+        queued = end - (self.snd_una if self.snd_una > self._buf_seq else self._buf_seq)
         if self.state in _SYNCHRONIZED:
-            closed = self.snd_wnd == 0 and self._buf_seq + queued > self.snd_max
+            closed = self.snd_wnd == 0 and end > self.snd_max
         else:
             closed = False
         if self._paused:

@@ -88,6 +88,8 @@ from .flows import TcpFlow
 from .tcp import (CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK,
                   SYN_RECEIVED, SYN_SENT, TIME_WAIT, Segment, TcpConnection)
 
+#: States in which the segment size is negotiated (segment_size).
+_SIZED = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK))
 #: States in which the container's side is probed when silent.
 _PROBED = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2))
 #: States a full table may evict at any age: the container half-closed or
@@ -331,7 +333,10 @@ class TcpNat:
         (``csum=False``: the pseudo-header sum in the field, ``NEEDS_CSUM``)
         and one carrying more than ``snd_mss`` bytes goes as a TSO
         super-segment (``gso_size = snd_mss``, which already accounts for the
-        timestamp option); the container's kernel takes it whole."""
+        timestamp option); the container's kernel takes it whole. A TSO
+        segment is queued as ``(vnet_hdr, headers, payload)``: the frame is
+        the two pieces after the virtio-net header, which the driver's
+        ``writev`` joins, so its payload is never copied into a frame here."""
         conn = flow.conn
         segs = conn.segments_out
         if segs and len(segs) == 1 and flow.asum is not None and self.offload and FRAME_TEMPLATE:
@@ -384,17 +389,30 @@ class TcpNat:
                     ob = build_tcp_options(o.mss, o.wscale, o.sack_perm,
                                            None if o.ts_val is None else (o.ts_val, o.ts_ecr),
                                            o.sack_blocks)
+                payload = s.payload
+                if offload and len(payload) > mss:
+                    # A TSO super-segment: the headers alone, the payload
+                    # written after them by the same writev (no 64 KiB frame
+                    # allocated and copied into per segment).
+                    plen = len(payload)
+                    if asum is not None:
+                        f = build_tcp4(dmac, smac, rip, gip, asum, rport, gport, s.seq, s.ack,
+                                       s.flags, s.window, ob, b"", self._ident(), False, plen)
+                    else:
+                        f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
+                                      s.window, ob, ident=self._ident(), csum=False, plen=plen)
+                    self.counters["tcp_tx_gso_segments"] += 1
+                    output(gip, mac, (tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6), f,
+                                      payload), now)
+                    continue
                 if asum is not None:
                     f = build_tcp4(dmac, smac, rip, gip, asum, rport, gport, s.seq, s.ack,
-                                   s.flags, s.window, ob, s.payload, self._ident(), not offload)
+                                   s.flags, s.window, ob, payload, self._ident(), not offload)
                 else:
                     f = build_tcp(dmac, smac, rip, gip, rport, gport, s.seq, s.ack, s.flags,
-                                  s.window, ob, s.payload, ident=self._ident(), csum=not offload)
+                                  s.window, ob, payload, ident=self._ident(), csum=not offload)
                 if not offload:
                     hdr = VNET_HDR_NONE
-                elif len(s.payload) > mss:
-                    self.counters["tcp_tx_gso_segments"] += 1
-                    hdr = tcp_offload_hdr(l4, l4 + TCP_LEN + len(ob), mss, v6)
                 else:
                     # One of a handful of headers (by L4 offset and header
                     # length): each made once.
@@ -408,7 +426,13 @@ class TcpNat:
             self._forget(flow)
             return
         # The memory budget: what the flow holds now, charged by difference.
-        held = TCP_FLOW_COST + len(conn._sndbuf) + conn._ooo_bytes + flow.backlog + flow.host_held
+        # The send queue's bytes not yet acknowledged: acknowledged ones stay at
+        # its front until the host side's next send (TcpConnection.send), at
+        # most one flight, within the queue's bound all the same.
+        queued = len(conn._sndbuf)
+        if queued and conn.snd_una > conn._buf_seq:
+            queued -= conn.snd_una - conn._buf_seq
+        held = TCP_FLOW_COST + queued + conn._ooo_bytes + flow.backlog + flow.host_held
         if held != flow.charged:
             b = self.budget
             b.used += held - flow.charged
@@ -528,9 +552,11 @@ class TcpNat:
         flow.conn.host_refused(now)
         self.output(flow, now)
 
-    def host_data(self, fid: int, data, now: float) -> int:
+    def host_data(self, fid: int, data, now: float, more: bool = False) -> int:
         """Bytes read from the host socket; returns how many were taken. The
-        caller keeps the rest until ``TcpResume``."""
+        caller keeps the rest until ``TcpResume``. ``more``: the read filled
+        the host side's buffer, so more bytes are likely at once
+        (``TcpConnection.send``)."""
         flow = self.flows.tcp.by_id.get(fid)
         if flow is None:
             return len(data)
@@ -539,19 +565,55 @@ class TcpNat:
         if b.used >= b.limit:
             # Past the budget the queue toward the container stays small; the
             # host side keeps the rest (reading paused) until TcpResume.
-            room = BUDGET_FLOW_WINDOW - len(conn._sndbuf)
+            queued = len(conn._sndbuf)
+            if queued and conn.snd_una > conn._buf_seq:
+                queued -= conn.snd_una - conn._buf_seq      # acknowledged, not yet dropped
+            room = BUDGET_FLOW_WINDOW - queued
             if room < len(data):
                 self.counters["tcp_budget_send_capped"] += 1
                 n = conn.send(memoryview(data)[:room], now) if room > 0 else 0
-                if len(conn._sndbuf) and not conn.closed:
+                if queued + n and not conn.closed:
                     conn._paused = True      # its ACKs bring the TcpResume
                 flow.host_held = len(data) - n
                 self.output(flow, now)
                 return n
-        n = conn.send(data, now)
+        n = conn.send(data, now, more)
         flow.host_held = len(data) - n       # the host side keeps these until TcpResume
         self.output(flow, now)
         return n
+
+    def segment_size(self, fid: int) -> int:
+        """Payload bytes of a whole data segment toward the container (a TSO
+        super-segment with offloads), once the handshake set it; 0 when
+        unknown."""
+        flow = self.flows.tcp.by_id.get(fid)
+        if flow is None or flow.conn.state not in _SIZED:
+            return 0
+        return flow.conn._seg_size
+
+    def read_size(self, fid: int, cap: int) -> int:
+        """How many bytes the host side should read from the flow's socket
+        now (at most ``cap``): what the send queue has room for, in whole
+        segments when one fits, so a bulk stream is cut into whole segments
+        (no runt per read) and a read is never more than the queue takes
+        (no bytes held back and offered again, no extra pause and resume).
+        0: no advice (the flow is not established yet, or is gone)."""
+        flow = self.flows.tcp.by_id.get(fid)
+        if flow is None:
+            return 0
+        conn = flow.conn
+        if conn.state not in _SIZED:
+            return 0
+        queued = len(conn._sndbuf)
+        if queued and conn.snd_una > conn._buf_seq:
+            queued -= conn.snd_una - conn._buf_seq
+        room = conn.snd_buf - queued
+        if room > cap:
+            room = cap
+        seg = conn._seg_size
+        if room >= seg:
+            return room - room % seg
+        return room if room > 0 else cap
 
     def host_eof(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)

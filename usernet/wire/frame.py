@@ -283,18 +283,20 @@ def _pseudo(v6: bool, src: bytes, dst: bytes, proto: int, length: int) -> int:
 
 def build_tcp(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int,
               seq: int, ack: int, flags: int, window: int, options: bytes = b"", payload=b"",
-              *, ttl: int = 64, ident: int = 0, csum: bool = True) -> bytearray:
+              *, ttl: int = 64, ident: int = 0, csum: bool = True, plen: int = 0) -> bytearray:
     """A whole TCP frame (IPv4 or IPv6 chosen by the address length).
 
     With ``csum=False`` the checksum field holds the pseudo-header sum, as a
     virtio-net ``NEEDS_CSUM`` frame wants (csum_start = L4 offset,
-    csum_offset = 16).
+    csum_offset = 16). ``plen``: the headers alone for a payload of that many
+    bytes written after them (``writev``; ``csum=False`` only), none copied here.
     """
+    assert not (plen and csum), "a separate payload leaves its checksum to the kernel"
     v6 = len(src) == 16
     thl = TCP_LEN + len(options)
-    l4len = thl + len(payload)
+    l4len = thl + len(payload) + plen
     l4 = ETH_LEN + (IPV6_LEN if v6 else IPV4_LEN)
-    buf = bytearray(l4 + l4len)
+    buf = bytearray(l4 + l4len - plen)
     ETH.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6 if v6 else ETH_P_IP)
     _l3_into(buf, v6, src, dst, PROTO_TCP, l4len, ttl, ident, IP_DF)
     TCP.pack_into(buf, l4, sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
@@ -330,17 +332,18 @@ def addr_sum4(src: bytes, dst: bytes) -> int:
 
 def build_tcp4(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, asum: int, sport: int,
                dport: int, seq: int, ack: int, flags: int, window: int, options: bytes, payload,
-               ident: int, csum: bool) -> bytearray:
-    """``build_tcp`` for IPv4 with ``asum = addr_sum4(src, dst)`` known."""
+               ident: int, csum: bool, plen: int = 0) -> bytearray:
+    """``build_tcp`` for IPv4 with ``asum = addr_sum4(src, dst)`` known (``plen``
+    as there: the headers alone, for ``plen`` payload bytes written after them)."""
     olen = len(options)
     thl = TCP_LEN + olen
-    l4len = thl + len(payload)
+    l4len = thl + len(payload) + plen
     x = _TCP4_IP_CONST + asum + IPV4_LEN + l4len + ident
     r = x % 0xFFFF                       # ones_sum's fold (x is never 0 here)
     ipcs = ~(r if r else 0xFFFF) & 0xFFFF
     x = asum + PROTO_TCP + l4len
     ps = x % 0xFFFF or 0xFFFF
-    buf = bytearray(_TCP4_HDRS_LEN + l4len - TCP_LEN)
+    buf = bytearray(_TCP4_HDRS_LEN + l4len - TCP_LEN - plen)
     _TCP4_HDRS.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IP, 0x45, 0, IPV4_LEN + l4len, ident,
                          IP_DF, 64, PROTO_TCP, ipcs, src, dst, sport, dport, seq & 0xFFFFFFFF,
                          ack & 0xFFFFFFFF, (thl << 10) | flags, window, 0 if csum else ps, 0)
