@@ -605,16 +605,7 @@ class TcpConnection:
                     self._emit(nxt, _ACK_PSH, payload, now)
                     self.snd_nxt = self.snd_max = end
                     if self.sack_ok:
-                        # RACK's transmit-time log (see _output).
-                        xt = self._xl_ts
-                        if not xt:
-                            self._xl_end = [end]
-                            self._xl_ts = [now]
-                        elif xt[-1] == now:
-                            self._xl_end[-1] = end
-                        else:
-                            self._xl_end.append(end)
-                            xt.append(now)
+                        self._log_xmit(end, now)
                     if self._rto_at is None or self._pto:
                         self._arm_rtx(now)
                     self._persist_at = None
@@ -2055,6 +2046,19 @@ class TcpConnection:
     # ------------------------------------------------------------------
     # output
     # ------------------------------------------------------------------
+    def _log_xmit(self, end: int, now: float) -> None:
+        """RACK's transmit-time log (RFC 8985 6.1's xmit_ts): new data up to
+        ``end`` left at ``now``; one entry per distinct time."""
+        xt = self._xl_ts
+        if not xt:
+            self._xl_end = [end]
+            self._xl_ts = [now]
+        elif xt[-1] == now:
+            self._xl_end[-1] = end
+        else:
+            self._xl_end.append(end)
+            xt.append(now)
+
     def _output(self, now: float, force: bool = False, limit=None) -> None:
         """Send what the windows allow (or up to ``limit``): data, then our FIN."""
         if self._rp is not None and limit is None:
@@ -2154,16 +2158,7 @@ class TcpConnection:
         if nxt > snd_max:
             self.snd_max = nxt
             if self.sack_ok:
-                # RACK's transmit-time log: one entry per distinct time.
-                xt = self._xl_ts
-                if not xt:
-                    self._xl_end = [nxt]
-                    self._xl_ts = [now]
-                elif xt[-1] == now:
-                    self._xl_end[-1] = nxt
-                else:
-                    self._xl_end.append(nxt)
-                    xt.append(now)
+                self._log_xmit(nxt, now)
         if nxt > una:
             # RFC 6298 5.1: "Every time a packet containing data is sent
             # (including a retransmission), if the timer is not running, start it"
