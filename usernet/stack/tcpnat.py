@@ -125,6 +125,11 @@ PUSH_ACK_DELAY = 0.01
 # The options of nearly every segment of an established flow: NOP, NOP,
 # timestamps (what build_tcp_options gives for ts alone, packed directly).
 _TS_ONLY = struct.Struct("!BBBBII")
+# Segment(seq, ack, flags, window, options, payload) is this slice of a
+# parse_frame tuple (TcpNat.input: one slice instead of six subscripts).
+_SEG_FIELDS = slice(P_SEQ, P_PAYLOAD + 1)
+assert (P_SEQ, P_ACK, P_FLAGS, P_WINDOW, P_OPTS, P_PAYLOAD) == tuple(range(P_SEQ, P_PAYLOAD + 1))
+assert Segment._fields == ("seq", "ack", "flags", "window", "options", "payload")
 # Distinct addresses TcpNat._addr keeps one copy of (then it starts again:
 # a container talking to many hosts only loses the sharing, never a flow).
 ADDR_CACHE_MAX = 1024
@@ -173,13 +178,12 @@ class TcpNat:
         key = (p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT])
         flows = self.flows
         flow = flows.tcp.by_key.get(key)
-        seg = _new_tuple(Segment, (p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS],
-                                   p[P_PAYLOAD]))
-        flags = seg.flags
+        # The Segment's fields lie in the parse tuple in the same order.
+        seg = _new_tuple(Segment, p[_SEG_FIELDS])
+        flags = p[P_FLAGS]
         if flow is not None:
-            flow.last_rx = now
+            flow.last_rx = flow.last = now
             flow.pkts_in += 1
-            flow.last = now
             flow.conn.on_segment(seg, now)
             if flow.squeezed and flow.backlog:
                 # Its window is held shut by a backlog that may drain
@@ -345,9 +349,7 @@ class TcpNat:
             # connection's cached options object) and no more than one wire
             # segment of payload, to a resolved neighbour: patched into the
             # flow's header template instead of built field by field.
-            s = segs[0]
-            o = s[4]
-            payload = s[5]
+            seq, ack, flags, window, o, payload = segs[0]
             mac = flow.neigh.table.get(flow.guest_ip)
             if o is conn._opts and o is not NO_OPTIONS and mac is not None \
                     and len(payload) <= conn.snd_mss:
@@ -357,7 +359,7 @@ class TcpNat:
                                                       flow.remote_port, flow.guest_port)
                     flow.tpl_mac = mac
                 self.frames_out.append((_CSUM_HDR_TS4, build_tcp4_ts(
-                    tpl, flow.asum, s[0], s[1], s[2], s[3], o[4], o[5], payload, self._ident())))
+                    tpl, flow.asum, seq, ack, flags, window, o[4], o[5], payload, self._ident())))
                 flow.pkts_out += 1
                 flow.last = now
                 segs.clear()
@@ -430,12 +432,15 @@ class TcpNat:
         # its front until the host side's next send (TcpConnection.send), at
         # most one flight, within the queue's bound all the same.
         queued = len(conn._sndbuf)
-        if queued and conn.snd_una > conn._buf_seq:
-            queued -= conn.snd_una - conn._buf_seq
+        if queued:
+            una = conn.snd_una - conn._buf_seq
+            if una > 0:
+                queued -= una
         held = TCP_FLOW_COST + queued + conn._ooo_bytes + flow.backlog + flow.host_held
-        if held != flow.charged:
+        charged = flow.charged
+        if held != charged:
             b = self.budget
-            b.used += held - flow.charged
+            b.used += held - charged
             flow.charged = held
             if flow.squeezed and b.used < b.limit:
                 flow.squeezed = False
@@ -443,13 +448,14 @@ class TcpNat:
         elif flow.squeezed and self.budget.used < self.budget.limit:
             flow.squeezed = False
             conn.set_host_backlog(flow.backlog, now)
-        cd = flow.connect_deadline
-        if cd is not None and flow.inbound and conn.state != SYN_SENT:
-            flow.connect_deadline = cd = None    # the container answered our SYN
         # self._arm(flow), with flow.deadline() written out (once per segment).
         d = conn.get_timer()
-        if cd is not None and (d is None or cd < d):
-            d = cd
+        cd = flow.connect_deadline
+        if cd is not None:
+            if flow.inbound and conn.state != SYN_SENT:
+                flow.connect_deadline = None     # the container answered our SYN
+            elif d is None or cd < d:
+                d = cd
         x = flow.ka_at
         if x is not None and (d is None or x < d):
             d = x
