@@ -174,6 +174,7 @@ class Gateway:
         self.tcp_open_inbound, self.tcp_active = tcp.open_inbound, tcp.active
         self.tcp_reset_all = tcp.reset_all
         self.tcp_segment_size, self.tcp_read_size = tcp.segment_size, tcp.read_size
+        self.tcp_read_advice = tcp.read_advice
         self.tcp.neigh6 = self.neigh6
         self._tcp_input = tcp.input
         # The IPv4 neighbour table (receive_frame's source check; the cache

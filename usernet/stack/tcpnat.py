@@ -125,6 +125,15 @@ PUSH_ACK_DELAY = 0.01
 # The options of nearly every segment of an established flow: NOP, NOP,
 # timestamps (what build_tcp_options gives for ts alone, packed directly).
 _TS_ONLY = struct.Struct("!BBBBII")
+
+
+class _NoReadAdvice:
+    """TcpNat.read_advice's flow when there is none: ask every time."""
+    __slots__ = ()
+    rsize = -1
+
+
+NO_READ_ADVICE = _NoReadAdvice()
 # Segment(seq, ack, flags, window, options, payload) is this slice of a
 # parse_frame tuple (TcpNat.input: one slice instead of six subscripts).
 _SEG_FIELDS = slice(P_SEQ, P_PAYLOAD + 1)
@@ -427,6 +436,10 @@ class TcpNat:
         if conn.closed:
             self._forget(flow)
             return
+        if conn.state is not flow.rs_state and flow.rs_state is not None:
+            # The read advice holds in the state it was given in only.
+            flow.rsize = -1
+            flow.rs_state = None
         # The memory budget: what the flow holds now, charged by difference.
         # The send queue's bytes not yet acknowledged: acknowledged ones stay at
         # its front until the host side's next send (TcpConnection.send), at
@@ -468,6 +481,8 @@ class TcpNat:
     def _forget(self, flow: TcpFlow) -> None:
         if not self.flows.tcp.remove(flow):
             return
+        flow.rsize = 0          # read_size's answer for a flow gone (read_advice)
+        flow.rs_state = None
         self.budget.used -= flow.charged
         flow.charged = 0
         if flow.connecting:
@@ -581,10 +596,16 @@ class TcpNat:
                 if queued + n and not conn.closed:
                     conn._paused = True      # its ACKs bring the TcpResume
                 flow.host_held = len(data) - n
+                if len(conn._sndbuf) > flow.rs_qmax:
+                    flow.rsize = -1          # the read advice may no longer hold
                 self.output(flow, now)
                 return n
         n = conn.send(data, now, more)
         flow.host_held = len(data) - n       # the host side keeps these until TcpResume
+        if len(conn._sndbuf) > flow.rs_qmax:
+            # The queue may now leave less room than the read advice's cap
+            # (the only way room shrinks: read_advice).
+            flow.rsize = -1
         self.output(flow, now)
         return n
 
@@ -620,6 +641,32 @@ class TcpNat:
         if room >= seg:
             return room - room % seg
         return room if room > 0 else cap
+
+    def read_advice(self, fid: int, cap: int) -> tuple:
+        """``(flow, read_size(fid, cap))``, for a host side that keeps asking
+        with the same ``cap``: it may read ``flow.rsize`` instead of asking
+        again while that is not negative (``flow`` is :data:`NO_READ_ADVICE`
+        for a flow gone).
+
+        The answer is kept (``rsize``) when it cannot change until the send
+        queue's room falls under ``cap`` or the state changes: then it is
+        ``cap`` in whole segments whatever the queue holds. The queue's
+        bytearray bounds what it holds, so the advice stands while that
+        holds at most ``snd_buf - cap`` bytes (``rs_qmax``; host_data, the
+        only place it grows, withdraws it past that) and the state is the
+        one it was given in (output withdraws it on a change; _forget makes
+        it 0, the answer for a flow gone)."""
+        n = self.read_size(fid, cap)
+        flow = self.flows.tcp.by_id.get(fid)
+        if flow is None:
+            return NO_READ_ADVICE, n
+        conn = flow.conn
+        qmax = conn.snd_buf - cap
+        if conn.state in _SIZED and len(conn._sndbuf) <= qmax:
+            flow.rsize = n
+            flow.rs_qmax = qmax
+            flow.rs_state = conn.state
+        return flow, n
 
     def host_eof(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)
