@@ -502,6 +502,15 @@ class TcpHost:
         written = self.written
         if not written:
             return False
+        if len(written) == 1:
+            # One flow (request/response traffic): taken out first, so a flow
+            # written to while it is reported waits for the next report, as
+            # below.
+            fid = written.pop()
+            proto = self.protocols.get(fid)
+            if proto is not None and not proto.closed:
+                self.driver.gw.tcp_host_backlog(fid, proto.transport.get_write_buffer_size(), now)
+            return True
         # Two sets take turns (no set made per flush); a flow written to
         # while these are reported goes into the other one.
         self.written = self._written_spare

@@ -169,6 +169,10 @@ class TcpNat:
         self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
         self.budget = budget if budget is not None else MemoryBudget(config.memory_budget)
         self._addrs: dict = {}   # address -> the one bytes object flows keep (_addr)
+        # The TCP table's two dicts (FlowTable never replaces them): a lookup
+        # per segment and per host notification, two attribute loads less.
+        self._by_key = flows.tcp.by_key
+        self._by_id = flows.tcp.by_id
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -185,8 +189,7 @@ class TcpNat:
 
     def input(self, p, frame, now) -> None:
         key = (p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT])
-        flows = self.flows
-        flow = flows.tcp.by_key.get(key)
+        flow = self._by_key.get(key)
         # The Segment's fields lie in the parse tuple in the same order.
         seg = _new_tuple(Segment, p[_SEG_FIELDS])
         flags = p[P_FLAGS]
@@ -201,7 +204,7 @@ class TcpNat:
                 # report it at the end of this flush.
                 self.events_out.append(TcpData(flow.id, b""))
             self.output(flow, now)
-            if not (flags & SYN and not flags & ACK and flow.id not in flows.tcp.by_id):
+            if not (flags & SYN and not flags & ACK and flow.id not in self._by_id):
                 return
             # A new SYN ended an old flow in TIME-WAIT (RFC 9293 3.10.7.4 lets
             # a SYN reopen it): treat it as the new connection it is, now,
@@ -218,6 +221,7 @@ class TcpNat:
             self._rst_for(p, seg)
             return
         cfg = self.config
+        flows = self.flows
         dst, dport = p[P_DST], p[P_DPORT]
         if dst == cfg.dns_ip or (dst == cfg.dns6 and cfg.enable_ipv6):
             host = None
@@ -469,14 +473,15 @@ class TcpNat:
                 flow.connect_deadline = None     # the container answered our SYN
             elif d is None or cd < d:
                 d = cd
+        # The liveness check's deadline: every flow has one (_new_flow sets
+        # it, _keepalive moves it), so d is never None past this.
         x = flow.ka_at
-        if x is not None and (d is None or x < d):
+        if d is None or x < d:
             d = x
-        if d is not None:
-            armed = flow.armed
-            if armed is None or d < armed:
-                flow.armed = d
-                self.timers.push(d, self._kind, flow.id)
+        armed = flow.armed
+        if armed is None or d < armed:
+            flow.armed = d
+            self.timers.push(d, self._kind, flow.id)
 
     def _forget(self, flow: TcpFlow) -> None:
         if not self.flows.tcp.remove(flow):
@@ -578,7 +583,7 @@ class TcpNat:
         caller keeps the rest until ``TcpResume``. ``more``: the read filled
         the host side's buffer, so more bytes are likely at once
         (``TcpConnection.send``)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is None:
             return len(data)
         conn = flow.conn
@@ -625,7 +630,7 @@ class TcpNat:
         (no runt per read) and a read is never more than the queue takes
         (no bytes held back and offered again, no extra pause and resume).
         0: no advice (the flow is not established yet, or is gone)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is None:
             return 0
         conn = flow.conn
@@ -657,7 +662,7 @@ class TcpNat:
         one it was given in (output withdraws it on a change; _forget makes
         it 0, the answer for a flow gone)."""
         n = self.read_size(fid, cap)
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is None:
             return NO_READ_ADVICE, n
         conn = flow.conn
@@ -684,7 +689,7 @@ class TcpNat:
     def host_backlog(self, fid: int, nbytes: int, now: float) -> None:
         """Bytes waiting in the host socket's write buffer (the host side
         reports it once per flush for every flow it wrote to)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is not None:
             old_backlog = flow.backlog
             flow.backlog = nbytes
