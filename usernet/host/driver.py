@@ -171,6 +171,9 @@ class HostDriver:
         if impair:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
+        # The one-frame wake-up's written-out path applies (_on_readable):
+        # frames behind a virtio-net header, no impairment in between.
+        self._rx_direct = vnet_hdr and self.rx_impair is None
         # What flush watches to skip _arm_timer (the stack's heap), or None:
         # always call it (no heap to watch, or impairments, whose held
         # frames need their tick armed there).
@@ -372,7 +375,7 @@ class HostDriver:
     # ------------------------------------------------------------------- rx
     def _on_readable(self) -> None:
         single = self._rx_single
-        if single and self.vnet_hdr and self.rx_impair is None:
+        if single and self._rx_direct:
             # One frame per wake-up while the traffic is request/response (see
             # RX_PROBE_EVERY): the loop below with limit 1, written out (it is
             # every wake-up of such traffic).
@@ -381,18 +384,17 @@ class HostDriver:
             try:
                 data = self._read(self.fd, RX_BUF)
             except BlockingIOError:
-                data = None
+                pass
             except OSError as e:
                 if e.errno != errno.EINTR:
                     log.info("TAP read failed (%s): the namespace is gone, stopping", e.strerror)
                     self._stop()
                     return
-                data = None
-            if data is not None:
-                if not data:
-                    self._stop()
-                    return
+            else:
                 if len(data) < VNET_HDR_LEN:
+                    if not data:
+                        self._stop()
+                        return
                     self.counters["drop_vnet_truncated"] += 1
                 else:
                     if data[1]:             # gso_type: a TSO super-frame; bulk: drain again

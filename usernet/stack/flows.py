@@ -86,7 +86,8 @@ class TcpFlow:
         self.tpl_mac = None
         # The host side's read size (TcpNat.read_advice): what read_size
         # answers while the send queue's buffer holds at most rs_qmax bytes
-        # and the connection stays in state rs_state; -1: none, ask.
+        # and the connection stays in state rs_state (the state output last
+        # saw); -1: none, ask.
         self.rsize = -1
         self.rs_qmax = -1
         self.rs_state = None

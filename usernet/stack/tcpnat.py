@@ -440,10 +440,10 @@ class TcpNat:
         if conn.closed:
             self._forget(flow)
             return
-        if conn.state is not flow.rs_state and flow.rs_state is not None:
+        if conn.state is not flow.rs_state:
             # The read advice holds in the state it was given in only.
             flow.rsize = -1
-            flow.rs_state = None
+            flow.rs_state = conn.state
         # The memory budget: what the flow holds now, charged by difference.
         # The send queue's bytes not yet acknowledged: acknowledged ones stay at
         # its front until the host side's next send (TcpConnection.send), at
@@ -487,7 +487,6 @@ class TcpNat:
         if not self.flows.tcp.remove(flow):
             return
         flow.rsize = 0          # read_size's answer for a flow gone (read_advice)
-        flow.rs_state = None
         self.budget.used -= flow.charged
         flow.charged = 0
         if flow.connecting:
