@@ -620,7 +620,8 @@ class HostDriver:
                 except OSError as e:
                     self._write_failed(f, e)
         elif events and not frames:
-            # Events alone: the first round (no frames to write) ...
+            # Events alone: the first round (no frames to write; _dispatch,
+            # inline) ...
             batch = events[:]
             events.clear()
             handlers = self._handlers
@@ -643,9 +644,11 @@ class HostDriver:
                 self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX - 2)
         else:
             self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX)
-        # self._arm_timer() when it can do anything: not when a timer is
-        # armed and the stack's heap had no push since (see _arm_timer;
-        # _pushes_seen is -1 while no timer is armed).
+        # self._arm_timer() when it can do anything: not when the stack's
+        # heap had no push since it last looked (then the deadline can only
+        # be later, or is still none: see _arm_timer). _on_timer resets
+        # _pushes_seen, so once the armed timer has fired the next flush
+        # looks again.
         tm = self._timer_watch
         if tm is None or tm.pushes != self._pushes_seen:
             self._arm_timer()
