@@ -652,3 +652,17 @@ def test_echo_reply_to_a_reassembled_request_is_fragmented_to_the_mtu():
     reply = ICMP(l4)
     assert reply.type == 0 and reply.id == 5 and reply.seq == 1 and bytes(reply.payload) == data
     assert gw.counters["icmp_tx_fragments"] == 3
+
+
+def test_ipv4_identification_counts_up_by_one_from_a_seeded_start_and_wraps():
+    """Every IPv4 datagram we build takes the next identification: one more
+    each time, modulo 2**16, from a start drawn from the seeded generator
+    (the same start for the same seed)."""
+    import random
+    gw = Gateway(NetConfig(), seed=5)
+    first = gw._ident()
+    assert first == (random.Random(5).randrange(65536) + 1) & 0xFFFF
+    seen = [first] + [gw._ident() for _ in range(70000)]
+    assert all(0 <= x <= 0xFFFF for x in seen)
+    assert all(b == (a + 1) & 0xFFFF for a, b in zip(seen, seen[1:]))
+    assert Gateway(NetConfig(), seed=5)._ident() == first

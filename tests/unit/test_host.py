@@ -664,3 +664,70 @@ def test_one_frame_wakeup_handles_runts_super_frames_and_eof():
     finally:
         loop.close()
         tap.close()
+
+
+def test_flush_rearms_once_the_timer_fired_though_nothing_was_pushed():
+    """flush leaves _arm_timer out while a timer is armed and the stack's heap
+    had no push since; once the timer has fired none is armed, so the next
+    flush arms one for the next live deadline even if firing pushed nothing."""
+    from usernet.host import driver as drv
+    tap, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    loop = asyncio.new_event_loop()
+    try:
+        gw = Gateway(NetConfig(), seed=1)
+        fired = []
+        kind = gw.timers.kind(lambda key, d: True, lambda key, d, now: fired.append(key))
+        d = drv.HostDriver(gw, tap.fileno())
+        d.start(loop, read_tap=False)
+        t0 = loop.time()
+        gw.timers.push(t0 + 100, kind, "first")
+        gw.timers.push(t0 + 200, kind, "second")
+        d.flush()
+        assert d._timer_at == t0 + 100
+        d.flush()                                   # nothing pushed: the same timer
+        assert d._timer_at == t0 + 100
+        d._on_timer()                               # the loop runs it (at its deadline)
+        assert fired == ["first"]
+        assert d._timer_at == t0 + 200              # re-armed, though nothing was pushed
+        gw.timers.push(t0 + 150, kind, "third")     # an earlier one: re-armed for it
+        d.flush()
+        assert d._timer_at == t0 + 150
+        d.close()
+    finally:
+        loop.close()
+        tap.close()
+        peer.close()
+
+
+def test_frames_after_a_blocked_tap_write_queue_behind_it_in_order():
+    """flush's frames-only round (written out): once a TAP write answers
+    EAGAIN, that frame and every later one wait in the queue, in order, and
+    leave in that order when the TAP is writable again."""
+    from usernet.host import driver as drv
+    tap, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    loop = asyncio.new_event_loop()
+    try:
+        gw = Gateway(NetConfig(), seed=1)
+        d = drv.HostDriver(gw, tap.fileno())
+        d.start(loop, read_tap=False)
+        wrote, blocked = [], [False, True, False, False]
+
+        def tap_write(entry):
+            if blocked.pop(0):
+                raise BlockingIOError
+            wrote.append(entry[1])
+        d._tap_write = tap_write
+        gw.frames_out.extend((VNET_HDR_NONE, x) for x in (b"a", b"b", b"c"))
+        d.flush()
+        assert wrote == [b"a"] and [e[1] for e in d._txq] == [b"b", b"c"] and d._writer_on
+        gw.frames_out.append((VNET_HDR_NONE, b"d"))
+        d.flush()                                   # behind the queue, not before it
+        assert wrote == [b"a"] and [e[1] for e in d._txq] == [b"b", b"c", b"d"]
+        blocked[:] = [False] * 3
+        d._on_writable()
+        assert wrote == [b"a", b"b", b"c", b"d"] and not d._txq and not d._writer_on
+        d.close()
+    finally:
+        loop.close()
+        tap.close()
+        peer.close()

@@ -212,3 +212,70 @@ def test_host_reads_and_the_send_queue_are_whole_segments():
     assert len(view) == 4 * SEG and host.read_view(4 * SEG) is view   # kept, shared
     view[0] = 0xAB
     assert host.read_buf[0] == 0xAB                       # the shared buffer, cut
+
+
+class _Driver:
+    """What FlowProtocol.get_buffer asks of its driver: the gateway."""
+
+    def __init__(self, gw):
+        self.gw = gw
+
+
+def test_read_advice_follows_the_send_queue_room_and_the_state():
+    """FlowProtocol.get_buffer reads the stack's kept read advice instead of
+    asking (TcpNat.read_advice): its buffer is always read_size's answer,
+    however the queue's room and the flow's state move."""
+    from usernet.host.tcp import READ_MAX, FlowProtocol, TcpHost
+    from usernet.stack.tcpnat import NO_READ_ADVICE
+    gw, fid, ours = _flow(window=0)        # the container's window shut: nothing leaves
+    host = TcpHost(_Driver(gw))
+    proto = FlowProtocol(host, fid)
+    conn = gw.flows.tcp.by_id[fid].conn
+    asked = []
+    real = gw.tcp_read_advice
+    gw.tcp_read_advice = lambda f, cap: asked.append(cap) or real(f, cap)
+
+    def check():
+        buf = proto.get_buffer(-1)
+        want = gw.tcp_read_size(fid, READ_MAX)
+        assert len(buf) == (want or READ_MAX)
+        return want
+
+    assert check() == 4 * SEG and asked == [READ_MAX]
+    assert proto.advice is gw.flows.tcp.by_id[fid]
+    assert check() == 4 * SEG and asked == [READ_MAX]            # kept: not asked again
+    # Queued bytes that leave a read's room: the advice stands.
+    gw.tcp_host_data(fid, bytes(conn.snd_buf - READ_MAX), 0.01)
+    assert check() == 4 * SEG and len(asked) == 1
+    # One byte more: less room than a read; the advice is withdrawn, and the
+    # answer follows the room from then on (asked each time while short).
+    gw.tcp_host_data(fid, b"x", 0.02)
+    assert proto.advice.rsize == -1
+    assert check() == 4 * SEG and len(asked) == 2     # the room still holds 4 segments
+    gw.tcp_host_data(fid, bytes(2 * SEG), 0.03)
+    assert check() == 2 * SEG and len(asked) == 3
+    assert check() == 2 * SEG and len(asked) == 4
+    # The container opens its window and acknowledges everything sent: the
+    # room comes back, and with it the kept advice.
+    _ack(gw, ours, 0.04, window=65535)
+    sent = sum(len(p) for _s, p, _e in _take(gw))
+    _ack(gw, ours + sent, 0.05)
+    for _ in range(20):
+        if not conn.snd_max - conn.snd_una:
+            break
+        sent += sum(len(p) for _s, p, _e in _take(gw))
+        _ack(gw, ours + sent, 0.06)
+    gw.frames_out.clear()
+    gw.tcp_host_data(fid, b"y", 0.07)     # drops the acknowledged bytes from the queue
+    n = len(asked)
+    assert check() == 4 * SEG
+    assert check() == 4 * SEG and len(asked) == n + 1
+    # A state change withdraws it; a flow gone answers 0 (the whole buffer).
+    flow = gw.flows.tcp.by_id[fid]
+    gw.tcp_host_eof(fid, 0.08)             # FIN-WAIT-1
+    assert flow.rsize == -1
+    assert check() == 4 * SEG
+    gw.tcp_host_reset(fid, 0.09)           # aborted: forgotten
+    assert fid not in gw.flows.tcp.by_id and flow.rsize == 0
+    assert check() == 0 and proto.get_buffer(-1) is host.read_buf
+    assert NO_READ_ADVICE.rsize == -1

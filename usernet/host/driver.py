@@ -171,6 +171,16 @@ class HostDriver:
         if impair:
             self.rx_impair = Impairment.parse(impair, self.counters, "rx")
             self.tx_impair = Impairment.parse(impair, self.counters, "tx", seed_offset=1)
+        # The one-frame wake-up's written-out path applies (_on_readable):
+        # frames behind a virtio-net header, no impairment in between.
+        self._rx_direct = vnet_hdr and self.rx_impair is None
+        # What flush watches to skip _arm_timer (the stack's heap), or None:
+        # always call it (no heap to watch, or impairments, whose held
+        # frames need their tick armed there).
+        self._timer_watch = self._stack_timers if self.rx_impair is None else None
+        # The gateway's two output lists (they live as long as it does).
+        self._frames = gateway.frames_out
+        self._events = gateway.events_out
         self.stopped = None
         self.port = None               # a switch port (attach_port), on a named network
         self._handlers: dict = {}      # event type -> method, built at start()
@@ -365,7 +375,7 @@ class HostDriver:
     # ------------------------------------------------------------------- rx
     def _on_readable(self) -> None:
         single = self._rx_single
-        if single and self.vnet_hdr and self.rx_impair is None:
+        if single and self._rx_direct:
             # One frame per wake-up while the traffic is request/response (see
             # RX_PROBE_EVERY): the loop below with limit 1, written out (it is
             # every wake-up of such traffic).
@@ -374,18 +384,17 @@ class HostDriver:
             try:
                 data = self._read(self.fd, RX_BUF)
             except BlockingIOError:
-                data = None
+                pass
             except OSError as e:
                 if e.errno != errno.EINTR:
                     log.info("TAP read failed (%s): the namespace is gone, stopping", e.strerror)
                     self._stop()
                     return
-                data = None
-            if data is not None:
-                if not data:
-                    self._stop()
-                    return
+            else:
                 if len(data) < VNET_HDR_LEN:
+                    if not data:
+                        self._stop()
+                        return
                     self.counters["drop_vnet_truncated"] += 1
                 else:
                     if data[1]:             # gso_type: a TSO super-frame; bulk: drain again
@@ -533,12 +542,18 @@ class HostDriver:
             return
         try:
             self._tap_write(frame)
-        except BlockingIOError:
+        except OSError as e:
+            self._write_failed(frame, e)
+
+    def _write_failed(self, frame, e: OSError) -> None:
+        """A TAP write with nothing queued before it failed: EAGAIN queues
+        the frame until the TAP is writable; any other error drops it."""
+        if isinstance(e, BlockingIOError):
             self._txq.append(frame)
             if not self._writer_on:
                 self._writer_on = True
                 self.loop.add_writer(self.fd, self._on_writable)
-        except OSError as e:
+        else:
             self.counters["drop_tx_error"] += 1
             log.debug("TAP write failed: %s", e)
 
@@ -580,23 +595,86 @@ class HostDriver:
         Events can feed the gateway again (a resumed flow offers its held
         bytes, a refused UDP send becomes ICMP), so this runs until both
         lists are empty; each round takes what is there and empties the
-        lists in place (the stack holds them)."""
-        gw = self.gw
-        frames = gw.frames_out
-        events = gw.events_out
+        lists in place (the stack holds them). The two commonest flushes,
+        frames alone (a host socket's answer) and events alone (the
+        container's data for a host socket), are the first round written
+        out; any other goes through :meth:`_flush_rounds`."""
+        frames = self._frames
+        events = self._events
         tcp = self.tcp
-        if frames and not events and not tcp.written and not self.udp.pending \
-                and self.tx_impair is None:
-            # Frames and nothing else (a host socket's answer): what the
-            # first round below comes to, which then ends.
+        if self.tx_impair is not None:
+            self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX)
+        elif frames and not events and not tcp.written and not self.udp.pending:
+            # Frames and nothing else: what the first round comes to, which
+            # then ends (nothing else to do). self._write, inline.
             batch = frames[:]
             frames.clear()
-            write = self._write
+            txq = self._txq
+            tap_write = self._tap_write
             for f in batch:
-                write(f)
+                if txq:
+                    self._write(f)
+                    continue
+                try:
+                    tap_write(f)
+                except OSError as e:
+                    self._write_failed(f, e)
+        elif events and not frames:
+            # Events alone: the first round (no frames to write; _dispatch,
+            # inline) ...
+            batch = events[:]
+            events.clear()
+            handlers = self._handlers
+            for e in batch:
+                h = handlers.get(type(e))
+                if h is None:
+                    self.counters["host_event_unhandled"] += 1
+                    continue
+                try:
+                    h(e)
+                except Exception:  # noqa: BLE001 - the rest of the events must run
+                    self.counters["host_event_error_" + e.KIND] += 1
+                    log.debug("host event %s failed", e.KIND, exc_info=True)
+            # ... then the second: on to the rest of the rounds if the events
+            # made frames, events or UDP datagrams, else the backlog report,
+            # which ends the flush unless it made some.
+            if frames or events or self.udp.pending:
+                self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX - 1)
+            elif tcp.written and tcp.report_backlog(self.loop.time()) and (frames or events):
+                self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX - 2)
+        else:
+            self._flush_rounds(frames, events, tcp, FLUSH_ROUNDS_MAX)
+        # self._arm_timer() when it can do anything: not when the stack's
+        # heap had no push since it last looked (then the deadline can only
+        # be later, or is still none: see _arm_timer). _on_timer resets
+        # _pushes_seen, so once the armed timer has fired the next flush
+        # looks again.
+        tm = self._timer_watch
+        if tm is None or tm.pushes != self._pushes_seen:
             self._arm_timer()
-            return
-        for _ in range(FLUSH_ROUNDS_MAX):
+
+    def _dispatch(self, events: list) -> None:
+        """Act on the events in hand (emptying the list in place first: the
+        handlers may add more, for the next round)."""
+        batch = events[:]
+        events.clear()
+        handlers = self._handlers
+        for e in batch:
+            h = handlers.get(type(e))
+            if h is None:
+                self.counters["host_event_unhandled"] += 1
+                continue
+            try:
+                h(e)
+            except Exception:  # noqa: BLE001 - the rest of the events must run
+                self.counters["host_event_error_" + e.KIND] += 1
+                log.debug("host event %s failed", e.KIND, exc_info=True)
+
+    def _flush_rounds(self, frames: list, events: list, tcp, rounds: int) -> None:
+        """flush's rounds (at most ``rounds`` of them): frames, then events,
+        then UDP datagrams, then the TCP backlog report, until a round adds
+        nothing."""
+        for _ in range(rounds):
             if frames:
                 batch = frames[:]
                 frames.clear()
@@ -609,19 +687,7 @@ class HostDriver:
                         for f in self.tx_impair.apply(f0):
                             write(f)
             if events:
-                batch = events[:]
-                events.clear()
-                handlers = self._handlers
-                for e in batch:
-                    h = handlers.get(type(e))
-                    if h is None:
-                        self.counters["host_event_unhandled"] += 1
-                        continue
-                    try:
-                        h(e)
-                    except Exception:  # noqa: BLE001 - the rest of the events must run
-                        self.counters["host_event_error_" + e.KIND] += 1
-                        log.debug("host event %s failed", e.KIND, exc_info=True)
+                self._dispatch(events)
                 continue
             if self.udp.pending:
                 # The round's UDP datagrams, several per send (host/udp.py); a refused one
@@ -638,7 +704,6 @@ class HostDriver:
             # flush (the next read, timer or socket callback) instead of
             # spinning here.
             self.counters["host_flush_rounds_exceeded"] += 1
-        self._arm_timer()
 
     def _arm_timer(self) -> None:
         if self.rx_impair is not None and (self.rx_impair.held or self.tx_impair.held):
@@ -674,6 +739,7 @@ class HostDriver:
         d = self._timer_at
         self._timer = None
         self._timer_at = None
+        self._pushes_seen = -1     # no timer armed: the next flush must re-arm (flush)
         now = self.loop.time()
         if d is not None and d > now:
             now = d

@@ -43,6 +43,7 @@ from ..stack.events import (TcpAbort, TcpCancel, TcpClose, TcpConnect, TcpConnec
                             TcpInboundConnected, TcpInboundRefused, TcpPause, TcpResume,
                             TcpShutdown)
 from ..stack.tcp import RCV_BUF
+from ..stack.tcpnat import NO_READ_ADVICE
 from .dns import DnsTcpSession
 from .outbound import bind_outbound, is_host_local
 
@@ -162,7 +163,7 @@ class FlowProtocol(asyncio.BufferedProtocol):
     # One per host socket, so slots (no instance dict): what an idle flow
     # costs counts ten thousand times (usernet/stack/config.py TCP_FLOW_COST).
     __slots__ = ("host", "fid", "transport", "pending", "paused", "eof_pending", "eof_seen",
-                 "closed", "rbuf")
+                 "closed", "rbuf", "advice")
 
     def __init__(self, host: "TcpHost", fid: int):
         self.host = host
@@ -174,6 +175,9 @@ class FlowProtocol(asyncio.BufferedProtocol):
         self.eof_seen = False      # host EOF already passed to the gateway
         self.closed = False
         self.rbuf = None           # this flow's reads land here (get_buffer)
+        # The stack's read advice (gw.tcp_read_advice): its rsize is the
+        # read size while not negative, kept fresh by the stack.
+        self.advice = NO_READ_ADVICE
 
     # asyncio callbacks
     def connection_made(self, transport):
@@ -193,8 +197,19 @@ class FlowProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         # As much as the flow's send queue takes now, in whole segments
         # toward the container (gw.tcp_read_size): a read that fills it is
-        # that many TSO frames and no runt, and nothing is held back.
-        n = self.host.driver.gw.tcp_read_size(self.fid, READ_MAX) if self.fid is not None else 0
+        # that many TSO frames and no runt, and nothing is held back. The
+        # stack's advice says it without a call while it holds (nearly
+        # always: it changes only when the queue nears full or the state
+        # changes); then the last buffer is the one if its size is right.
+        n = self.advice.rsize
+        if n < 0:
+            if self.fid is None:
+                n = 0
+            else:
+                self.advice, n = self.host.driver.gw.tcp_read_advice(self.fid, READ_MAX)
+        buf = self.rbuf
+        if buf is not None and len(buf) == n:
+            return buf
         buf = self.rbuf = self.host.read_view(n) if n else self.host.read_buf
         return buf
 
@@ -487,6 +502,15 @@ class TcpHost:
         written = self.written
         if not written:
             return False
+        if len(written) == 1:
+            # One flow (request/response traffic): taken out first, so a flow
+            # written to while it is reported waits for the next report, as
+            # below.
+            fid = written.pop()
+            proto = self.protocols.get(fid)
+            if proto is not None and not proto.closed:
+                self.driver.gw.tcp_host_backlog(fid, proto.transport.get_write_buffer_size(), now)
+            return True
         # Two sets take turns (no set made per flush); a flow written to
         # while these are reported goes into the other one.
         self.written = self._written_spare

@@ -47,7 +47,8 @@ class TcpFlow:
     __slots__ = ("id", "key", "conn", "guest_ip", "guest_port", "remote_ip", "remote_port",
                  "connecting", "connect_deadline", "armed", "inbound", "neigh",
                  "charged", "backlog", "host_held", "squeezed", "last_rx", "ka_at", "probes", "probe_sent",
-                 "asum", "opened", "last", "pkts_in", "pkts_out", "tpl", "tpl_mac")
+                 "asum", "opened", "last", "pkts_in", "pkts_out", "tpl", "tpl_mac",
+                 "rsize", "rs_qmax", "rs_state")
 
     def __init__(self, fid, key, conn, inbound: bool, neigh=None, now: float = 0.0):
         self.id = fid
@@ -83,6 +84,13 @@ class TcpFlow:
         # neighbour MAC it was made for.
         self.tpl = None
         self.tpl_mac = None
+        # The host side's read size (TcpNat.read_advice): what read_size
+        # answers while the send queue's buffer holds at most rs_qmax bytes
+        # and the connection stays in state rs_state (the state output last
+        # saw); -1: none, ask.
+        self.rsize = -1
+        self.rs_qmax = -1
+        self.rs_state = None
 
     def deadline(self):
         t = self.conn.get_timer()

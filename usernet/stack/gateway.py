@@ -67,6 +67,7 @@ working.
 """
 
 import random
+from itertools import count
 
 from ..wire import ParseError
 from ..wire.arp import ARP_REPLY, ARP_REQUEST, parse_arp
@@ -75,7 +76,7 @@ from ..wire.dns import build_servfail
 from ..wire.ether import BROADCAST, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 from ..wire.frame import (P_ACK, P_DPORT, P_DST, P_DST_MAC, P_END, P_ETHERTYPE, P_FRAG, P_L3,
                           P_L4, P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC, P_SRC_MAC, P_TTL,
-                          build_arp, build_icmp, build_udp, ipv4_header_ok, l4_checksum_ok,
+                          build_arp, build_icmp, build_udp, l4_checksum_ok,
                           parse_frame)
 from ..wire.dhcpv6 import SERVER_PORT as DHCP6_SERVER_PORT
 from ..wire.icmp import (ICMP6_DEST_UNREACH, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST,
@@ -103,6 +104,7 @@ from .ndp import LINK_LOCAL_GW, Ipv6Router, multicast_mac
 from .timers import Timers
 
 _ANY4 = b"\0\0\0\0"
+_from_bytes = int.from_bytes
 _ANY6 = bytes(16)
 ALL_DHCP_SERVERS = bytes.fromhex("ff020000000000000000000000010002")  # RFC 8415 7.1
 # ICMPv6 (RFC 4443): an error quotes as much of the offending packet as fits
@@ -155,7 +157,10 @@ class Gateway:
         self.reasm = Reassembler(self.counters, FRAG_TIMEOUT, cfg.frag_max_datagrams,
                                  cfg.frag_max_bytes, budget)
         self._frag_armed = None
-        self._ip_ident = self.rng.randrange(65536)
+        # The IPv4 identification of the next datagram we send: one more each
+        # time, from a random start, modulo 2**16. A C iterator (no Python
+        # frame per frame built): ``_ident()`` is ``next`` on it.
+        self._ident = map((0xFFFF).__and__, count(self.rng.randrange(65536) + 1)).__next__
         t = self.timers
         self.tcp = TcpNat(cfg, self.counters, self.flows, self.nat, self.neigh, t,
                           self.frames_out, self.events_out, self.mac, self.rng,
@@ -169,7 +174,12 @@ class Gateway:
         self.tcp_open_inbound, self.tcp_active = tcp.open_inbound, tcp.active
         self.tcp_reset_all = tcp.reset_all
         self.tcp_segment_size, self.tcp_read_size = tcp.segment_size, tcp.read_size
+        self.tcp_read_advice = tcp.read_advice
         self.tcp.neigh6 = self.neigh6
+        self._tcp_input = tcp.input
+        # The IPv4 neighbour table (receive_frame's source check; the cache
+        # never replaces its dict).
+        self._neigh4 = self.neigh.table
         self.datagrams = dg = DatagramNat(cfg, self.counters, self.flows, self.nat, self.neigh,
                                           t, self.events_out, self.mac, ident=self._ident,
                                           unreachable=self._unreachable, neigh6=self.neigh6)
@@ -220,7 +230,12 @@ class Gateway:
     # ---------------------------------------------------------------- input
     def receive_frame(self, frame, now: float, csum_ok: bool = False) -> None:
         """One frame from the TAP. ``csum_ok``: the virtio-net header said the
-        L4 checksum need not be verified (NEEDS_CSUM or DATA_VALID)."""
+        L4 checksum need not be verified (NEEDS_CSUM or DATA_VALID).
+
+        IPv4 is checked here, inline (every frame of a TCP flow comes this
+        way: a method call less per frame), in the order of the checks every
+        datagram must pass: header checksum, TTL, source, MTU, fragments,
+        protocol, L4 checksum."""
         c = self.counters
         c["rx_frames"] += 1
         try:
@@ -235,14 +250,54 @@ class Gateway:
             c["drop_eth_not_for_us"] += 1
             return
         etype = p[P_ETHERTYPE]
-        if etype == ETH_P_IP:
-            self._ipv4_input(p, frame, now, csum_ok)
-        elif etype == ETH_P_ARP:
-            self._arp_input(p, now)
-        elif etype == ETH_P_IPV6:
-            self._ipv6_input(p, frame, now, csum_ok)
+        if etype != ETH_P_IP:
+            if etype == ETH_P_ARP:
+                self._arp_input(p, now)
+            elif etype == ETH_P_IPV6:
+                self._ipv6_input(p, frame, now, csum_ok)
+            else:
+                c["drop_eth_unknown_ethertype"] += 1
+            return
+        # IPv4. The header checksum: ipv4_header_ok(frame, l3, l4) written
+        # out (the header read as one integer is a non-zero multiple of
+        # 0xFFFF exactly when its ones'-complement sum is 0xFFFF).
+        x = _from_bytes(frame[p[P_L3]:p[P_L4]], "big")
+        if not x or x % 0xFFFF:
+            c["drop_ipv4_bad_checksum"] += 1
+            return
+        if p[P_TTL] == 0:
+            c["drop_ipv4_ttl_zero"] += 1
+            return
+        if self._neigh4.get(p[P_SRC]) != p[P_SRC_MAC] and not self._ipv4_source(p):
+            return
+        if not csum_ok and p[P_END] - p[P_L3] > self.config.mtu and frame[p[P_L3] + 6] & 0x40:
+            # Bigger than the link MTU (someone raised the TAP's MTU inside the
+            # container) with DF set: RFC 1191 says answer "fragmentation
+            # needed" with the MTU we forward, so the sender's PMTU discovery
+            # shrinks. (Offloaded GSO super-frames, which carry csum_ok, are
+            # bigger by design and exempt.)
+            self._unreachable(p, frame, UNREACH_FRAG_NEEDED, "icmp_frag_needed_tx",
+                              next_hop_mtu=self.config.mtu)
+            return
+        if p[P_FRAG] is not None:
+            self._ipv4_fragment(p, frame, now)
+            return
+        proto = p[P_PROTO]
+        if proto == PROTO_TCP:
+            if csum_ok or l4_checksum_ok(p, frame):
+                self._tcp_input(p, frame, now)
+            else:
+                c["drop_l4_bad_checksum"] += 1
+        elif proto != PROTO_UDP and proto != PROTO_ICMP:
+            # RFC 1122 3.2.2.1: answer an unsupported protocol with ICMP
+            # protocol unreachable.
+            self._unreachable(p, frame, UNREACH_PROTOCOL, "ipv4_protocol_unreachable_tx")
+        elif not csum_ok and not l4_checksum_ok(p, frame):
+            c["drop_l4_bad_checksum"] += 1
+        elif proto == PROTO_UDP:
+            self._udp_input(p, frame, now)
         else:
-            c["drop_eth_unknown_ethertype"] += 1
+            self._icmp_input(p, frame, now)
 
     # ------------------------------------------------------------------ ARP
     def _arp_input(self, p, now) -> None:
@@ -275,56 +330,25 @@ class Gateway:
                          b"\0" * 6, ip)
 
     # ----------------------------------------------------------------- IPv4
-    def _ipv4_input(self, p, frame, now, csum_ok) -> None:
-        c = self.counters
-        cfg = self.config
-        if not ipv4_header_ok(frame, p[P_L3], p[P_L4]):
-            c["drop_ipv4_bad_checksum"] += 1
-            return
-        if p[P_TTL] == 0:
-            c["drop_ipv4_ttl_zero"] += 1
-            return
+    def _ipv4_source(self, p) -> bool:
+        """An IPv4 source whose MAC is not the one the neighbour cache holds
+        for it (receive_frame): a new one is checked and learnt, a known one
+        that moved is followed. False: drop the datagram."""
         src = p[P_SRC]
         known = self.neigh.table.get(src)
         if known is None:
             if self.nat.bad_guest_source(src, p[P_PROTO] == PROTO_UDP and p[P_DPORT] == 67):
-                c["drop_ipv4_bad_source"] += 1
-                return
+                self.counters["drop_ipv4_bad_source"] += 1
+                return False
             if src != _ANY4:
                 # Learn the guest's MAC from its IP traffic too (no ARP needed
                 # for replies: the container always ARPs us first anyway).
                 self.neigh.learn(src, p[P_SRC_MAC])
-        elif known != p[P_SRC_MAC]:
+        else:
             # Its IP traffic says where it is now (a forged ARP cannot move
             # an entry; a real MAC change is followed at once).
             self.neigh.learn(src, p[P_SRC_MAC], True)
-        if not csum_ok and p[P_END] - p[P_L3] > cfg.mtu and frame[p[P_L3] + 6] & 0x40:
-            # Bigger than the link MTU (someone raised the TAP's MTU inside the
-            # container) with DF set: RFC 1191 says answer "fragmentation
-            # needed" with the MTU we forward, so the sender's PMTU discovery
-            # shrinks. (Offloaded GSO super-frames, which carry csum_ok, are
-            # bigger by design and exempt.)
-            self._unreachable(p, frame, UNREACH_FRAG_NEEDED, "icmp_frag_needed_tx",
-                              next_hop_mtu=cfg.mtu)
-            return
-        if p[P_FRAG] is not None:
-            self._ipv4_fragment(p, frame, now)
-            return
-        proto = p[P_PROTO]
-        if proto != PROTO_TCP and proto != PROTO_UDP and proto != PROTO_ICMP:
-            # RFC 1122 3.2.2.1: answer an unsupported protocol with ICMP
-            # protocol unreachable.
-            self._unreachable(p, frame, UNREACH_PROTOCOL, "ipv4_protocol_unreachable_tx")
-            return
-        if not csum_ok and not l4_checksum_ok(p, frame):
-            c["drop_l4_bad_checksum"] += 1
-            return
-        if proto == PROTO_TCP:
-            self.tcp.input(p, frame, now)
-        elif proto == PROTO_UDP:
-            self._udp_input(p, frame, now)
-        else:
-            self._icmp_input(p, frame, now)
+        return True
 
     def _ipv4_fragment(self, p, frame, now) -> None:
         ident, offset, more = p[P_FRAG]
@@ -379,10 +403,6 @@ class Gateway:
         self.frames_out.append((VNET_HDR_NONE, build_icmp(
             p[P_SRC_MAC], self.mac, self.config.gateway_ip, p[P_SRC], ICMP_DEST_UNREACH, code, 0,
             next_hop_mtu, quote, ident=self._ident())))
-
-    def _ident(self) -> int:
-        self._ip_ident = (self._ip_ident + 1) & 0xFFFF
-        return self._ip_ident
 
     def _icmp_input(self, p, frame, now) -> None:
         if p[P_SPORT] != ICMP_ECHO_REQUEST:     # P_SPORT holds the ICMP type

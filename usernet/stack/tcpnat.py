@@ -125,6 +125,20 @@ PUSH_ACK_DELAY = 0.01
 # The options of nearly every segment of an established flow: NOP, NOP,
 # timestamps (what build_tcp_options gives for ts alone, packed directly).
 _TS_ONLY = struct.Struct("!BBBBII")
+
+
+class _NoReadAdvice:
+    """TcpNat.read_advice's flow when there is none: ask every time."""
+    __slots__ = ()
+    rsize = -1
+
+
+NO_READ_ADVICE = _NoReadAdvice()
+# Segment(seq, ack, flags, window, options, payload) is this slice of a
+# parse_frame tuple (TcpNat.input: one slice instead of six subscripts).
+_SEG_FIELDS = slice(P_SEQ, P_PAYLOAD + 1)
+assert (P_SEQ, P_ACK, P_FLAGS, P_WINDOW, P_OPTS, P_PAYLOAD) == tuple(range(P_SEQ, P_PAYLOAD + 1))
+assert Segment._fields == ("seq", "ack", "flags", "window", "options", "payload")
 # Distinct addresses TcpNat._addr keeps one copy of (then it starts again:
 # a container talking to many hosts only loses the sharing, never a flow).
 ADDR_CACHE_MAX = 1024
@@ -155,6 +169,10 @@ class TcpNat:
         self.neigh6 = neigh      # the gateway sets its IPv6 neighbour cache here
         self.budget = budget if budget is not None else MemoryBudget(config.memory_budget)
         self._addrs: dict = {}   # address -> the one bytes object flows keep (_addr)
+        # The TCP table's two dicts (FlowTable never replaces them): a lookup
+        # per segment and per host notification, two attribute loads less.
+        self._by_key = flows.tcp.by_key
+        self._by_id = flows.tcp.by_id
 
     def _live(self, fid, d) -> bool:
         flow = self.flows.tcp.by_id.get(fid)
@@ -171,15 +189,13 @@ class TcpNat:
 
     def input(self, p, frame, now) -> None:
         key = (p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT])
-        flows = self.flows
-        flow = flows.tcp.by_key.get(key)
-        seg = _new_tuple(Segment, (p[P_SEQ], p[P_ACK], p[P_FLAGS], p[P_WINDOW], p[P_OPTS],
-                                   p[P_PAYLOAD]))
-        flags = seg.flags
+        flow = self._by_key.get(key)
+        # The Segment's fields lie in the parse tuple in the same order.
+        seg = _new_tuple(Segment, p[_SEG_FIELDS])
+        flags = p[P_FLAGS]
         if flow is not None:
-            flow.last_rx = now
+            flow.last_rx = flow.last = now
             flow.pkts_in += 1
-            flow.last = now
             flow.conn.on_segment(seg, now)
             if flow.squeezed and flow.backlog:
                 # Its window is held shut by a backlog that may drain
@@ -188,7 +204,7 @@ class TcpNat:
                 # report it at the end of this flush.
                 self.events_out.append(TcpData(flow.id, b""))
             self.output(flow, now)
-            if not (flags & SYN and not flags & ACK and flow.id not in flows.tcp.by_id):
+            if not (flags & SYN and not flags & ACK and flow.id not in self._by_id):
                 return
             # A new SYN ended an old flow in TIME-WAIT (RFC 9293 3.10.7.4 lets
             # a SYN reopen it): treat it as the new connection it is, now,
@@ -205,6 +221,7 @@ class TcpNat:
             self._rst_for(p, seg)
             return
         cfg = self.config
+        flows = self.flows
         dst, dport = p[P_DST], p[P_DPORT]
         if dst == cfg.dns_ip or (dst == cfg.dns6 and cfg.enable_ipv6):
             host = None
@@ -345,9 +362,7 @@ class TcpNat:
             # connection's cached options object) and no more than one wire
             # segment of payload, to a resolved neighbour: patched into the
             # flow's header template instead of built field by field.
-            s = segs[0]
-            o = s[4]
-            payload = s[5]
+            seq, ack, flags, window, o, payload = segs[0]
             mac = flow.neigh.table.get(flow.guest_ip)
             if o is conn._opts and o is not NO_OPTIONS and mac is not None \
                     and len(payload) <= conn.snd_mss:
@@ -357,7 +372,7 @@ class TcpNat:
                                                       flow.remote_port, flow.guest_port)
                     flow.tpl_mac = mac
                 self.frames_out.append((_CSUM_HDR_TS4, build_tcp4_ts(
-                    tpl, flow.asum, s[0], s[1], s[2], s[3], o[4], o[5], payload, self._ident())))
+                    tpl, flow.asum, seq, ack, flags, window, o[4], o[5], payload, self._ident())))
                 flow.pkts_out += 1
                 flow.last = now
                 segs.clear()
@@ -425,17 +440,24 @@ class TcpNat:
         if conn.closed:
             self._forget(flow)
             return
+        if conn.state is not flow.rs_state:
+            # The read advice holds in the state it was given in only.
+            flow.rsize = -1
+            flow.rs_state = conn.state
         # The memory budget: what the flow holds now, charged by difference.
         # The send queue's bytes not yet acknowledged: acknowledged ones stay at
         # its front until the host side's next send (TcpConnection.send), at
         # most one flight, within the queue's bound all the same.
         queued = len(conn._sndbuf)
-        if queued and conn.snd_una > conn._buf_seq:
-            queued -= conn.snd_una - conn._buf_seq
+        if queued:
+            una = conn.snd_una - conn._buf_seq
+            if una > 0:
+                queued -= una
         held = TCP_FLOW_COST + queued + conn._ooo_bytes + flow.backlog + flow.host_held
-        if held != flow.charged:
+        charged = flow.charged
+        if held != charged:
             b = self.budget
-            b.used += held - flow.charged
+            b.used += held - charged
             flow.charged = held
             if flow.squeezed and b.used < b.limit:
                 flow.squeezed = False
@@ -443,25 +465,28 @@ class TcpNat:
         elif flow.squeezed and self.budget.used < self.budget.limit:
             flow.squeezed = False
             conn.set_host_backlog(flow.backlog, now)
-        cd = flow.connect_deadline
-        if cd is not None and flow.inbound and conn.state != SYN_SENT:
-            flow.connect_deadline = cd = None    # the container answered our SYN
         # self._arm(flow), with flow.deadline() written out (once per segment).
         d = conn.get_timer()
-        if cd is not None and (d is None or cd < d):
-            d = cd
+        cd = flow.connect_deadline
+        if cd is not None:
+            if flow.inbound and conn.state != SYN_SENT:
+                flow.connect_deadline = None     # the container answered our SYN
+            elif d is None or cd < d:
+                d = cd
+        # The liveness check's deadline: every flow has one (_new_flow sets
+        # it, _keepalive moves it), so d is never None past this.
         x = flow.ka_at
-        if x is not None and (d is None or x < d):
+        if d is None or x < d:
             d = x
-        if d is not None:
-            armed = flow.armed
-            if armed is None or d < armed:
-                flow.armed = d
-                self.timers.push(d, self._kind, flow.id)
+        armed = flow.armed
+        if armed is None or d < armed:
+            flow.armed = d
+            self.timers.push(d, self._kind, flow.id)
 
     def _forget(self, flow: TcpFlow) -> None:
         if not self.flows.tcp.remove(flow):
             return
+        flow.rsize = 0          # read_size's answer for a flow gone (read_advice)
         self.budget.used -= flow.charged
         flow.charged = 0
         if flow.connecting:
@@ -557,7 +582,7 @@ class TcpNat:
         caller keeps the rest until ``TcpResume``. ``more``: the read filled
         the host side's buffer, so more bytes are likely at once
         (``TcpConnection.send``)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is None:
             return len(data)
         conn = flow.conn
@@ -575,10 +600,16 @@ class TcpNat:
                 if queued + n and not conn.closed:
                     conn._paused = True      # its ACKs bring the TcpResume
                 flow.host_held = len(data) - n
+                if len(conn._sndbuf) > flow.rs_qmax:
+                    flow.rsize = -1          # the read advice may no longer hold
                 self.output(flow, now)
                 return n
         n = conn.send(data, now, more)
         flow.host_held = len(data) - n       # the host side keeps these until TcpResume
+        if len(conn._sndbuf) > flow.rs_qmax:
+            # The queue may now leave less room than the read advice's cap
+            # (the only way room shrinks: read_advice).
+            flow.rsize = -1
         self.output(flow, now)
         return n
 
@@ -598,7 +629,7 @@ class TcpNat:
         (no runt per read) and a read is never more than the queue takes
         (no bytes held back and offered again, no extra pause and resume).
         0: no advice (the flow is not established yet, or is gone)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is None:
             return 0
         conn = flow.conn
@@ -614,6 +645,32 @@ class TcpNat:
         if room >= seg:
             return room - room % seg
         return room if room > 0 else cap
+
+    def read_advice(self, fid: int, cap: int) -> tuple:
+        """``(flow, read_size(fid, cap))``, for a host side that keeps asking
+        with the same ``cap``: it may read ``flow.rsize`` instead of asking
+        again while that is not negative (``flow`` is :data:`NO_READ_ADVICE`
+        for a flow gone).
+
+        The answer is kept (``rsize``) when it cannot change until the send
+        queue's room falls under ``cap`` or the state changes: then it is
+        ``cap`` in whole segments whatever the queue holds. The queue's
+        bytearray bounds what it holds, so the advice stands while that
+        holds at most ``snd_buf - cap`` bytes (``rs_qmax``; host_data, the
+        only place it grows, withdraws it past that) and the state is the
+        one it was given in (output withdraws it on a change; _forget makes
+        it 0, the answer for a flow gone)."""
+        n = self.read_size(fid, cap)
+        flow = self._by_id.get(fid)
+        if flow is None:
+            return NO_READ_ADVICE, n
+        conn = flow.conn
+        qmax = conn.snd_buf - cap
+        if conn.state in _SIZED and len(conn._sndbuf) <= qmax:
+            flow.rsize = n
+            flow.rs_qmax = qmax
+            flow.rs_state = conn.state
+        return flow, n
 
     def host_eof(self, fid: int, now: float) -> None:
         flow = self.flows.tcp.by_id.get(fid)
@@ -631,7 +688,7 @@ class TcpNat:
     def host_backlog(self, fid: int, nbytes: int, now: float) -> None:
         """Bytes waiting in the host socket's write buffer (the host side
         reports it once per flush for every flow it wrote to)."""
-        flow = self.flows.tcp.by_id.get(fid)
+        flow = self._by_id.get(fid)
         if flow is not None:
             old_backlog = flow.backlog
             flow.backlog = nbytes
