@@ -15,6 +15,10 @@ Three copies of this working tree go into a scratch directory (--dir, default a 
     pure    as it is
     mypyc   the hot modules compiled by mypyc, after the edits mypyc needs (below)
     cython  the same modules compiled by Cython as they are (pure-Python mode, no .pxd)
+    typed   tcp, tcpnat, flows, timers and wire/frame compiled by Cython with a .pxd beside each
+            that makes every slotted class an extension type with one object field per slot
+            (written here from the classes' __slots__; TcpNat, which has none, gets slots
+            from the attributes its methods set), so `self.x` is a field read
 
 mypyc compiles a class to a native class whose attributes have the type mypy infers, and checks
 that type at run time. usernet initialises many attributes to None and later stores numbers
@@ -25,6 +29,8 @@ sequence numbers become native integers), the gateway's per-instance rebinding o
 becomes a plain attribute, and each line mypy still rejects gets `# type: ignore`. flows.py is
 left out (mypyc does not compile its class-body tuple assignments). The edits are made in the
 scratch copy only.
+
+`--builds` picks among them (default all four; pure is always built).
 
 Prints bench/stack_rr.py's CPU us per transaction for each build, interleaved, `--reps` times,
 the median and the ratio to pure; `--e2e` then runs bench/cpu_split.py with the three builds
@@ -52,6 +58,10 @@ HOT = ["usernet/stack/tcp.py", "usernet/stack/tcpnat.py", "usernet/stack/gateway
        "usernet/wire/vnet.py"]
 # Cython also takes the host side as it is
 CYTHON_EXTRA = ["usernet/stack/flows.py", "usernet/host/driver.py", "usernet/host/tcp.py"]
+# The typed Cython build: the modules whose classes carry the per-packet state (gateway.py has no
+# slots: compiled as it is, its attribute reads would be slower than the interpreter's)
+TYPED = ["usernet/stack/tcp.py", "usernet/stack/tcpnat.py", "usernet/stack/flows.py",
+         "usernet/stack/timers.py", "usernet/wire/frame.py"]
 MYPY_FLAGS = ["--ignore-missing-imports", "--follow-imports=silent",
               "--disable-error-code", "annotation-unchecked"]
 
@@ -185,10 +195,56 @@ def prepare_mypyc(d: str) -> None:
     raise SystemExit(f"compiled_ab: mypy still rejects the mypyc copy:\n{r.stdout[-2000:]}")
 
 
+def self_attrs(cls: ast.ClassDef) -> list[str]:
+    """The attributes a class's methods assign on self, in order of appearance."""
+    out: list[str] = []
+    for node in ast.walk(cls):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        while targets:
+            t = targets.pop()
+            if isinstance(t, (ast.Tuple, ast.List)):
+                targets.extend(t.elts)
+            elif isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) \
+                    and t.value.id == "self" and t.attr not in out:
+                out.append(t.attr)
+    return out
+
+
+def prepare_typed(d: str) -> list[str]:
+    """Write NAME.pxd beside each hot module with slotted classes; returns the modules to build.
+
+    Each slotted class (TcpNat: its assigned attributes, as slots) becomes `cdef class` with one
+    `cdef public object` per slot; a slotted base in the same module is kept as the base."""
+    for rel in TYPED:
+        tree = ast.parse(open(os.path.join(d, rel)).read())
+        lines: list[str] = []
+        slotted: set[str] = set()
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            slots = next((ast.literal_eval(b.value) for b in cls.body if isinstance(b, ast.Assign)
+                          and getattr(b.targets[0], "id", "") == "__slots__"), None)
+            if slots is None and cls.name == "TcpNat":
+                slots = self_attrs(cls)
+            if slots is None:
+                continue
+            bases = [b.id for b in cls.bases if isinstance(b, ast.Name) and b.id in slotted]
+            slotted.add(cls.name)
+            lines.append(f"cdef class {cls.name}" + (f"({bases[0]})" if bases else "") + ":")
+            lines += [f"    cdef public object {', '.join(slots[i:i + 8])}"
+                      for i in range(0, len(slots), 8)] or ["    pass"]
+        if lines:
+            with open(os.path.join(d, rel[:-3] + ".pxd"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+    return TYPED
+
+
 def build(d: str, kind: str) -> None:
     if kind == "mypyc":
         prepare_mypyc(d)
         cmd = [PY, "-m", "mypyc"] + MYPY_FLAGS + HOT
+    elif kind == "typed":
+        cmd = [os.path.join(os.path.dirname(PY), "cythonize"), "-i", "-3", "-q", "-j", "2"] \
+            + prepare_typed(d)
     else:
         cmd = [os.path.join(os.path.dirname(PY), "cythonize"), "-i", "-3", "-q"] + HOT + CYTHON_EXTRA
     r = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
@@ -210,6 +266,8 @@ def main() -> int:
     ap.add_argument("--e2e", action="store_true", help="also bench/cpu_split.py on the builds (root)")
     ap.add_argument("--e2e-args", default="--tests rr,redis,crr,rev,c2h --runs 4 --duration 3")
     ap.add_argument("--unit", action="store_true", help="also run tests/unit against the mypyc build")
+    ap.add_argument("--builds", default="mypyc,cython,typed",
+                    help="compiled builds beside pure, comma-separated (mypyc, cython, typed)")
     a = ap.parse_args()
     why = need()
     if why:
@@ -217,7 +275,8 @@ def main() -> int:
         return 2
     base = a.dir or tempfile.mkdtemp(prefix="usernet-compiled-")
     try:
-        dirs = {k: os.path.join(base, k) for k in ("pure", "mypyc", "cython")}
+        kinds = ["pure"] + [k for k in a.builds.split(",") if k in ("mypyc", "cython", "typed")]
+        dirs = {k: os.path.join(base, k) for k in kinds}
         for k, d in dirs.items():
             if os.path.exists(d):
                 shutil.rmtree(d)
@@ -238,7 +297,7 @@ def main() -> int:
             ratios = [x / p for x, p in zip(v, res["pure"])]
             print(f"{k:7} median {statistics.median(v):6.1f}  [{min(v):.1f}-{max(v):.1f}]  "
                   f"/ pure, median of per-run ratios {statistics.median(ratios):.3f}")
-        if a.unit:
+        if a.unit and "mypyc" in dirs:
             r = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit"],
                                cwd=dirs["mypyc"], capture_output=True, text=True, timeout=1800)
             tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-500:]

@@ -620,21 +620,8 @@ class HostDriver:
                 except OSError as e:
                     self._write_failed(f, e)
         elif events and not frames:
-            # Events alone: the first round (no frames to write; _dispatch,
-            # inline) ...
-            batch = events[:]
-            events.clear()
-            handlers = self._handlers
-            for e in batch:
-                h = handlers.get(type(e))
-                if h is None:
-                    self.counters["host_event_unhandled"] += 1
-                    continue
-                try:
-                    h(e)
-                except Exception:  # noqa: BLE001 - the rest of the events must run
-                    self.counters["host_event_error_" + e.KIND] += 1
-                    log.debug("host event %s failed", e.KIND, exc_info=True)
+            # Events alone: the first round (no frames to write) ...
+            self._dispatch(events)
             # ... then the second: on to the rest of the rounds if the events
             # made frames, events or UDP datagrams, else the backlog report,
             # which ends the flush unless it made some.
