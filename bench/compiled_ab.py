@@ -2,15 +2,17 @@
 """Compiled hot modules (mypyc, Cython) against the pure-Python stack, back to back.
 
     .venv/bin/python -m pip install mypy cython     # the experiment's tools, not usernet's
-    .venv/bin/python bench/compiled_ab.py            # build both, bench/stack_rr.py A/B (~3 min)
-    .venv/bin/python bench/compiled_ab.py --e2e      # + bench/cpu_split.py on the three builds (as root)
+    .venv/bin/python bench/compiled_ab.py            # build them, bench/stack_rr.py A/B (~3 min)
+    .venv/bin/python bench/compiled_ab.py --e2e      # + bench/cpu_split.py on the builds (as root)
+    .venv/bin/python bench/compiled_ab.py --builds typed --e2e   # pure and the typed build only
     .venv/bin/python bench/compiled_ab.py --unit     # + tests/unit against the mypyc build
 
 usernet ships pure Python; this script measures what compiling the per-packet modules would buy
 (issue 12), so the decision can be re-checked when the code changes. It needs gcc, the Python
-headers (Debian: python3-dev) and mypy + Cython in this interpreter; without them it says so.
+headers (Debian: python3-dev) and mypy + Cython in this interpreter; without them it says so
+(docs/performance.md has the results: "Compiled against pure", "Typed Cython").
 
-Three copies of this working tree go into a scratch directory (--dir, default a temporary one):
+Copies of this working tree go into a scratch directory (--dir, default a temporary one):
 
     pure    as it is
     mypyc   the hot modules compiled by mypyc, after the edits mypyc needs (below)
