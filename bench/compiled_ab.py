@@ -68,12 +68,14 @@ MYPY_FLAGS = ["--ignore-missing-imports", "--follow-imports=silent",
               "--disable-error-code", "annotation-unchecked"]
 
 
-def need() -> str | None:
+def need(kinds) -> str | None:
     if not shutil.which("gcc"):
         return "no gcc (Debian: apt-get install gcc)"
     if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         return "no Python.h (Debian: apt-get install python3-dev)"
-    for mod, pkg in (("mypy", "mypy"), ("Cython", "cython")):
+    tools = [("mypy", "mypy")] if "mypyc" in kinds else []
+    tools += [("Cython", "cython")] if {"cython", "typed"} & set(kinds) else []
+    for mod, pkg in tools:
         try:
             __import__(mod)
         except ImportError:
@@ -271,7 +273,7 @@ def main() -> int:
     ap.add_argument("--builds", default="mypyc,cython,typed",
                     help="compiled builds beside pure, comma-separated (mypyc, cython, typed)")
     a = ap.parse_args()
-    why = need()
+    why = need(a.builds.split(","))
     if why:
         print(f"compiled_ab: cannot build: {why}", file=sys.stderr)
         return 2
